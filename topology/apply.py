@@ -1,0 +1,70 @@
+"""Create missing topics and report drift (``ocrstream topics apply``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+
+from .topics import TopicSpec
+
+
+@dataclass
+class TopicReport:
+    """What ``apply`` found or did for one topic."""
+
+    topic: str
+    action: str  # "created" | "exists" | "drift"
+    drift: list[str]
+
+
+def apply_topics(admin: AdminClient, specs: list[TopicSpec], prefix: str, timeout_s: float = 30.0) -> list[TopicReport]:
+    """Create the topics that are missing; compare the others with their spec.
+
+    Drift (fewer partitions, different replication or config values) is
+    reported, not changed: repartitioning moves keys and must be a human decision.
+
+    Raises:
+        confluent_kafka.KafkaException: the broker refused a creation.
+    """
+    metadata = admin.list_topics(timeout=timeout_s)
+    existing = metadata.topics
+    reports: list[TopicReport] = []
+    to_create = []
+    for spec in specs:
+        name = prefix + spec.name
+        if name not in existing:
+            to_create.append(NewTopic(name, num_partitions=spec.partitions,
+                                      replication_factor=spec.replication_factor, config=spec.config))
+    if to_create:
+        futures = admin.create_topics(to_create, operation_timeout=timeout_s, request_timeout=timeout_s)
+        for name, fut in futures.items():
+            try:
+                fut.result()
+            except Exception as exc:  # a concurrent `apply` may have won the race
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+    created = {t.topic for t in to_create}
+    resources = [ConfigResource(ResourceType.TOPIC, prefix + s.name) for s in specs if prefix + s.name not in created]
+    configs = {}
+    if resources:
+        for res, fut in admin.describe_configs(resources, request_timeout=timeout_s).items():
+            configs[res.name] = {k: v.value for k, v in fut.result().items()}
+    for spec in specs:
+        name = prefix + spec.name
+        if name in created:
+            reports.append(TopicReport(name, "created", []))
+            continue
+        drift = []
+        tmeta = existing[name]
+        if len(tmeta.partitions) != spec.partitions:
+            drift.append(f"partitions {len(tmeta.partitions)} != {spec.partitions}")
+        rf = len(next(iter(tmeta.partitions.values())).replicas) if tmeta.partitions else 0
+        if rf != spec.replication_factor:
+            drift.append(f"replication {rf} != {spec.replication_factor}")
+        for key, want in spec.config.items():
+            have = configs.get(name, {}).get(key)
+            if have != want:
+                drift.append(f"{key}={have} != {want}")
+        reports.append(TopicReport(name, "drift" if drift else "exists", drift))
+    return reports

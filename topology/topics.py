@@ -1,0 +1,66 @@
+"""The topics, defined once.
+
+Keys (why they are what they are):
+- ``ingest``: key ``document_id``.
+- ``pages``: key ``document_id/page_number``, so the pages of one document hash to
+  different partitions and are OCR'd by different consumers in parallel.
+- ``page-results``: key ``document_id``, so every page of a document reaches the
+  same assembler partition (its state is partitioned by document).
+- ``document-results``: key ``document_id``, compacted: the last value per key is
+  the document's result, and a replayed result overwrites an identical one.
+- ``dead-letters``: key of the original record.
+- ``metrics``: key ``worker_id``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic: logical name (without prefix), partitions, replication and configs."""
+
+    name: str
+    partitions: int
+    replication_factor: int = 1
+    config: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+
+def topic_specs(replication_factor: int = 1, partitions_scale: int = 1) -> list[TopicSpec]:
+    """The project's topics.
+
+    Args:
+        replication_factor: 1 for a local single broker, 3 in production.
+        partitions_scale: multiplies partition counts (worker replicas <= ``pages`` partitions).
+    """
+    rf = replication_factor
+    min_isr = str(min(2, rf))
+    common = {"min.insync.replicas": min_isr}
+    return [
+        TopicSpec("ingest", 6 * partitions_scale, rf,
+                  {**common, "retention.ms": str(7 * DAY_MS), "max.message.bytes": "1048576"},
+                  "document references (DocumentRef)"),
+        TopicSpec("pages", 12 * partitions_scale, rf,
+                  {**common, "retention.ms": str(7 * DAY_MS), "max.message.bytes": "1048576"},
+                  "page work items (PageTask)"),
+        TopicSpec("page-results", 6 * partitions_scale, rf,
+                  {**common, "retention.ms": str(7 * DAY_MS), "max.message.bytes": "8388608"},
+                  "detections per page (PageResult)"),
+        TopicSpec("document-results", 6 * partitions_scale, rf,
+                  {**common, "cleanup.policy": "compact", "max.message.bytes": "33554432",
+                   "min.compaction.lag.ms": "60000", "segment.ms": str(DAY_MS)},
+                  "one result per document (DocumentResult), compacted"),
+        TopicSpec("metrics", 1, rf,
+                  {**common, "retention.ms": str(3 * DAY_MS)},
+                  "worker and GPU samples (WorkerMetrics)"),
+        TopicSpec("dead-letters", 3, rf,
+                  {**common, "retention.ms": str(30 * DAY_MS), "max.message.bytes": "2097152"},
+                  "records a stage could not process (DeadLetter)"),
+        TopicSpec("watch-state", 1, rf,
+                  {**common, "cleanup.policy": "compact"},
+                  "drop-folder checkpoint: object key -> last published ETag/version"),
+    ]
