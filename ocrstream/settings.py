@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     kafka_controller_port: int = 9093
     s3_port: int = 8333
     stack_port_base: int = Field(
-        17000, description="SeaweedFS's internal ports are allocated from here"
+        17000, description="SeaweedFS internal ports: base+80..base+888, gRPC at +10000 more"
     )
 
     # --- Documents and limits -----------------------------------------------
@@ -87,8 +87,9 @@ class Settings(BaseSettings):
     engine_device: str = Field("cpu", description="cpu, cuda:N (onnxruntime) or gpu:N (paddle)")
     engine_threads: int = Field(0, description="intra-op threads, 0 = runtime default")
     det_limit_side_len: int = Field(
-        1280, description="longest page side fed to detection (pixels); larger pages are scaled down"
+        2000, description="longest page side fed to detection (pixels); larger pages are scaled down"
     )
+    use_angle_cls: bool = Field(True, description="run the 0/180 degree text-line classifier")
     rec_batch_size: int = Field(16, description="text-line crops per recognition call")
     text_score: float = Field(0.5, description="drop detections below this recognition confidence")
     model_dir: Path | None = Field(None, description="directory with det/rec model files (offline)")

@@ -51,16 +51,21 @@ def _pid_alive(pid_file: Path) -> int | None:
     return pid
 
 
-def _wait_for(what: str, check, timeout_s: float, log: Path | None = None) -> None:
+def _wait_for(what: str, proc: subprocess.Popen, check, timeout_s: float, log: Path) -> None:
+    """Wait until ``check()`` passes; fail fast with the log's tail if the process exits."""
     deadline = time.monotonic() + timeout_s
+    problem = f"did not become healthy within {timeout_s:.0f}s"
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            problem = f"exited with code {proc.returncode}"
+            break
         if check():
             return
         time.sleep(0.3)
-    tail = ""
-    if log and log.exists():
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-    raise StackError(f"{what} did not become healthy within {timeout_s:.0f}s\n{tail}")
+    else:
+        proc.kill()
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else ""
+    raise StackError(f"{what} {problem}; log {log}:\n{tail}")
 
 
 @dataclass
@@ -165,7 +170,7 @@ class KafkaService:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
         self.pid_file.write_text(str(proc.pid))
-        _wait_for("kafka", lambda: proc.poll() is None and self._ready(), timeout_s, self.log)
+        _wait_for("kafka", proc, self._ready, timeout_s, self.log)
 
     def _ready(self) -> bool:
         if not port_open("127.0.0.1", self.s.kafka_port):
@@ -228,7 +233,7 @@ class SeaweedService:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     cwd=self.dir, env=env, start_new_session=True)
         self.pid_file.write_text(str(proc.pid))
-        _wait_for("seaweedfs", lambda: proc.poll() is None and self._ready(), timeout_s, self.log)
+        _wait_for("seaweedfs", proc, self._ready, timeout_s, self.log)
 
     def _ready(self) -> bool:
         if not port_open("127.0.0.1", self.s.s3_port):
