@@ -80,3 +80,74 @@ def shared_data(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent")
     return path
+
+
+class StageThreads:
+    """Runs stage objects (anything with ``run()`` and a ``stop`` flag) in threads; stops them at teardown."""
+
+    def __init__(self) -> None:
+        self.running: list[tuple[object, "threading.Thread"]] = []
+
+    def start(self, stage) -> object:
+        import threading
+
+        t = threading.Thread(target=stage.run, name=type(stage).__name__, daemon=True)
+        t.start()
+        self.running.append((stage, t))
+        return stage
+
+    def stop(self, stage, timeout_s: float = 60.0) -> None:
+        for st, t in self.running:
+            if st is stage:
+                st.stop.set()
+                t.join(timeout_s)
+                assert not t.is_alive(), f"{type(st).__name__} did not stop within {timeout_s}s"
+        self.running = [(st, t) for st, t in self.running if st is not stage]
+
+    def stop_all(self) -> None:
+        for st, _ in list(self.running):
+            self.stop(st)
+
+
+@pytest.fixture
+def stages():
+    """Start stages in threads with ``stages.start(obj)``; all are stopped after the test."""
+    runner = StageThreads()
+    yield runner
+    runner.stop_all()
+
+
+def consume_all(s: Settings, topic: str, count: int, timeout_s: float = 60.0, key_filter=None) -> list:
+    """Read ``count`` records from a topic from the beginning (read_committed), or fail after ``timeout_s``."""
+    import time as _time
+
+    from confluent_kafka import Consumer
+
+    from ocrstream.kafka import consumer_config
+
+    c = Consumer(consumer_config(s, f"reader-{uuid.uuid4().hex[:8]}"))
+    c.subscribe([topic])
+    out = []
+    deadline = _time.monotonic() + timeout_s
+    try:
+        while len(out) < count and _time.monotonic() < deadline:
+            m = c.poll(0.2)
+            if m is None or m.error():
+                continue
+            if key_filter is None or key_filter(m.key()):
+                out.append(m)
+    finally:
+        c.close()
+    return out
+
+
+def make_pdf(lines_per_page: list[list[str]], size=(595, 842), fontsize: int = 16) -> bytes:
+    """A born-digital PDF with the given text lines on each page (PyMuPDF)."""
+    import pymupdf
+
+    doc = pymupdf.open()
+    for lines in lines_per_page:
+        page = doc.new_page(width=size[0], height=size[1])
+        for i, line in enumerate(lines):
+            page.insert_text((60, 90 + i * 40), line, fontsize=fontsize, fontname="helv")
+    return doc.tobytes()

@@ -1,0 +1,103 @@
+"""Splitter: document reference (ingest topic) -> page work items (pages topic).
+
+For each DocumentRef the splitter downloads the object once, identifies it
+from its bytes and counts its pages (PDF via PyMuPDF, images via Pillow),
+enforcing the size/page/pixel limits, then publishes one PageTask per page.
+Page tasks reference the object in storage; workers render their own page, so
+no pixels travel through Kafka.
+
+Anything wrong with a document becomes a dead-letter record plus a ``failed``
+document result (when its id is known); the partition never stops.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import KafkaError, Message, TopicPartition
+
+from ocrstream.documents import inspect
+from ocrstream.errors import OcrstreamError, ReasonCode
+from ocrstream.kafka import make_consumer
+from ocrstream.settings import Settings
+from ocrstream.storage import ObjectStore, validate_key
+from schemas import DocumentRef, ObjectRef, PageTask, decode, encode
+
+from .common import StopFlag, dead_letter, dead_letter_headers, failed_document, guess_document_id, retry_transient
+from .delivery import Delivery, Output
+
+log = logging.getLogger(__name__)
+
+STAGE = "splitter"
+
+
+class Splitter:
+    """Consume-transform-produce loop over the ingest topic (one record at a time)."""
+
+    def __init__(self, s: Settings, stop: StopFlag | None = None):
+        self.s = s
+        self.stop = stop or StopFlag()
+        self.store = ObjectStore(s)
+        self.consumer = make_consumer(s, s.group(STAGE))
+        self.delivery = Delivery(s, self.consumer, STAGE)
+
+    def handle(self, msg: Message) -> list[Output]:
+        """Outputs for one ingest record: page tasks, or a dead letter and a failed result."""
+        s = self.s
+        size = len(msg.value() or b"")
+        ref: DocumentRef | None = None
+        try:
+            if size > s.max_message_bytes:
+                raise OcrstreamError(ReasonCode.MESSAGE_TOO_LARGE, f"value is {size} bytes, limit {s.max_message_bytes}")
+            ref = decode(msg.value(), DocumentRef)
+            key = validate_key(ref.source.key)
+            data = retry_transient(
+                lambda: self.store.get_bytes(ref.source.bucket, key, s.max_object_bytes, ref.source.version_id),
+                stop=self.stop.event,
+            )
+            info = inspect(data, ref.source.filename, max_pages=s.max_pages, max_page_pixels=s.max_page_pixels)
+        except OcrstreamError as exc:
+            return self._failure_outputs(msg, exc, ref)
+        dpi = (ref.options.dpi or s.render_dpi) if info.kind == "pdf" else None
+        source = ref.source.model_copy(update={"size": len(data)})
+        return [
+            Output(s.topic("pages"), f"{ref.document_id}/{n}", encode(PageTask(
+                document_id=ref.document_id, source=source, page_number=n, page_count=info.page_count,
+                kind=info.kind, dpi=dpi, submitted_at=ref.submitted_at,
+            )))
+            for n in range(1, info.page_count + 1)
+        ]
+
+    def _failure_outputs(self, msg: Message, exc: OcrstreamError, ref: DocumentRef | None) -> list[Output]:
+        doc_id = ref.document_id if ref else guess_document_id(msg.value())
+        log.warning("ingest %s[%d]@%d refused: %s", msg.topic(), msg.partition(), msg.offset(), exc)
+        dl = dead_letter(msg, exc, STAGE, attempts=getattr(exc, "attempts", 1), document_id=doc_id)
+        outs = [Output(self.s.topic("dead-letters"), dl.key, encode(dl), dead_letter_headers(dl))]
+        if doc_id:
+            source: ObjectRef | None = ref.source if ref else None
+            result = failed_document(doc_id, exc, source, ref.submitted_at if ref else None)
+            outs.append(Output(self.s.topic("document-results"), doc_id, encode(result)))
+        return outs
+
+    def run(self) -> None:
+        """Poll until stopped (SIGTERM/SIGINT), then commit and leave the group."""
+        self.consumer.subscribe([self.s.topic("ingest")])
+        try:
+            while not self.stop.is_set():
+                msg = self.consumer.poll(0.5)
+                if msg is None:
+                    continue
+                if msg.error():
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        log.warning("consumer error: %s", msg.error())
+                    continue
+                outputs = self.handle(msg)
+                self.delivery.publish(outputs, [TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)])
+        finally:
+            self.delivery.close()
+            self.consumer.close()
+
+
+def run_splitter(s: Settings, stop: StopFlag | None = None) -> None:
+    """Run the splitter stage until SIGTERM/SIGINT (or ``stop``)."""
+    Splitter(s, stop).run()

@@ -1,0 +1,185 @@
+"""The ``ocrstream`` command.
+
+    ocrstream stack up|down|status     local Kafka broker + SeaweedFS
+    ocrstream topics apply             create missing topics, report drift
+    ocrstream submit FILE... [--wait] [--json]
+    ocrstream watch                    drop folder -> ingest
+    ocrstream splitter|worker|assembler  one stage (for deployment)
+    ocrstream run [--workers N]        every stage, as child processes (local use)
+    ocrstream dlq list|replay          inspect / re-drive dead letters
+    ocrstream schemas export           write schemas/json/*.schema.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .settings import Settings, get_settings
+
+log = logging.getLogger("ocrstream")
+
+
+def _setup_logging(s: Settings) -> None:
+    logging.basicConfig(level=s.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+
+
+def cmd_stack(args, s: Settings) -> int:
+    from .stack import Stack
+
+    stack = Stack(s)
+    if args.action == "up":
+        stack.up()
+    elif args.action == "down":
+        stack.down()
+    for st in stack.status():
+        print(f"{st.name:6} {'running' if st.running else 'stopped':8} {st.address:22} pid={st.pid or '-'}")
+    return 0 if args.action == "down" or all(st.running for st in stack.status()) else 1
+
+
+def cmd_topics(args, s: Settings) -> int:
+    from topology import apply_topics, topic_specs
+
+    from .kafka import make_admin
+
+    reports = apply_topics(make_admin(s), topic_specs(args.replication_factor), s.topic_prefix)
+    for r in reports:
+        print(f"{r.topic:32} {r.action:8} {'; '.join(r.drift)}")
+    return 1 if any(r.action == "drift" for r in reports) and args.strict else 0
+
+
+def cmd_submit(args, s: Settings) -> int:
+    from producers.submit import submit_files
+
+    return submit_files(s, [Path(f) for f in args.files], wait=args.wait, as_json=args.json,
+                        timeout_s=args.timeout or None, dpi=args.dpi)
+
+
+def cmd_stage(args, s: Settings) -> int:
+    if args.command == "worker":
+        from consumers.worker import run_worker as run
+    elif args.command == "splitter":
+        from consumers.splitter import run_splitter as run
+    elif args.command == "assembler":
+        from consumers.assembler import run_assembler as run
+    elif args.command == "watch":
+        from producers.watch import run_watcher as run
+    else:
+        raise SystemExit(f"unknown stage {args.command}")
+    run(s)
+    return 0
+
+
+def cmd_run(args, s: Settings) -> int:
+    """Start every stage as a child process; restart a crashed one; stop all on SIGTERM/SIGINT."""
+    stages = ["splitter", "assembler"] + ["worker"] * args.workers + ([] if args.no_watch else ["watch"])
+    procs: dict[int, tuple[str, subprocess.Popen]] = {}
+    stopping = False
+
+    def start(i: int, stage: str) -> None:
+        env = dict(os.environ)
+        if stage == "worker":
+            env["OCRSTREAM_WORKER_ID"] = f"{s.worker_id}-w{i}"
+        procs[i] = (stage, subprocess.Popen([sys.executable, "-m", "ocrstream.cli", stage], env=env))
+
+    def stop(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for i, stage in enumerate(stages):
+        start(i, stage)
+    log.info("started %s", ", ".join(stages))
+    while not stopping:
+        time.sleep(0.5)
+        for i, (stage, proc) in list(procs.items()):
+            if proc.poll() is not None and not stopping:
+                log.warning("%s exited with %s: restarting", stage, proc.returncode)
+                time.sleep(1)
+                start(i, stage)
+    for stage, proc in procs.values():
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 40
+    for stage, proc in procs.values():
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return 0
+
+
+def cmd_dlq(args, s: Settings) -> int:
+    from consumers.deadletters import list_dead_letters, replay_dead_letters
+
+    if args.action == "list":
+        for dl in list_dead_letters(s, limit=args.limit):
+            print(f"{dl.failed_at} {dl.stage:9} {dl.reason:26} {dl.topic}[{dl.partition}]@{dl.offset} "
+                  f"doc={dl.document_id or '-'} {dl.message[:100]}")
+        return 0
+    n = replay_dead_letters(s, reason=args.reason, limit=args.limit)
+    print(f"replayed {n} dead letter(s)")
+    return 0
+
+
+def cmd_schemas(args, s: Settings) -> int:
+    from schemas import export_json_schemas
+
+    for p in export_json_schemas():
+        print(p)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ocrstream", description="Streaming OCR on Kafka.")
+    sub = p.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("stack", help="local Kafka broker + S3 object store")
+    st.add_argument("action", choices=["up", "down", "status"])
+    st.set_defaults(fn=cmd_stack)
+    tp = sub.add_parser("topics", help="create missing topics and report drift")
+    tp.add_argument("action", choices=["apply"])
+    tp.add_argument("--replication-factor", type=int, default=1)
+    tp.add_argument("--strict", action="store_true", help="exit 1 on drift")
+    tp.set_defaults(fn=cmd_topics)
+    sm = sub.add_parser("submit", help="upload files and publish their references")
+    sm.add_argument("files", nargs="+")
+    sm.add_argument("--wait", action="store_true", help="wait for every document result")
+    sm.add_argument("--json", action="store_true", help="print results as JSON Lines")
+    sm.add_argument("--timeout", type=float, default=0, help="seconds to wait (0 = no limit)")
+    sm.add_argument("--dpi", type=int, default=None, help="PDF render DPI for these documents")
+    sm.set_defaults(fn=cmd_submit)
+    for name, text in [("worker", "OCR worker (consumer group member)"), ("splitter", "documents -> pages"),
+                       ("assembler", "page results -> document results"), ("watch", "drop folder -> ingest")]:
+        sub.add_parser(name, help=text).set_defaults(fn=cmd_stage)
+    rn = sub.add_parser("run", help="start every stage (local use)")
+    rn.add_argument("--workers", type=int, default=1)
+    rn.add_argument("--no-watch", action="store_true")
+    rn.set_defaults(fn=cmd_run)
+    dq = sub.add_parser("dlq", help="dead letters")
+    dq.add_argument("action", choices=["list", "replay"])
+    dq.add_argument("--reason", default=None, help="only this reason code (replay)")
+    dq.add_argument("--limit", type=int, default=1000)
+    dq.set_defaults(fn=cmd_dlq)
+    sc = sub.add_parser("schemas", help="JSON Schema files")
+    sc.add_argument("action", choices=["export"])
+    sc.set_defaults(fn=cmd_schemas)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ocrstream`` console script."""
+    args = build_parser().parse_args(argv)
+    s = get_settings()
+    _setup_logging(s)
+    return args.fn(args, s)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

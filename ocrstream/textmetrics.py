@@ -1,0 +1,189 @@
+"""Text accuracy metrics for OCR output: bag-of-words P/R/F1 and character error rate.
+
+Sources of the metrics:
+
+* Word precision / recall / F1 are computed over the *multiset* of upper-cased,
+  whitespace-separated words, ignoring order. This is the bag-of-words scoring
+  used for the SROIE receipts (ICDAR 2019 SROIE task 2 scores OCR output the
+  same way, by matching words regardless of position); the team has used it
+  for the receipts so far.
+* CER is the usual character error rate: Levenshtein edit distance
+  (insertions + deletions + substitutions, each cost 1) divided by the length
+  of the reference, computed after whitespace normalisation. Edit distance
+  comes from ``rapidfuzz`` (``rapidfuzz.distance.Levenshtein``).
+
+All functions are pure; none touches the filesystem except
+:func:`load_sroie_truth`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from rapidfuzz.distance import Levenshtein
+
+__all__ = [
+    "WordCounts",
+    "cer",
+    "load_sroie_truth",
+    "micro_prf",
+    "normalize_whitespace",
+    "prf",
+    "word_counts",
+    "word_prf",
+    "words",
+]
+
+_WS = re.compile(r"\s+")
+
+
+def words(text: str) -> list[str]:
+    """Upper-cased words of ``text``, split on any run of whitespace.
+
+    Args:
+        text: any string (newlines and form feeds count as whitespace).
+
+    Returns:
+        the words in order, upper-cased; ``[]`` for empty/blank text.
+    """
+    return text.upper().split()
+
+
+def normalize_whitespace(text: str) -> str:
+    """Collapse each whitespace run (spaces, tabs, newlines, form feeds) to one space and strip."""
+    return _WS.sub(" ", text).strip()
+
+
+@dataclass(frozen=True)
+class WordCounts:
+    """Word counts of one (or, summed, many) prediction/truth pairs.
+
+    Attributes:
+        matched: words in both, counted with multiplicity (multiset intersection size).
+        predicted: words in the prediction.
+        truth: words in the ground truth.
+    """
+
+    matched: int
+    predicted: int
+    truth: int
+
+    def __add__(self, other: "WordCounts") -> "WordCounts":
+        return WordCounts(self.matched + other.matched, self.predicted + other.predicted,
+                          self.truth + other.truth)
+
+
+def word_counts(predicted: str, truth: str) -> WordCounts:
+    """Multiset word counts of ``predicted`` against ``truth`` (see :func:`words`).
+
+    A word that occurs twice in the truth and once in the prediction matches once.
+    """
+    p, t = Counter(words(predicted)), Counter(words(truth))
+    return WordCounts(matched=sum((p & t).values()), predicted=sum(p.values()), truth=sum(t.values()))
+
+
+def prf(c: WordCounts) -> tuple[float, float, float]:
+    """Precision, recall and F1 from counts.
+
+    Conventions for empty sides: precision is 1.0 when nothing was predicted,
+    recall is 1.0 when the truth is empty (nothing to find), so two empty texts
+    score (1, 1, 1); F1 is 0.0 when precision + recall is 0.
+
+    Returns:
+        ``(precision, recall, f1)``, each in [0, 1].
+    """
+    precision = c.matched / c.predicted if c.predicted else 1.0
+    recall = c.matched / c.truth if c.truth else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def word_prf(predicted: str, truth: str) -> tuple[float, float, float]:
+    """Bag-of-words precision, recall and F1 of ``predicted`` against ``truth``.
+
+    Words are upper-cased and whitespace-split (:func:`words`); order and line
+    breaks are ignored; duplicates count (multiset intersection). Empty-side
+    conventions are those of :func:`prf`; an empty prediction of a non-empty
+    truth scores ``(1.0, 0.0, 0.0)``.
+
+    Returns:
+        ``(precision, recall, f1)``, each in [0, 1].
+    """
+    return prf(word_counts(predicted, truth))
+
+
+def micro_prf(pairs: Iterable[tuple[str, str]] | Iterable[WordCounts]) -> tuple[float, float, float]:
+    """Micro-averaged P/R/F1 over many documents.
+
+    Matched, predicted and truth word counts are summed over all documents
+    before dividing, so long documents weigh more than short ones (unlike the
+    mean of per-document F1).
+
+    Args:
+        pairs: ``(predicted, truth)`` text pairs, or :class:`WordCounts` already
+            computed with :func:`word_counts`.
+
+    Returns:
+        ``(precision, recall, f1)``; ``(1.0, 1.0, 1.0)`` for no documents.
+    """
+    total = WordCounts(0, 0, 0)
+    for item in pairs:
+        total = total + (item if isinstance(item, WordCounts) else word_counts(*item))
+    return prf(total)
+
+
+def cer(predicted: str, truth: str) -> float:
+    """Character error rate of ``predicted`` against ``truth``.
+
+    Both texts are normalised with :func:`normalize_whitespace` (so line breaks
+    and page breaks count as one space each); case is kept. The result is the
+    Levenshtein distance divided by the normalised truth length. It is 0.0 iff
+    the normalised strings are equal and can exceed 1.0 when the prediction is
+    much longer than the truth.
+
+    Returns:
+        the CER as a fraction (not a percentage); for an empty normalised truth,
+        0.0 if the prediction is empty too, else 1.0.
+    """
+    p, t = normalize_whitespace(predicted), normalize_whitespace(truth)
+    if not t:
+        return 0.0 if not p else 1.0
+    return Levenshtein.distance(p, t) / len(t)
+
+
+def load_sroie_truth(csv_path: str | Path) -> str:
+    """Ground-truth text of one SROIE receipt annotation file.
+
+    Each line of the file is ``x1,y1,x2,y2,x3,y3,x4,y4,TEXT``; TEXT may itself
+    contain commas, so each line is split on its first 8 commas only. Files are
+    decoded as UTF-8, falling back to Latin-1 (a few SROIE files hold Latin-1
+    bytes). Blank lines are skipped.
+
+    Args:
+        csv_path: path of ``NNN.csv``.
+
+    Returns:
+        the TEXT fields joined with newlines, in file order.
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: a non-blank line has fewer than 9 fields.
+    """
+    raw = Path(csv_path).read_bytes()
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        content = raw.decode("latin-1")
+    lines = []
+    for n, line in enumerate(content.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(",", 8)
+        if len(parts) < 9:
+            raise ValueError(f"{csv_path}:{n}: expected 8 coordinates and a text, got {line!r}")
+        lines.append(parts[8])
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Producers: the publish library, `ocrstream submit` and the drop-folder watcher."""

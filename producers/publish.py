@@ -1,0 +1,126 @@
+"""Library API for programs that publish document references.
+
+    from producers.publish import DocumentPublisher
+    with DocumentPublisher(settings) as pub:
+        doc_id = pub.publish_object("ocrstream", "scans/a.pdf")      # already in the store
+        doc_id = pub.upload_and_publish(Path("b.jpg"))                  # upload first
+
+The value is a ``DocumentRef`` (a reference, never the file's bytes), keyed by
+``document_id``. Delivery is acks=all with an idempotent producer; ``flush``
+(or leaving the ``with`` block) raises if any reference was not acknowledged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from pathlib import Path, PurePosixPath
+
+from confluent_kafka import KafkaError, Producer
+
+from ocrstream.documents import content_type_for
+from ocrstream.errors import OcrstreamError, ReasonCode
+from ocrstream.kafka import DeliveryTracker, producer_config
+from ocrstream.settings import Settings
+from ocrstream.storage import ObjectStore, validate_key
+from schemas import DocumentOptions, DocumentRef, ObjectRef, encode
+from consumers.common import now_ms
+
+
+def stable_document_id(bucket: str, key: str, etag: str, version_id: str | None = None) -> str:
+    """A document id derived from the object version: republishing the same
+    version yields the same id, so its result overwrites itself in the
+    compacted results topic. 32 hex chars (SHA-256 prefix)."""
+    digest = hashlib.sha256(f"{bucket}\0{key}\0{etag}\0{version_id or ''}".encode()).hexdigest()
+    return digest[:32]
+
+
+class PublishError(RuntimeError):
+    """A document reference was not acknowledged by the broker."""
+
+
+class DocumentPublisher:
+    """Publishes DocumentRefs to the ingest topic (see module docstring)."""
+
+    def __init__(self, s: Settings, producer: Producer | None = None):
+        self.s = s
+        self.store = ObjectStore(s)
+        self.tracker = DeliveryTracker()
+        self.producer = producer or Producer(producer_config(s))
+
+    def __enter__(self) -> "DocumentPublisher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()
+
+    def publish_ref(self, ref: DocumentRef) -> str:
+        """Queue one reference; returns its document id.
+
+        Raises:
+            OcrstreamError: ``message_too_large`` when the encoded value is over
+                ``max_message_bytes``.
+        """
+        value = encode(ref)
+        if len(value) > self.s.max_message_bytes:
+            raise OcrstreamError(ReasonCode.MESSAGE_TOO_LARGE,
+                                 f"reference is {len(value)} bytes, limit {self.s.max_message_bytes}")
+        while True:
+            try:
+                self.producer.produce(self.s.topic("ingest"), value, ref.document_id, on_delivery=self.tracker.callback)
+                break
+            except BufferError:
+                self.producer.poll(0.1)
+        self.producer.poll(0)
+        return ref.document_id
+
+    def publish_object(self, bucket: str, key: str, *, filename: str | None = None,
+                       document_id: str | None = None, dpi: int | None = None) -> str:
+        """Publish a reference to an object that is already stored (stat'ed for ETag/size).
+
+        Raises:
+            OcrstreamError: ``invalid_key``, ``object_not_found``, ``storage_error``.
+        """
+        key = validate_key(key)
+        info = self.store.stat(bucket, key)
+        ref = DocumentRef(
+            document_id=document_id or stable_document_id(bucket, key, info.etag, info.version_id),
+            source=ObjectRef(bucket=bucket, key=key, filename=filename or PurePosixPath(key).name,
+                             etag=info.etag, version_id=info.version_id, size=info.size,
+                             content_type=info.content_type),
+            submitted_at=now_ms(), options=DocumentOptions(dpi=dpi),
+        )
+        return self.publish_ref(ref)
+
+    def upload_and_publish(self, path: Path, *, dpi: int | None = None) -> str:
+        """Upload a local file under ``upload_prefix/<document_id>/<name>`` and publish it.
+
+        Raises:
+            OSError: the file cannot be read.
+            OcrstreamError: ``storage_error``, ``message_too_large``.
+        """
+        document_id = uuid.uuid4().hex
+        data = Path(path).read_bytes()
+        key = f"{self.s.upload_prefix}{document_id}/{Path(path).name}"
+        info = self.store.put_bytes(key, data, content_type_for(path.name))
+        ref = DocumentRef(
+            document_id=document_id,
+            source=ObjectRef(bucket=info.bucket, key=key, filename=Path(path).name, etag=info.etag,
+                             version_id=info.version_id, size=info.size, content_type=info.content_type),
+            submitted_at=now_ms(), options=DocumentOptions(dpi=dpi),
+        )
+        return self.publish_ref(ref)
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        """Wait for every queued reference to be acknowledged.
+
+        Raises:
+            PublishError: some were not.
+        """
+        remaining = self.producer.flush(timeout_s)
+        errors, self.tracker.errors = list(self.tracker.errors), []
+        if remaining or errors:
+            codes = {e.code() for e in errors}
+            if KafkaError.MSG_SIZE_TOO_LARGE in codes:
+                raise PublishError("a reference is larger than the ingest topic's max.message.bytes")
+            raise PublishError(f"{remaining} reference(s) not delivered; errors: {[str(e) for e in errors[:3]]}")

@@ -1,0 +1,79 @@
+"""Splitter + OCR worker against the real broker and object store (no assembler here)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from consumers.common import StopFlag
+from consumers.splitter import Splitter
+from consumers.worker import OcrWorker
+from ocrstream.engine.null import NullEngine
+from producers.publish import DocumentPublisher
+from schemas import PageResult, PageTask, decode
+
+from conftest import consume_all, make_pdf
+
+pytestmark = pytest.mark.integration
+
+
+def test_pdf_pages_are_split_rendered_and_recognized(settings, store, stages, tmp_path):
+    pdf = tmp_path / "letter.pdf"
+    pdf.write_bytes(make_pdf([["INVOICE 2024-117", "Total due: 1,250.00 EUR"], ["Second page here"]]))
+    with DocumentPublisher(settings) as pub:
+        doc_id = pub.upload_and_publish(pdf)
+
+    stages.start(Splitter(settings, StopFlag(install_signals=False)))
+    stages.start(OcrWorker(settings, stop=StopFlag(install_signals=False)))
+
+    tasks = [decode(m.value(), PageTask) for m in consume_all(settings, settings.topic("pages"), 2)]
+    assert sorted(t.page_number for t in tasks) == [1, 2]
+    assert {t.page_count for t in tasks} == {2} and {t.dpi for t in tasks} == {150}
+    assert all(t.source.filename == "letter.pdf" for t in tasks)
+
+    msgs = consume_all(settings, settings.topic("page-results"), 2, timeout_s=120)
+    results = sorted((decode(m.value(), PageResult) for m in msgs), key=lambda r: r.page_number)
+    assert [m.key().decode() for m in msgs] == [doc_id, doc_id]
+    first = results[0]
+    assert first.status == "succeeded" and first.document_id == doc_id
+    # 595 x 842 pt at 150 DPI = 1239.6 x 1754.2 px; MuPDF rounds the pixmap bounds outward
+    assert (first.width, first.height, first.dpi) == (1240, 1755, 150)
+    texts = [d.text for d in first.detections]
+    assert any("INVOICE" in t and "2024-117" in t for t in texts), texts
+    assert any("1,250.00" in t for t in texts), texts
+    for d in first.detections:
+        xs = [p[0] for p in d.polygon]
+        ys = [p[1] for p in d.polygon]
+        assert 0 <= min(xs) < max(xs) <= first.width and 0 <= min(ys) < max(ys) <= first.height
+        assert 0.5 <= d.confidence <= 1.0
+    # reading order: the title line comes before the total line
+    assert texts.index(next(t for t in texts if "INVOICE" in t)) < texts.index(next(t for t in texts if "1,250.00" in t))
+    assert "Second page" in " ".join(d.text for d in results[1].detections)
+    assert first.engine.name == "onnxruntime" and first.engine.det_model == "PP-OCRv6_det_small"
+
+
+def test_invalid_page_task_is_dead_lettered_and_partition_keeps_flowing(settings, store, stages):
+    from confluent_kafka import Producer
+
+    from ocrstream.kafka import producer_config
+
+    p = Producer(producer_config(settings))
+    # every pages partition gets garbage, so whichever one the valid task lands on was blocked
+    for part in range(12):
+        p.produce(settings.topic("pages"), b"{not json", b"bad", partition=part)
+    p.produce(settings.topic("pages"), orjson.dumps({"schema": "page_task", "schema_version": 1}), b"bad2")
+    p.flush(10)
+    stages.start(OcrWorker(settings, engine=NullEngine(), stop=StopFlag(install_signals=False)))
+    dls = [orjson.loads(m.value()) for m in consume_all(settings, settings.topic("dead-letters"), 13)]
+    reasons = sorted(d["reason"] for d in dls)
+    assert reasons == ["invalid_json"] * 12 + ["schema_violation"]
+    assert all(d["stage"] == "worker" and d["topic"] == settings.topic("pages") for d in dls)
+
+    # a valid document afterwards still goes through
+    pdf = make_pdf([["after the garbage"]])
+    store.put_bytes("uploads/ok.pdf", pdf, "application/pdf")
+    with DocumentPublisher(settings) as pub:
+        doc_id = pub.publish_object(settings.bucket, "uploads/ok.pdf")
+    stages.start(Splitter(settings, StopFlag(install_signals=False)))
+    res = consume_all(settings, settings.topic("page-results"), 1)
+    assert decode(res[0].value(), PageResult).document_id == doc_id
