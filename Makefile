@@ -1,0 +1,53 @@
+# ocrstream developer commands. Everything installs itself: `make demo` and `make test` on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+KAFKA_LIBS := deploy/kafka/libs
+DOCS ?=
+
+.PHONY: venv kafka-jars deps test test-fast demo stop stack-up stack-down bench accuracy schemas clean
+
+$(BIN)/ocrstream: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(BIN)/ocrstream
+
+$(KAFKA_LIBS)/.fetched: deploy/kafka/pom.xml
+	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(KAFKA_LIBS) -DincludeScope=runtime
+	@touch $@
+
+kafka-jars: $(KAFKA_LIBS)/.fetched
+
+deps: venv kafka-jars
+
+## The whole suite, incl. integration tests against a real Kafka broker and S3 server the tests start.
+test: deps
+	$(BIN)/python -m pytest
+
+test-fast: deps
+	$(BIN)/python -m pytest -m "not slow"
+
+## Start the stack and all consumers, OCR sample + real documents, print results. Leaves it running.
+demo: deps
+	$(BIN)/python scripts/demo.py $(DOCS)
+
+stop:
+	$(BIN)/python scripts/demo.py --stop
+
+stack-up: deps
+	$(BIN)/ocrstream stack up
+
+stack-down:
+	$(BIN)/ocrstream stack down
+
+bench: deps
+	$(BIN)/python bench/accuracy.py receipts
+
+schemas: venv
+	$(BIN)/ocrstream schemas export
+
+clean:
+	rm -rf $(VENV) .ocrstream $(KAFKA_LIBS)
