@@ -8,6 +8,7 @@
     ocrstream run [--workers N]        every stage, as child processes (local use)
     ocrstream dlq list|replay          inspect / re-drive dead letters
     ocrstream schemas export           write schemas/json/*.schema.json
+    ocrstream config                   configuration reference (env vars and defaults)
 """
 
 from __future__ import annotations
@@ -137,6 +138,13 @@ def cmd_schemas(args, s: Settings) -> int:
     return 0
 
 
+def cmd_config(args, s: Settings) -> int:
+    from .settings import settings_table
+
+    print(settings_table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ocrstream", description="Streaming OCR on Kafka.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -170,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("schemas", help="JSON Schema files")
     sc.add_argument("action", choices=["export"])
     sc.set_defaults(fn=cmd_schemas)
+    sub.add_parser("config", help="print the configuration reference (env vars, defaults)").set_defaults(fn=cmd_config)
     return p
 
 

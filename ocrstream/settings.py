@@ -30,14 +30,16 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = Field(
         "127.0.0.1:9092", description="librdkafka bootstrap.servers"
     )
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="librdkafka security.protocol")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (with SASL_* protocols)")
+    kafka_sasl_username: str | None = Field(None, description="SASL user")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (never logged)")
     kafka_ssl_ca_location: str | None = Field(None, description="CA bundle (PEM) for broker TLS")
     kafka_ssl_certificate_location: str | None = Field(None, description="client certificate (PEM)")
     kafka_ssl_key_location: str | None = Field(None, description="client private key (PEM)")
-    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="password of the client key")
     topic_prefix: str = Field("ocr.", description="prefix of every topic name")
     group_prefix: str = Field("ocrstream.", description="prefix of every consumer group id")
     group_instance_id: str | None = Field(
@@ -46,16 +48,16 @@ class Settings(BaseSettings):
     delivery: Literal["at-least-once", "exactly-once"] = Field(
         "at-least-once", description="exactly-once = Kafka transactions in worker and splitter"
     )
-    max_poll_interval_ms: int = 300_000
-    session_timeout_ms: int = 45_000
+    max_poll_interval_ms: int = Field(300_000, description="librdkafka max.poll.interval.ms")
+    session_timeout_ms: int = Field(45_000, description="librdkafka session.timeout.ms")
 
     # --- Object store (S3 API) ----------------------------------------------
     s3_endpoint: str = Field("127.0.0.1:8333", description="host:port of the S3 API")
-    s3_access_key: SecretStr = SecretStr("")
-    s3_secret_key: SecretStr = SecretStr("")
+    s3_access_key: SecretStr = Field(SecretStr(""), description="falls back to AWS_ACCESS_KEY_ID, then `ocrstream`")
+    s3_secret_key: SecretStr = Field(SecretStr(""), description="falls back to AWS_SECRET_ACCESS_KEY, then `ocrstream-secret`")
     s3_secure: bool = Field(False, description="https to the S3 endpoint")
     s3_ca_file: str | None = Field(None, description="CA bundle (PEM) for S3 TLS")
-    s3_region: str = "us-east-1"
+    s3_region: str = Field("us-east-1", description="S3 region (signing)")
     bucket: str = Field("ocrstream", description="bucket for uploads and the drop folder")
     upload_prefix: str = Field("uploads/", description="where `ocrstream submit` uploads files")
     inbox_prefix: str = Field("inbox/", description="the drop folder watched by `ocrstream watch`")
@@ -64,9 +66,9 @@ class Settings(BaseSettings):
     # --- Local stack (`ocrstream stack`) ------------------------------------
     stack_dir: Path = Field(Path(".ocrstream"), description="data, logs and pids of the local stack")
     kafka_libs: Path = Field(Path("deploy/kafka/libs"), description="Kafka jars fetched by Maven")
-    kafka_port: int = 9092
-    kafka_controller_port: int = 9093
-    s3_port: int = 8333
+    kafka_port: int = Field(9092, description="local broker port")
+    kafka_controller_port: int = Field(9093, description="local KRaft controller port")
+    s3_port: int = Field(8333, description="local SeaweedFS S3 port")
     stack_port_base: int = Field(
         17000, description="SeaweedFS internal ports: base+80..base+888, gRPC at +10000 more"
     )
@@ -100,10 +102,11 @@ class Settings(BaseSettings):
     page_timeout_s: float = Field(300.0, description="engine time budget per page (seconds)")
 
     # --- Observability ---------------------------------------------------------
-    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    metrics_interval_s: float = 10.0
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+                           description="this process in metrics and transactional.id (default host-pid)")
+    metrics_interval_s: float = Field(10.0, description="metrics sample period (seconds)")
     http_port: int = Field(0, description="/metrics, /healthz, /readyz port; 0 = off")
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
 
     @model_validator(mode="after")
     def _aws_fallback(self) -> "Settings":
@@ -123,6 +126,20 @@ class Settings(BaseSettings):
     def group(self, name: str) -> str:
         """Full consumer group id for a stage name (``worker`` -> ``ocrstream.worker``)."""
         return f"{self.group_prefix}{name}"
+
+
+def settings_table() -> str:
+    """The configuration reference as a Markdown table (README, "Configuration")."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = "(computed)"
+        elif isinstance(field.default, SecretStr):
+            default = "(see meaning)"
+        else:
+            default = field.default
+        rows.append(f"| `OCRSTREAM_{name.upper()}` | `{default}` | {field.description or ''} |")
+    return "\n".join(rows)
 
 
 @lru_cache(maxsize=1)
