@@ -1,0 +1,40 @@
+"""Settings: env prefix, defaults documented in the README, security passthrough without leaks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ocrstream.kafka import consumer_config, producer_config
+from ocrstream.settings import Settings, settings_table
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_documents_every_setting_with_its_default():
+    assert settings_table() in README.read_text(), "README's configuration table is stale: paste `ocrstream config`"
+
+
+def test_env_prefix_and_aws_fallback(monkeypatch):
+    monkeypatch.setenv("OCRSTREAM_RENDER_DPI", "200")
+    monkeypatch.setenv("OCRSTREAM_BATCH_MAX_PAGES", "4")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.delenv("OCRSTREAM_S3_ACCESS_KEY", raising=False)
+    s = Settings()
+    assert (s.render_dpi, s.batch_max_pages) == (200, 4)
+    assert s.s3_access_key.get_secret_value() == "AKIAEXAMPLE"
+    assert s.topic("pages") == "ocr.pages" and s.group("worker") == "ocrstream.worker"
+
+
+def test_sasl_tls_settings_pass_through_and_secrets_stay_out_of_repr():
+    s = Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
+                 kafka_sasl_username="ocr", kafka_sasl_password="hunter2", kafka_ssl_ca_location="/etc/ca.pem",
+                 kafka_ssl_certificate_location="/etc/client.pem", kafka_ssl_key_location="/etc/client.key")
+    p = producer_config(s)
+    assert p["security.protocol"] == "SASL_SSL" and p["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert p["sasl.username"] == "ocr" and p["sasl.password"] == "hunter2"
+    assert p["ssl.ca.location"] == "/etc/ca.pem" and p["ssl.key.location"] == "/etc/client.key"
+    assert p["acks"] == "all" and p["enable.idempotence"] is True
+    c = consumer_config(s, "g")
+    assert c["enable.auto.commit"] is False and c["partition.assignment.strategy"] == "cooperative-sticky"
+    assert c["isolation.level"] == "read_committed"
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
