@@ -34,10 +34,11 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from ocrstream.engine import Engine, PageOcr, create_engine
 from ocrstream.errors import OcrstreamError, ReasonCode
-from ocrstream.kafka import make_consumer
+from ocrstream import metrics as m
+from ocrstream.kafka import make_consumer, make_producer
 from ocrstream.settings import Settings
 from ocrstream.storage import ObjectStore
-from schemas import Detection, PageResult, PageTask, decode, encode
+from schemas import Detection, PageResult, PageTask, WorkerMetrics, decode, encode
 from topology.topics import topic_specs
 
 from .common import OffsetTracker, StopFlag, dead_letter, dead_letter_headers, error_of, now_ms
@@ -138,8 +139,17 @@ class OcrWorker:
         self.engine: Engine | None = None
         self.prepare_pool = ThreadPoolExecutor(s.prepare_threads, thread_name_prefix="prepare")
         self.cache = SourceCache(ObjectStore(s), s)
-        self.consumer = make_consumer(s, s.group(STAGE))
+        self.lag: dict[str, int] = {}
+        self.consumer = make_consumer(s, s.group(STAGE), **{
+            "statistics.interval.ms": int(s.metrics_interval_s * 1000), "stats_cb": self._on_stats})
         self.delivery = Delivery(s, self.consumer, STAGE)
+        # Metrics go out of band: in exactly-once mode the delivery producer only writes inside transactions.
+        self.metrics_producer = make_producer(s, **{"linger.ms": 100})
+        self.gpu = m.GpuSampler()
+        self.proc = m.ProcessSampler()
+        self.next_sample = time.monotonic() + s.metrics_interval_s
+        self.last_sample = time.monotonic()
+        self.http = m.HealthServer(s.http_port, self.ready) if s.http_port else None
         self.tracker = OffsetTracker()
         self.queue: deque[WorkItem] = deque()
         self.batch: list[WorkItem] | None = None
@@ -150,6 +160,13 @@ class OcrWorker:
         self.max_result_bytes = next(int(t.config["max.message.bytes"]) for t in topic_specs()
                                      if t.name == "page-results")
         self.assigned: set[tuple[str, int]] = set()
+
+    def ready(self) -> bool:
+        """Engine loaded and at least one partition assigned (``/readyz``)."""
+        return self.engine is not None and bool(self.assigned)
+
+    def _on_stats(self, stats_json: str) -> None:
+        self.lag = m.parse_lag(stats_json)
 
     # --- rebalance callbacks (run inside poll(), on the poll thread) ----------------
     def _on_assign(self, consumer, partitions: list[TopicPartition]) -> None:
@@ -198,6 +215,9 @@ class OcrWorker:
         finally:
             self.prepare_pool.shutdown(wait=False, cancel_futures=True)
             self.engine_pool.shutdown(wait=False, cancel_futures=True)
+            self.metrics_producer.flush(5)
+            if self.http:
+                self.http.close()
 
     def step(self) -> None:
         """One iteration: finish/publish, start a batch, apply back-pressure, poll."""
@@ -205,6 +225,8 @@ class OcrWorker:
         self._publish_failures()
         self._maybe_start_batch()
         self._backpressure()
+        if time.monotonic() >= self.next_sample:
+            self.publish_metrics()
         busy = bool(self.queue) or self.batch_future is not None
         msg = self.consumer.poll(0.02 if busy else 0.25)
         if msg is None:
@@ -216,6 +238,7 @@ class OcrWorker:
         self._accept(msg)
 
     def _accept(self, msg: Message) -> None:
+        m.MESSAGES_CONSUMED.labels(STAGE).inc()
         self.tracker.add(msg.topic(), msg.partition(), msg.offset())
         item = WorkItem(msg=msg, received=time.monotonic())
         try:
@@ -236,6 +259,8 @@ class OcrWorker:
             if assignment:
                 self.consumer.resume(assignment)
             self.paused = False
+        m.INFLIGHT_PAGES.set(inflight)
+        m.PAUSED_PARTITIONS.set(len(assignment) if self.paused else 0)
 
     def _publish_failures(self) -> None:
         """Dead letters and failed pages skip the engine: publish them as soon as they are known."""
@@ -282,6 +307,8 @@ class OcrWorker:
         self.stats.batches += 1
         self.stats.batch_sizes.append(len(batch))
         self.stats.batch_latency_ms.append(latency)
+        m.BATCH_SIZE.observe(len(batch))
+        m.BATCH_LATENCY.observe(latency / 1000)
         for item in batch:
             item.image = None  # release pixels before publishing
         self._publish(batch, results)
@@ -322,10 +349,14 @@ class OcrWorker:
             if item.bad is not None:
                 dl = dead_letter(item.msg, item.bad, STAGE)
                 self.stats.errors[dl.reason] += 1
+                m.DEAD_LETTERS.labels(STAGE, dl.reason).inc()
                 outputs.append(Output(self.s.topic("dead-letters"), dl.key, encode(dl), dead_letter_headers(dl)))
             else:
                 outputs.append(self._page_result(item, ocr))
                 self.stats.pages += 1
+                failed = item.error is not None or isinstance(ocr, BaseException)
+                m.PAGES_PROCESSED.labels("failed" if failed else "succeeded").inc()
+                m.PAGE_LATENCY.observe(max(0.0, (now_ms() - item.task.submitted_at) / 1000))
         for item in items:
             if item.tp in self.assigned:
                 self.tracker.done(item.msg.topic(), item.msg.partition(), item.msg.offset())
@@ -337,6 +368,31 @@ class OcrWorker:
             log.warning("commit failed: %s", exc)
             return
         self.tracker.mark_committed(offsets)
+        for out in outputs:
+            m.MESSAGES_PRODUCED.labels(STAGE, out.topic).inc()
+
+    def publish_metrics(self) -> WorkerMetrics:
+        """Publish a :class:`WorkerMetrics` sample (figures since the last one) to the metrics topic."""
+        now = time.monotonic()
+        interval = max(1e-6, now - self.last_sample)
+        self.last_sample, self.next_sample = now, now + self.s.metrics_interval_s
+        st = self.stats.reset()
+        cpu, rss = self.proc.sample()
+        lat = sorted(st.batch_latency_ms)
+
+        def pct(q: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))], 1) if lat else None
+
+        sample = WorkerMetrics(
+            host=m.hostname(), worker_id=self.s.worker_id, stage=STAGE, at=now_ms(), interval_s=round(interval, 3),
+            gpus=self.gpu.sample(), cpu_pct=cpu, rss_bytes=rss, pages=st.pages, batches=st.batches,
+            mean_batch_size=round(sum(st.batch_sizes) / len(st.batch_sizes), 2) if st.batch_sizes else 0.0,
+            pages_per_s=round(st.pages / interval, 3), batch_latency_ms_p50=pct(0.5), batch_latency_ms_p95=pct(0.95),
+            errors=dict(st.errors), lag=dict(self.lag),
+        )
+        self.metrics_producer.produce(self.s.topic("metrics"), encode(sample), self.s.worker_id)
+        self.metrics_producer.poll(0)
+        return sample
 
     def _shutdown(self, deadline_s: float = 30.0) -> None:
         """Stop fetching, finish the in-flight batch (bounded), publish, commit, leave the group."""

@@ -1,0 +1,175 @@
+"""Observability: Prometheus series, /metrics + /healthz + /readyz, NVML sampling, metrics-topic samples.
+
+Prometheus series (prometheus-client, default registry):
+
+- ``ocrstream_messages_consumed_total{stage}``, ``ocrstream_messages_produced_total{stage,topic}``
+- ``ocrstream_pages_processed_total{status}``
+- ``ocrstream_batch_size`` (histogram, pages), ``ocrstream_batch_latency_seconds`` (histogram)
+- ``ocrstream_page_latency_seconds`` (histogram: ingest time -> page result)
+- ``ocrstream_dead_letters_total{stage,reason}``
+- ``ocrstream_inflight_pages``, ``ocrstream_paused_partitions``, ``ocrstream_consumer_lag{topic,partition}``
+- ``ocrstream_gpu_utilization_percent{gpu}``, ``ocrstream_gpu_memory_used_bytes{gpu}``,
+  ``ocrstream_gpu_memory_total_bytes{gpu}`` (only where NVML finds GPUs)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+import orjson
+import psutil
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+from schemas import GpuSample
+
+log = logging.getLogger(__name__)
+
+MESSAGES_CONSUMED = Counter("ocrstream_messages_consumed", "Records consumed", ["stage"])
+MESSAGES_PRODUCED = Counter("ocrstream_messages_produced", "Records produced", ["stage", "topic"])
+PAGES_PROCESSED = Counter("ocrstream_pages_processed", "Pages OCR'd", ["status"])
+BATCH_SIZE = Histogram("ocrstream_batch_size", "Pages per engine micro-batch",
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+BATCH_LATENCY = Histogram("ocrstream_batch_latency_seconds", "Engine time per micro-batch",
+                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+PAGE_LATENCY = Histogram("ocrstream_page_latency_seconds", "Ingest (submitted_at) to page result",
+                         buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900))
+DEAD_LETTERS = Counter("ocrstream_dead_letters", "Dead-letter records", ["stage", "reason"])
+INFLIGHT_PAGES = Gauge("ocrstream_inflight_pages", "Pages consumed and not yet committed")
+PAUSED_PARTITIONS = Gauge("ocrstream_paused_partitions", "Partitions paused by back-pressure")
+CONSUMER_LAG = Gauge("ocrstream_consumer_lag", "Messages behind the high watermark", ["topic", "partition"])
+GPU_UTIL = Gauge("ocrstream_gpu_utilization_percent", "GPU utilisation", ["gpu"])
+GPU_MEM_USED = Gauge("ocrstream_gpu_memory_used_bytes", "GPU memory used", ["gpu"])
+GPU_MEM_TOTAL = Gauge("ocrstream_gpu_memory_total_bytes", "GPU memory total", ["gpu"])
+
+
+class GpuSampler:
+    """NVML sampling (``nvidia-ml-py``). NVML absence is detected once: :attr:`available` is
+    False and :meth:`sample` returns None, without an error per sample."""
+
+    def __init__(self) -> None:
+        self.available = False
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self.count = pynvml.nvmlDeviceGetCount()
+            self.available = self.count > 0
+        except Exception as exc:  # no driver, no library, no GPU: all mean "CPU host"
+            log.info("NVML unavailable (%s): GPU fields will be null", type(exc).__name__)
+            self.count = 0
+
+    def sample(self) -> list[GpuSample] | None:
+        """One :class:`GpuSample` per GPU, or None on a host without NVIDIA GPUs."""
+        if not self.available:
+            return None
+        nv = self._nvml
+        out = []
+        pid = os.getpid()
+        for i in range(self.count):
+            h = nv.nvmlDeviceGetHandleByIndex(i)
+
+            def opt(fn: Callable, *a):
+                try:
+                    return fn(h, *a)
+                except Exception:  # a field a GPU model does not support stays null
+                    return None
+
+            util = opt(nv.nvmlDeviceGetUtilizationRates)
+            mem = opt(nv.nvmlDeviceGetMemoryInfo)
+            power = opt(nv.nvmlDeviceGetPowerUsage)
+            limit = opt(nv.nvmlDeviceGetEnforcedPowerLimit)
+            procs = opt(nv.nvmlDeviceGetComputeRunningProcesses) or []
+            mine = sum((p.usedGpuMemory or 0) for p in procs if p.pid == pid) or None
+            s = GpuSample(
+                index=i, uuid=str(opt(nv.nvmlDeviceGetUUID)), name=str(opt(nv.nvmlDeviceGetName)),
+                utilization_pct=float(util.gpu) if util else None,
+                memory_used_bytes=int(mem.used) if mem else None, memory_total_bytes=int(mem.total) if mem else None,
+                temperature_c=opt(nv.nvmlDeviceGetTemperature, nv.NVML_TEMPERATURE_GPU),
+                power_w=power / 1000 if power is not None else None,
+                power_limit_w=limit / 1000 if limit is not None else None,
+                sm_clock_mhz=opt(nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_SM), process_memory_bytes=mine,
+            )
+            out.append(s)
+            label = str(i)
+            if s.utilization_pct is not None:
+                GPU_UTIL.labels(label).set(s.utilization_pct)
+            if s.memory_used_bytes is not None:
+                GPU_MEM_USED.labels(label).set(s.memory_used_bytes)
+                GPU_MEM_TOTAL.labels(label).set(s.memory_total_bytes or 0)
+        return out
+
+
+class ProcessSampler:
+    """CPU % (of one core, since the last sample) and RSS of this process (psutil)."""
+
+    def __init__(self) -> None:
+        self.proc = psutil.Process()
+        self.proc.cpu_percent(None)  # first call primes the counter
+
+    def sample(self) -> tuple[float, int]:
+        return self.proc.cpu_percent(None), self.proc.memory_info().rss
+
+
+def parse_lag(stats_json: str) -> dict[str, int]:
+    """Consumer lag per ``topic/partition`` from librdkafka's statistics JSON
+    (``statistics.interval.ms``; field ``topics.*.partitions.*.consumer_lag``,
+    -1 = unknown, partition -1 = internal)."""
+    stats = orjson.loads(stats_json)
+    lag: dict[str, int] = {}
+    for topic, t in stats.get("topics", {}).items():
+        for pid, p in t.get("partitions", {}).items():
+            if int(pid) < 0 or not p.get("desired") and not p.get("fetch_state") == "active":
+                continue
+            value = p.get("consumer_lag", -1)
+            if value >= 0:
+                lag[f"{topic}/{pid}"] = value
+                CONSUMER_LAG.labels(topic, pid).set(value)
+    return lag
+
+
+class HealthServer:
+    """Serves ``/metrics`` (Prometheus text format), ``/healthz`` (process alive) and
+    ``/readyz`` (200 once ``ready()`` is true: partitions assigned and engine loaded)."""
+
+    def __init__(self, port: int, ready: Callable[[], bool], host: str = "0.0.0.0"):
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's naming
+                if self.path.startswith("/metrics"):
+                    body, ctype, code = generate_latest(), CONTENT_TYPE_LATEST, 200
+                elif self.path.startswith("/healthz"):
+                    body, ctype, code = b"ok\n", "text/plain", 200
+                elif self.path.startswith("/readyz"):
+                    ok = outer.ready()
+                    body, ctype, code = (b"ready\n" if ok else b"not ready\n"), "text/plain", 200 if ok else 503
+                else:
+                    body, ctype, code = b"not found\n", "text/plain", 404
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # keep scrapes out of the logs
+                pass
+
+        self.ready = ready
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name="http")
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def hostname() -> str:
+    return socket.gethostname()
