@@ -8,6 +8,7 @@
     ocrstream run [--workers N]        every stage, as child processes (local use)
     ocrstream dlq list|replay          inspect / re-drive dead letters
     ocrstream schemas export           write schemas/json/*.schema.json
+    ocrstream top                      live worker metrics (pages/s, batch, GPU, lag)
     ocrstream config                   configuration reference (env vars and defaults)
 """
 
@@ -138,6 +139,13 @@ def cmd_schemas(args, s: Settings) -> int:
     return 0
 
 
+def cmd_top(args, s: Settings) -> int:
+    from .top import run_top
+
+    run_top(s, once=args.once)
+    return 0
+
+
 def cmd_config(args, s: Settings) -> int:
     from .settings import settings_table
 
@@ -178,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("schemas", help="JSON Schema files")
     sc.add_argument("action", choices=["export"])
     sc.set_defaults(fn=cmd_schemas)
+    tp2 = sub.add_parser("top", help="live view of worker metrics (metrics topic)")
+    tp2.add_argument("--once", action="store_true", help="read for 5 s, print one table, exit")
+    tp2.set_defaults(fn=cmd_top)
     sub.add_parser("config", help="print the configuration reference (env vars, defaults)").set_defaults(fn=cmd_config)
     return p
 

@@ -151,3 +151,48 @@ def make_pdf(lines_per_page: list[list[str]], size=(595, 842), fontsize: int = 1
         for i, line in enumerate(lines):
             page.insert_text((60, 90 + i * 40), line, fontsize=fontsize, fontname="helv")
     return doc.tobytes()
+
+
+def settings_env(s: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a stage subprocess (``python -m ocrstream.cli STAGE``) equal to ``s``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCRSTREAM_")}
+    for name, value in s.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"OCRSTREAM_{name.upper()}"] = str(value)
+    env.update(extra)
+    return env
+
+
+class StageProcesses:
+    """Stage subprocesses (real processes, so they can be SIGKILLed); all killed at teardown."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list = []
+
+    def start(self, s: Settings, stage: str, **env: str):
+        import subprocess
+        import sys
+
+        log = open(self.tmp / f"{stage}-{len(self.procs)}.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "ocrstream.cli", stage], env=settings_env(s, **env),
+                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        proc.log_path = log.name
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+
+
+@pytest.fixture
+def processes(tmp_path):
+    runner = StageProcesses(tmp_path)
+    yield runner
+    runner.stop_all()

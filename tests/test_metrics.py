@@ -70,3 +70,31 @@ def test_worker_publishes_samples_and_serves_prometheus(settings, store, stages,
                    "ocrstream_inflight_pages", "ocrstream_messages_consumed_total"):
         assert series in text, series
     assert 'ocrstream_pages_processed_total{status="succeeded"}' in text
+
+
+def test_top_renders_a_row_per_worker_from_samples():
+    from rich.console import Console
+
+    from ocrstream.top import render
+    from schemas import GpuSample
+
+    gpu = GpuSample(index=0, uuid="GPU-1", name="H100", utilization_pct=87.0, memory_used_bytes=20 * 2**30,
+                    memory_total_bytes=80 * 2**30)
+    samples = {
+        "w1": WorkerMetrics(host="h1", worker_id="w1", stage="worker", at=int(time.time() * 1000), interval_s=10,
+                            gpus=[gpu], cpu_pct=95.0, rss_bytes=900 * 2**20, pages=120, batches=8,
+                            mean_batch_size=15.0, pages_per_s=12.5, batch_latency_ms_p50=900.0,
+                            batch_latency_ms_p95=1400.0, errors={"corrupt_document": 2},
+                            lag={"ocr.pages/0": 30, "ocr.pages/1": 12}),
+        "w2": WorkerMetrics(host="h2", worker_id="w2", stage="worker", at=int(time.time() * 1000), interval_s=10,
+                            gpus=None, cpu_pct=180.0, rss_bytes=700 * 2**20, pages=4, batches=1,
+                            mean_batch_size=4.0, pages_per_s=0.4, batch_latency_ms_p50=None,
+                            batch_latency_ms_p95=None),
+    }
+    console = Console(record=True, width=200)
+    console.print(render(samples))
+    text = console.export_text()
+    row1 = next(line for line in text.splitlines() if "w1" in line)
+    assert "12.50" in row1 and "87%" in row1 and "20.0/80.0" in row1 and " 42 " in row1 and " 2 " in row1
+    row2 = next(line for line in text.splitlines() if "w2" in line)
+    assert "0.40" in row2 and "180" in row2

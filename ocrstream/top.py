@@ -1,0 +1,74 @@
+"""``ocrstream top``: a live terminal view of the metrics topic (works over SSH).
+
+One row per worker: pages/s, mean batch size, batch latency p50/p95, GPU
+utilisation and memory (or CPU % and RSS on CPU hosts), consumer lag, errors.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from schemas import WorkerMetrics, decode
+
+from .errors import OcrstreamError
+from .kafka import consumer_config
+from .settings import Settings
+
+
+def _gib(n: int | None) -> str:
+    return f"{n / 2**30:.1f}" if n is not None else "-"
+
+
+def render(latest: dict[str, WorkerMetrics]) -> Table:
+    """The table for the most recent sample of each worker."""
+    t = Table(title=f"ocrstream workers ({time.strftime('%H:%M:%S')})")
+    for col in ("worker", "host", "pages/s", "batch", "p50 ms", "p95 ms", "GPU util", "GPU mem GiB",
+                "CPU %", "RSS MiB", "lag", "errors", "age s"):
+        t.add_column(col, justify="right" if col not in ("worker", "host") else "left")
+    now = time.time() * 1000
+    for wid, m in sorted(latest.items()):
+        gpu_util = ", ".join(f"{g.utilization_pct:.0f}%" for g in m.gpus if g.utilization_pct is not None) if m.gpus else "-"
+        gpu_mem = ", ".join(f"{_gib(g.memory_used_bytes)}/{_gib(g.memory_total_bytes)}" for g in m.gpus) if m.gpus else "-"
+        t.add_row(wid, m.host, f"{m.pages_per_s:.2f}", f"{m.mean_batch_size:.1f}",
+                  f"{m.batch_latency_ms_p50 or 0:.0f}", f"{m.batch_latency_ms_p95 or 0:.0f}", gpu_util, gpu_mem,
+                  f"{m.cpu_pct:.0f}", f"{m.rss_bytes / 2**20:.0f}", str(sum(m.lag.values())),
+                  str(sum(m.errors.values())), f"{(now - m.at) / 1000:.0f}")
+    return t
+
+
+def run_top(s: Settings, once: bool = False, history: int = 50) -> None:
+    """Follow the metrics topic, starting ``history`` samples back per partition."""
+    c = Consumer(consumer_config(s, f"{s.group('top')}-{uuid.uuid4().hex[:8]}"))
+    topic = s.topic("metrics")
+    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+    assignment = []
+    for p in parts:
+        low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        assignment.append(TopicPartition(topic, p, max(low, high - history) if high > 0 else OFFSET_END))
+    c.assign(assignment)
+    latest: dict[str, WorkerMetrics] = {}
+    console = Console()
+    try:
+        with Live(render(latest), console=console, refresh_per_second=2, transient=once) as live:
+            deadline = time.monotonic() + (5 if once else float("inf"))
+            while time.monotonic() < deadline:
+                msg = c.poll(0.5)
+                if msg is not None and not msg.error():
+                    try:
+                        m = decode(msg.value(), WorkerMetrics)
+                        latest[m.worker_id] = m
+                    except OcrstreamError:
+                        pass
+                live.update(render(latest))
+        if once:
+            console.print(render(latest))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        c.close()

@@ -1,0 +1,193 @@
+"""Failure tests against the real broker and object store, with stages as real processes.
+
+Each test publishes bounded work (tens of small one-page documents), injects a
+bounded number of failures, and then checks the compacted document-results
+topic: every document has exactly one result, with the text a crash-free run
+of the same engine produces.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from ocrstream.engine import create_engine
+from ocrstream.documents import open_pdf, render_pdf_page
+from ocrstream.kafka import consumer_config
+from producers.publish import DocumentPublisher
+from producers.results import read_latest_results
+from schemas import PageResult, PageTask, decode
+
+from conftest import base_settings, consume_all, make_pdf
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+
+N_DOCS = 40
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    """N_DOCS small one-page PDFs with distinct text, and what a crash-free engine run reads on each."""
+    docs = {f"doc{i:02d}.pdf": make_pdf([[f"ITEM {i:02d} TOTAL {i * 37 % 1000}.{i:02d}"]], size=(320, 70), fontsize=18)
+            for i in range(N_DOCS)}
+    s = base_settings()
+    engine = create_engine(s)
+    images = [render_pdf_page(open_pdf(data), 1, s.render_dpi, s.max_page_pixels) for data in docs.values()]
+    expected = {}
+    for name, page in zip(docs, engine.ocr_batch(images)):
+        expected[name] = "\n".join(line.text for line in page.lines)
+    return docs, expected
+
+
+def _publish(s, docs, tmp_path) -> dict[str, str]:
+    ids = {}
+    with DocumentPublisher(s) as pub:
+        for name, data in docs.items():
+            path = tmp_path / name
+            path.write_bytes(data)
+            ids[pub.upload_and_publish(path)] = name
+    return ids
+
+
+def _wait_results(s, ids: dict[str, str], timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    latest = {}
+    while time.monotonic() < deadline:
+        latest = read_latest_results(s, timeout_s=20)
+        if set(ids) <= latest.keys():
+            return latest
+        time.sleep(2)
+    missing = set(ids) - latest.keys()
+    raise AssertionError(f"{len(missing)} documents without a result after {timeout_s}s")
+
+
+def _check(results, ids, expected):
+    assert set(results) >= set(ids)
+    for doc_id, name in ids.items():
+        r = results[doc_id]
+        assert r.status == "succeeded", (name, r.error)
+        assert r.page_count == 1 and [p.page_number for p in r.pages] == [1]
+        assert r.text() == expected[name], name
+
+
+def _raw_result_count(s, ids) -> int:
+    msgs = consume_all(s, s.topic("document-results"), 10 * len(ids), timeout_s=5)
+    return sum(1 for m in msgs if m.key().decode() in ids)
+
+
+def _chaos_settings(settings, **kw):
+    return settings.model_copy(update={"batch_max_pages": 4, "batch_max_wait_ms": 50, "max_inflight_pages": 8,
+                                       "session_timeout_ms": 6000, **kw})
+
+
+def test_worker_kill9_loses_nothing_and_duplicates_nothing(settings, processes, tmp_path, corpus):
+    docs, expected = corpus
+    s = _chaos_settings(settings)
+    processes.start(s, "splitter")
+    processes.start(s, "assembler")
+    ids = _publish(s, docs, tmp_path)
+    rng = random.Random(7)
+    kills = 0
+    worker = processes.start(s, "worker", OCRSTREAM_WORKER_ID="crashy")
+    for _ in range(6):  # bounded: 6 kills, each after 1.5-4 s of work
+        time.sleep(rng.uniform(1.5, 4.0))
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+        kills += 1
+        worker = processes.start(s, "worker", OCRSTREAM_WORKER_ID="crashy")
+    results = _wait_results(s, ids, 240)
+    _check(results, ids, expected)
+    assert kills >= 5
+    # the assembler's done-marker keeps even the raw (uncompacted) topic free of duplicates
+    assert _raw_result_count(s, ids) == len(ids)
+
+
+def test_exactly_once_mode_no_duplicate_page_results_under_kill9(settings, processes, tmp_path, corpus):
+    docs, expected = corpus
+    s = _chaos_settings(settings, delivery="exactly-once")
+    processes.start(s, "splitter")
+    processes.start(s, "assembler")
+    ids = _publish(s, docs, tmp_path)
+    rng = random.Random(11)
+    worker = processes.start(s, "worker", OCRSTREAM_WORKER_ID="eos-worker")
+    for _ in range(5):
+        time.sleep(rng.uniform(2.0, 4.0))
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+        # same transactional.id on restart: init_transactions fences the dead instance and aborts its transaction
+        worker = processes.start(s, "worker", OCRSTREAM_WORKER_ID="eos-worker")
+    results = _wait_results(s, ids, 240)
+    _check(results, ids, expected)
+    pages = [decode(m.value(), PageResult) for m in consume_all(s, s.topic("page-results"), 3 * N_DOCS, timeout_s=10)]
+    seen = [(p.document_id, p.page_number) for p in pages if p.document_id in ids]
+    assert len(seen) == len(set(seen)) == len(ids), "a read_committed consumer saw a duplicate page result"
+
+
+def test_sigterm_during_batch_leaves_no_published_but_uncommitted_gap(settings, processes, tmp_path, corpus):
+    docs, expected = corpus
+    s = _chaos_settings(settings)
+    processes.start(s, "splitter")
+    ids = _publish(s, docs, tmp_path)
+    consume_all(s, s.topic("pages"), len(ids), 60)  # all page tasks exist
+    worker = processes.start(s, "worker")
+    consume_all(s, s.topic("page-results"), 3, 120)  # it is working
+    time.sleep(0.3)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(45) == 0, open(worker.log_path).read()[-3000:]
+
+    # committed offsets of the worker group vs. page results published
+    c = Consumer(consumer_config(s, s.group("worker")))
+    parts = [TopicPartition(s.topic("pages"), p) for p in range(12)]
+    committed = {tp.partition: tp.offset for tp in c.committed(parts, timeout=10)}
+    c.close()
+    tasks = consume_all(s, s.topic("pages"), len(ids), 30)
+    covered = {(decode(m.value(), PageTask).document_id) for m in tasks if m.offset() < committed[m.partition()]}
+    published = {decode(m.value(), PageResult).document_id
+                 for m in consume_all(s, s.topic("page-results"), len(ids), 10)}
+    assert covered, "nothing was committed before shutdown"
+    # every committed page has a result (nothing lost) and every result is committed (no replay gap)
+    assert covered == published
+
+    # a new worker finishes the rest; every document is completed once
+    processes.start(s, "assembler")
+    processes.start(s, "worker")
+    _check(_wait_results(s, ids, 240), ids, expected)
+
+
+def test_broker_restart_mid_run_recovers_without_manual_steps(stack, settings, processes, tmp_path, corpus):
+    docs, expected = corpus
+    s = _chaos_settings(settings)
+    for stage in ("splitter", "assembler", "worker"):
+        processes.start(s, stage)
+    ids = _publish(s, docs, tmp_path)
+    consume_all(s, s.topic("page-results"), 5, 120)
+    stack.kafka.down()
+    time.sleep(3)
+    stack.kafka.up()
+    _check(_wait_results(s, ids, 300), ids, expected)
+    assert _raw_result_count(s, ids) == len(ids)
+
+
+def test_rebalance_storm_loses_and_duplicates_nothing(settings, processes, tmp_path, corpus):
+    docs, expected = corpus
+    s = _chaos_settings(settings)
+    processes.start(s, "splitter")
+    processes.start(s, "assembler")
+    ids = _publish(s, docs, tmp_path)
+    rng = random.Random(3)
+    workers = [processes.start(s, "worker")]
+    for i in range(6):  # bounded: 6 membership changes
+        time.sleep(rng.uniform(1.0, 3.0))
+        if len(workers) < 3 and (i % 2 == 0 or len(workers) == 1):
+            workers.append(processes.start(s, "worker"))
+        else:
+            w = workers.pop(rng.randrange(len(workers)))
+            w.send_signal(signal.SIGTERM)
+            w.wait(45)
+    _check(_wait_results(s, ids, 300), ids, expected)
+    assert _raw_result_count(s, ids) == len(ids)
