@@ -1,0 +1,416 @@
+"""Throughput, framework ceiling, latency, memory and scaling benchmarks (not tests).
+
+    python bench/throughput.py ratio    [--pages 24] [--workers 2]
+    python bench/throughput.py ceiling  [--pages 60]
+    python bench/throughput.py latency  [--docs 20] [--interval 4]
+    python bench/throughput.py memory   [--pages 1000]
+    python bench/throughput.py scaling  [--pages 24] [--counts 1,2,4]
+
+Each prints a JSON summary on stdout and writes ``bench/out/<name>.json`` and
+``bench/out/<name>.png``. Pages are the scanned court filings in
+``../shared/data/scans-dev`` (first PDFs until ``--pages`` is reached), or the
+generated samples when that folder is absent.
+
+The pipeline runs on its own local stack (``.ocrstream-bench``: Kafka on 39092,
+S3 on 38333) with every stage as a separate process, exactly as deployed; it is
+timed from the first publish to the last document result, after a warm-up
+document has gone through every worker. The baseline is what a user would
+otherwise write: a plain loop that renders each page with PyMuPDF and calls
+the same engine on it, one page at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from ocrstream.documents import decode_image_page, inspect, open_pdf, render_pdf_page  # noqa: E402
+from ocrstream.engine import create_engine  # noqa: E402
+from ocrstream.kafka import make_admin  # noqa: E402
+from ocrstream.settings import Settings  # noqa: E402
+from ocrstream.stack import Stack  # noqa: E402
+from ocrstream.textmetrics import word_prf  # noqa: E402
+from topology import apply_topics, topic_specs  # noqa: E402
+
+OUT = REPO / "bench" / "out"
+SCANS = REPO.parent / "shared" / "data" / "scans-dev"
+
+
+def bench_settings(**kw) -> Settings:
+    base = dict(kafka_bootstrap_servers="127.0.0.1:39092", kafka_port=39092, kafka_controller_port=39093,
+                s3_endpoint="127.0.0.1:38333", s3_port=38333, stack_port_base=41000,
+                stack_dir=REPO / ".ocrstream-bench", kafka_libs=REPO / "deploy" / "kafka" / "libs",
+                s3_access_key="ocrstream", s3_secret_key="ocrstream-secret")
+    base.update(kw)
+    return Settings(**base)
+
+
+def pick_documents(n_pages: int, tmp: Path) -> list[Path]:
+    """Whole documents adding up to at least ``n_pages`` pages."""
+    if SCANS.is_dir():
+        candidates = sorted(SCANS.glob("*.pdf"))
+    else:
+        from ocrstream.samples import make_samples
+
+        candidates = make_samples(tmp / "samples") * 20
+    docs, pages = [], 0
+    for i, p in enumerate(candidates):
+        if pages >= n_pages:
+            break
+        data = p.read_bytes()
+        info = inspect(data, p.name, max_pages=10_000, max_page_pixels=10**9)
+        if p in docs:  # generated samples repeat: give each copy its own name
+            p = tmp / f"{i}-{p.name}"
+            p.write_bytes(data)
+        docs.append(p)
+        pages += info.page_count
+    return docs
+
+
+def render_all(path: Path, s: Settings):
+    data = path.read_bytes()
+    info = inspect(data, path.name, max_pages=s.max_pages, max_page_pixels=s.max_page_pixels)
+    if info.kind == "pdf":
+        doc = open_pdf(data)
+        for n in range(1, info.page_count + 1):
+            yield render_pdf_page(doc, n, s.render_dpi, s.max_page_pixels)
+    else:
+        for n in range(1, info.page_count + 1):
+            yield decode_image_page(data, n, s.max_page_pixels)
+
+
+def plain_loop(docs: list[Path], s: Settings, ocr: bool = True) -> dict:
+    """Render + OCR one page at a time (or only render, ``ocr=False``)."""
+    engine = create_engine(s) if ocr else None
+    if engine is not None:  # warm-up, as the pipeline gets one
+        engine.ocr_batch([next(render_all(docs[0], s))])
+    texts: dict[str, list[str]] = {}
+    pages = 0
+    t0 = time.perf_counter()
+    for d in docs:
+        texts[d.name] = []
+        for img in render_all(d, s):
+            pages += 1
+            if engine is not None:
+                (res,) = engine.ocr_batch([img])
+                texts[d.name].append("\n".join(line.text for line in res.lines))
+    elapsed = time.perf_counter() - t0
+    return {"pages": pages, "seconds": round(elapsed, 2), "pages_per_s": round(pages / elapsed, 3), "texts": texts}
+
+
+class Pipeline:
+    """Every stage as a subprocess against the bench stack, with fresh topics."""
+
+    def __init__(self, s: Settings, workers: int, log_dir: Path):
+        tag = uuid.uuid4().hex[:6]
+        self.s = s.model_copy(update={"topic_prefix": f"b{tag}.", "group_prefix": f"b{tag}.", "bucket": f"bench-{tag}"})
+        Stack(self.s).up()
+        apply_topics(make_admin(self.s), topic_specs(), self.s.topic_prefix)
+        from ocrstream.storage import ObjectStore
+
+        ObjectStore(self.s).ensure_bucket()
+        self.procs: list[subprocess.Popen] = []
+        self.log_dir = log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        for stage in ["splitter", "assembler"] + ["worker"] * workers:
+            self.procs.append(self._start(stage, len(self.procs)))
+
+    def _start(self, stage: str, i: int) -> subprocess.Popen:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OCRSTREAM_")}
+        for name, value in self.s.model_dump().items():
+            if value is not None:
+                env[f"OCRSTREAM_{name.upper()}"] = str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
+        env["OCRSTREAM_WORKER_ID"] = f"{stage}-{i}"
+        log = open(self.log_dir / f"{stage}-{i}.log", "wb")
+        return subprocess.Popen([sys.executable, "-m", "ocrstream.cli", stage], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=REPO)
+
+    def run(self, docs: list[Path], timeout_s: float = 3600) -> dict:
+        from producers.publish import DocumentPublisher
+        from producers.results import ResultFollower
+
+        # warm-up: one document per worker so engines are loaded and partitions assigned
+        follower = ResultFollower(self.s)
+        with DocumentPublisher(self.s) as pub:
+            warm = [pub.upload_and_publish(docs[0]) for _ in range(max(1, len(self.procs) - 2))]
+        follower.wait_for(warm, timeout_s=600)
+        with DocumentPublisher(self.s) as pub:  # upload first: storage writes are not what is measured
+            from ocrstream.documents import content_type_for
+
+            refs = []
+            for d in docs:
+                key = f"bench/{uuid.uuid4().hex}/{d.name}"
+                pub.store.put_bytes(key, d.read_bytes(), content_type_for(d.name))
+                refs.append((key, d.name))
+        t0 = time.perf_counter()
+        with DocumentPublisher(self.s) as pub:
+            ids = {pub.publish_object(self.s.bucket, key, filename=name): name for key, name in refs}
+        results = follower.wait_for(ids, timeout_s=timeout_s)
+        elapsed = time.perf_counter() - t0
+        follower.close()
+        pages = sum(r.page_count for r in results.values())
+        texts = {ids[d]: ["\n".join(det.text for det in p.detections) for p in r.pages] for d, r in results.items()}
+        failed = sum(r.status != "succeeded" for r in results.values())
+        return {"pages": pages, "seconds": round(elapsed, 2), "pages_per_s": round(pages / elapsed, 3),
+                "failed_documents": failed, "texts": texts}
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def agreement(a: dict[str, list[str]], b: dict[str, list[str]]) -> float:
+    """Micro word F1 of texts ``a`` against texts ``b`` (same documents and pages)."""
+    pa = "\n".join("\n".join(a[k]) for k in sorted(a))
+    pb = "\n".join("\n".join(b.get(k, [])) for k in sorted(a))
+    return round(word_prf(pa, pb)[2], 4)
+
+
+def chart(name: str, labels: list[str], values: list[float], ylabel: str, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bars = ax.bar(labels, values, color=["#888888"] + ["#2a7ab9"] * (len(values) - 1))
+    ax.bar_label(bars, fmt="%.2f")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def emit(name: str, summary: dict) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+
+
+def hardware() -> dict:
+    import platform
+
+    return {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}
+
+
+def cmd_ratio(args) -> None:
+    s = bench_settings(engine_threads=args.engine_threads or 0)
+    tmp = REPO / ".ocrstream-bench" / "docs"
+    tmp.mkdir(parents=True, exist_ok=True)
+    docs = pick_documents(args.pages, tmp)
+    loop = plain_loop(docs, s)
+    ws = bench_settings(engine_threads=max(1, (os.cpu_count() or 2) // args.workers),
+                        batch_max_pages=args.batch, batch_max_wait_ms=200)
+    pipe = Pipeline(ws, args.workers, REPO / ".ocrstream-bench" / "logs")
+    try:
+        res = pipe.run(docs)
+    finally:
+        pipe.close()
+    summary = {
+        "benchmark": "throughput ratio: streaming pipeline vs plain per-page loop",
+        "engine": create_engine(s).info.model_dump(), "dpi": s.render_dpi, "documents": len(docs),
+        "plain_loop": {k: v for k, v in loop.items() if k != "texts"},
+        "pipeline": {k: v for k, v in res.items() if k != "texts"} | {"workers": args.workers, "batch_max_pages": args.batch},
+        "ratio": round(res["pages_per_s"] / loop["pages_per_s"], 3),
+        "word_f1_pipeline_vs_loop": agreement(res["texts"], loop["texts"]),
+        "hardware": hardware(),
+    }
+    chart("ratio", ["plain loop", f"pipeline ({args.workers} workers)"], [loop["pages_per_s"], res["pages_per_s"]],
+          "pages/s", f"Throughput ratio {summary['ratio']}x")
+    emit("ratio", summary)
+
+
+def cmd_ceiling(args) -> None:
+    s = bench_settings()
+    tmp = REPO / ".ocrstream-bench" / "docs"
+    tmp.mkdir(parents=True, exist_ok=True)
+    docs = pick_documents(args.pages, tmp)
+    bare = plain_loop(docs, s, ocr=False)
+    pipe = Pipeline(bench_settings(engine="none", batch_max_pages=32, batch_max_wait_ms=20, max_inflight_pages=64),
+                    args.workers, REPO / ".ocrstream-bench" / "logs")
+    try:
+        res = pipe.run(docs)
+    finally:
+        pipe.close()
+    summary = {"benchmark": "framework ceiling: pipeline with engine=none (measurement mode) vs bare PyMuPDF rendering",
+               "bare_render": {k: v for k, v in bare.items() if k != "texts"},
+               "pipeline_no_ocr": {k: v for k, v in res.items() if k != "texts"} | {"workers": args.workers},
+               "ratio": round(res["pages_per_s"] / bare["pages_per_s"], 3), "hardware": hardware()}
+    chart("ceiling", ["bare render", "pipeline, no OCR"], [bare["pages_per_s"], res["pages_per_s"]], "pages/s",
+          f"Framework ceiling {summary['ratio']}x")
+    emit("ceiling", summary)
+
+
+def cmd_latency(args) -> None:
+    from producers.publish import DocumentPublisher
+    from producers.results import ResultFollower
+    from ocrstream.samples import make_samples
+
+    tmp = REPO / ".ocrstream-bench" / "docs"
+    doc = [d for d in make_samples(tmp / "samples") if d.suffix == ".jpg"][0]
+    s = bench_settings()
+    engine = create_engine(s)
+    img = next(render_all(doc, s))
+    engine.ocr_batch([img])
+    t = time.perf_counter()
+    for _ in range(3):
+        engine.ocr_batch([img])
+    engine_ms = (time.perf_counter() - t) / 3 * 1000
+    del engine
+    pipe = Pipeline(bench_settings(batch_max_wait_ms=20), 1, REPO / ".ocrstream-bench" / "logs")
+    lat = []
+    try:
+        pipe.run([doc])
+        follower = ResultFollower(pipe.s)
+        for _ in range(args.docs):
+            t0 = time.time()
+            with DocumentPublisher(pipe.s) as pub:
+                key = f"lat/{uuid.uuid4().hex}/{doc.name}"
+                pub.store.put_bytes(key, doc.read_bytes(), "image/jpeg")
+                t0 = time.time()
+                doc_id = pub.publish_object(pipe.s.bucket, key)
+            r = follower.wait_for([doc_id], timeout_s=300)[doc_id]
+            lat.append(r.completed_at - int(t0 * 1000))
+            time.sleep(max(0.0, args.interval - (time.time() - t0)))
+        follower.close()
+    finally:
+        pipe.close()
+    lat.sort()
+    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+    summary = {"benchmark": "submit-to-document-result latency, one-page documents at a steady low rate",
+               "documents": len(lat), "interval_s": args.interval, "engine_ms_per_page": round(engine_ms, 1),
+               "p50_ms": statistics.median(lat), "p99_ms": p99, "overhead_p99_ms": round(p99 - engine_ms, 1),
+               "target": "p99 <= engine time + 300 ms", "hardware": hardware()}
+    chart("latency", ["engine only", "p50", "p99"], [engine_ms, summary["p50_ms"], p99], "ms", "Latency")
+    emit("latency", summary)
+
+
+def cmd_scaling(args) -> None:
+    tmp = REPO / ".ocrstream-bench" / "docs"
+    tmp.mkdir(parents=True, exist_ok=True)
+    docs = pick_documents(args.pages, tmp)
+    rows = []
+    for n in [int(x) for x in args.counts.split(",")]:
+        pipe = Pipeline(bench_settings(engine_threads=max(1, (os.cpu_count() or 2) // n)), n,
+                        REPO / ".ocrstream-bench" / "logs")
+        try:
+            res = pipe.run(docs)
+        finally:
+            pipe.close()
+        rows.append({"workers": n, "pages": res["pages"], "pages_per_s": res["pages_per_s"], "seconds": res["seconds"]})
+    summary = {"benchmark": "scaling: pages/s by workers in the group", "runs": rows, "hardware": hardware(),
+               "note": f"{os.cpu_count()} cores: workers beyond the core count compete for the same CPUs"}
+    chart("scaling", [f"{r['workers']} worker(s)" for r in rows], [r["pages_per_s"] for r in rows], "pages/s", "Scaling")
+    emit("scaling", summary)
+
+
+def cmd_memory(args) -> None:
+    import psutil
+
+    from producers.publish import DocumentPublisher
+    from producers.results import ResultFollower
+
+    tmp = REPO / ".ocrstream-bench" / "docs"
+    tmp.mkdir(parents=True, exist_ok=True)
+    docs = pick_documents(args.pages, tmp)
+    pipe = Pipeline(bench_settings(engine=args.engine), 1, REPO / ".ocrstream-bench" / "logs")
+    worker = psutil.Process(pipe.procs[-1].pid)
+    samples = []
+    try:
+        pipe.run(docs[:1])
+        follower = ResultFollower(pipe.s)
+        ids = []
+        done = 0
+        with DocumentPublisher(pipe.s) as pub:
+            while done < args.pages:
+                for d in docs:
+                    ids.append(pub.upload_and_publish(d))
+                    done += inspect(d.read_bytes(), d.name, max_pages=10_000, max_page_pixels=10**9).page_count
+                    if done >= args.pages:
+                        break
+        got: dict = {}
+        t0 = time.monotonic()
+        while len(got) < len(ids) and time.monotonic() - t0 < 7200:
+            try:
+                got.update(follower.wait_for([i for i in ids if i not in got], timeout_s=5))
+            except TimeoutError as exc:
+                got.update(exc.results)
+            pages_done = sum(r.page_count for r in got.values())
+            samples.append((pages_done, worker.memory_info().rss))
+        follower.close()
+    finally:
+        pipe.close()
+    warm = [rss for pages, rss in samples if pages >= min(100, args.pages // 10)]
+    growth = (max(warm) - warm[0]) / 2**20 if warm else None
+    summary = {"benchmark": "worker RSS over a long run", "engine": args.engine, "pages": samples[-1][0] if samples else 0,
+               "rss_mib_after_warmup": round(warm[0] / 2**20, 1) if warm else None,
+               "rss_mib_max": round(max(warm) / 2**20, 1) if warm else None,
+               "growth_mib": round(growth, 1) if growth is not None else None, "target": "growth <= 50 MB",
+               "hardware": hardware()}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p for p, _ in samples], [r / 2**20 for _, r in samples])
+    ax.set_xlabel("pages processed")
+    ax.set_ylabel("worker RSS (MiB)")
+    ax.set_title("Worker memory")
+    fig.tight_layout()
+    OUT.mkdir(parents=True, exist_ok=True)
+    fig.savefig(OUT / "memory.png", dpi=100)
+    emit("memory", summary)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("ratio")
+    r.add_argument("--pages", type=int, default=24)
+    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--batch", type=int, default=8)
+    r.add_argument("--engine-threads", type=int, default=0, help="plain loop's intra-op threads (0 = default)")
+    r.set_defaults(fn=cmd_ratio)
+    c = sub.add_parser("ceiling")
+    c.add_argument("--pages", type=int, default=60)
+    c.add_argument("--workers", type=int, default=1)
+    c.set_defaults(fn=cmd_ceiling)
+    lt = sub.add_parser("latency")
+    lt.add_argument("--docs", type=int, default=20)
+    lt.add_argument("--interval", type=float, default=4.0)
+    lt.set_defaults(fn=cmd_latency)
+    sc = sub.add_parser("scaling")
+    sc.add_argument("--pages", type=int, default=24)
+    sc.add_argument("--counts", default="1,2,4")
+    sc.set_defaults(fn=cmd_scaling)
+    mm = sub.add_parser("memory")
+    mm.add_argument("--pages", type=int, default=1000)
+    mm.add_argument("--engine", default="none", choices=["none", "onnxruntime"])
+    mm.set_defaults(fn=cmd_memory)
+    args = ap.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
