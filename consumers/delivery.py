@@ -27,12 +27,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Output:
-    """One record to produce."""
+    """One record to produce (``value`` None = tombstone; ``partition`` None = by key hash)."""
 
     topic: str
     key: str | None
-    value: bytes
+    value: bytes | None
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    partition: int | None = None
 
 
 class DeliveryError(RuntimeError):
@@ -99,8 +100,9 @@ class Delivery:
     def _produce(self, out: Output) -> None:
         while True:
             try:
+                kwargs = {} if out.partition is None else {"partition": out.partition}
                 self.producer.produce(out.topic, out.value, out.key, headers=out.headers or None,
-                                      on_delivery=self.tracker.callback)
+                                      on_delivery=self.tracker.callback, **kwargs)
                 return
             except BufferError:
                 # Local queue full: serve delivery reports, then try again.
