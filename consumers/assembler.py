@@ -95,6 +95,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import NewTopic
 
+from ocrstream import metrics as m
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import consumer_config, make_admin, make_consumer
 from ocrstream.settings import Settings
@@ -409,10 +410,13 @@ class Assembler:
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         log.info("assembler consuming %s (state in %s, delivery %s)", self.source_topic, self.state_topic,
                  self.s.delivery)
+        http = m.serve_if_configured(self.s.http_port, lambda: bool(self.states))
         try:
             while not self.stop.is_set():
                 self.step()
         finally:
+            if http:
+                http.close()
             self.consumer.close()  # revokes (drops state) and leaves the group
             self.delivery.close()
 
@@ -439,6 +443,7 @@ class Assembler:
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error: %s", msg.error())
                 continue
+            m.MESSAGES_CONSUMED.labels(STAGE).inc()
             self._handle(msg, batch)
             batch.offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
         if batch:
@@ -496,6 +501,7 @@ class Assembler:
                 log.exception("unexpected error on %s[%d]@%d", msg.topic(), msg.partition(), msg.offset())
             log.warning("page result %s[%d]@%d refused: %s", msg.topic(), msg.partition(), msg.offset(), exc)
             dl = dead_letter(msg, exc, STAGE, document_id=guess_document_id(msg.value()))
+            m.DEAD_LETTERS.labels(STAGE, dl.reason).inc()
             batch.outputs.append(Output(self.s.topic("dead-letters"), dl.key, encode(dl), dead_letter_headers(dl)))
 
     def _accept(self, msg: Message, result: PageResult, batch: _Batch) -> None:

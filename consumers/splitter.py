@@ -16,6 +16,7 @@ import logging
 
 from confluent_kafka import KafkaError, Message, TopicPartition
 
+from ocrstream import metrics as m
 from ocrstream.documents import inspect
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import make_consumer
@@ -72,6 +73,7 @@ class Splitter:
         doc_id = ref.document_id if ref else guess_document_id(msg.value())
         log.warning("ingest %s[%d]@%d refused: %s", msg.topic(), msg.partition(), msg.offset(), exc)
         dl = dead_letter(msg, exc, STAGE, attempts=getattr(exc, "attempts", 1), document_id=doc_id)
+        m.DEAD_LETTERS.labels(STAGE, dl.reason).inc()
         outs = [Output(self.s.topic("dead-letters"), dl.key, encode(dl), dead_letter_headers(dl))]
         if doc_id:
             source: ObjectRef | None = ref.source if ref else None
@@ -82,6 +84,7 @@ class Splitter:
     def run(self) -> None:
         """Poll until stopped (SIGTERM/SIGINT), then commit and leave the group."""
         self.consumer.subscribe([self.s.topic("ingest")])
+        http = m.serve_if_configured(self.s.http_port, lambda: bool(self.consumer.assignment()))
         try:
             while not self.stop.is_set():
                 msg = self.consumer.poll(0.5)
@@ -91,9 +94,14 @@ class Splitter:
                     if msg.error().code() != KafkaError._PARTITION_EOF:
                         log.warning("consumer error: %s", msg.error())
                     continue
+                m.MESSAGES_CONSUMED.labels(STAGE).inc()
                 outputs = self.handle(msg)
                 self.delivery.publish(outputs, [TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)])
+                for out in outputs:
+                    m.MESSAGES_PRODUCED.labels(STAGE, out.topic).inc()
         finally:
+            if http:
+                http.close()
             self.delivery.close()
             self.consumer.close()
 

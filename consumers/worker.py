@@ -149,7 +149,7 @@ class OcrWorker:
         self.proc = m.ProcessSampler()
         self.next_sample = time.monotonic() + s.metrics_interval_s
         self.last_sample = time.monotonic()
-        self.http = m.HealthServer(s.http_port, self.ready) if s.http_port else None
+        self.http = m.serve_if_configured(s.http_port, self.ready)
         self.tracker = OffsetTracker()
         self.queue: deque[WorkItem] = deque()
         self.batch: list[WorkItem] | None = None
@@ -190,6 +190,11 @@ class OcrWorker:
 
     def _drop(self, partitions: list[TopicPartition]) -> None:
         gone = {(p.topic, p.partition) for p in partitions}
+        for topic, partition in gone:  # another member reports their lag now
+            try:
+                m.CONSUMER_LAG.remove(topic, str(partition))
+            except KeyError:
+                pass
         self.assigned -= gone
         keep = deque()
         for item in self.queue:

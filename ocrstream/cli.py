@@ -89,6 +89,8 @@ def cmd_run(args, s: Settings) -> int:
         env = dict(os.environ)
         if stage == "worker":
             env["OCRSTREAM_WORKER_ID"] = f"{s.worker_id}-w{i}"
+        if s.http_port:  # one port per child: http_port, http_port+1, ...
+            env["OCRSTREAM_HTTP_PORT"] = str(s.http_port + i)
         procs[i] = (stage, subprocess.Popen([sys.executable, "-m", "ocrstream.cli", stage], env=env))
 
     def stop(signum, frame) -> None:

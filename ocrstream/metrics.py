@@ -171,5 +171,10 @@ class HealthServer:
         self.httpd.server_close()
 
 
+def serve_if_configured(port: int, ready: Callable[[], bool]) -> HealthServer | None:
+    """Start the health/metrics server when ``port`` (``OCRSTREAM_HTTP_PORT``) is non-zero."""
+    return HealthServer(port, ready) if port else None
+
+
 def hostname() -> str:
     return socket.gethostname()
