@@ -9,8 +9,8 @@ bytes):
 * ``notice-scan.png``: one scan-like page, greyscale PNG;
 * ``report-scan.tif``: two scan-like pages, greyscale multi-page TIFF.
 
-Scan-like pages are rendered at 150 DPI (PyMuPDF) and then degraded like a
-scan: slight rotation (0.4 to 1.2 degrees, random sign), grey paper with a
+Scan-like pages are A4 text pages (Helvetica 13-18 pt) rendered at 150 DPI
+(1240 x 1755 pixels) with PyMuPDF and then degraded like a scan: slight rotation (0.4 to 1.2 degrees, random sign), grey paper with a
 faint illumination gradient, gaussian blur, gaussian noise and a JPEG
 compression round trip (or the JPEG file's own compression).
 
@@ -208,6 +208,9 @@ def _invoice(rng: random.Random) -> list[_Page]:
     w.line(buyer)
     for a in _address(rng):
         w.line(a)
+    w.paragraph(f"Goods delivered on {_date(rng)} to the loading bay at the rear of the "
+                f"building, order reference PO-{rng.randint(10000, 99999)}, in "
+                f"{rng.randint(2, 9)} boxes with a total weight of {rng.randint(12, 95)} kg.", gap=10)
     cols = [_MARGIN, _MARGIN + 250, _MARGIN + 310, _MARGIN + 390]
     w.line("Description", "Qty", "Unit price", "Amount", font="hebo", xs=cols, gap=12)
     items = rng.sample(_ITEMS, 14)
@@ -455,8 +458,10 @@ def make_samples(outdir: Path, seed: int = 0) -> list[Path]:
     np_rng = np.random.default_rng(seed)
     paths: list[Path] = []
 
-    for name, make in (("invoice.pdf", _invoice), ("letter.pdf", _letter)):
+    for name, make, count in (("invoice.pdf", _invoice, 2), ("letter.pdf", _letter, 3)):
         pages = make(rng)
+        if len(pages) != count:  # layout guard: page counts are documented above
+            raise AssertionError(f"{name} laid out on {len(pages)} pages, expected {count}")
         path = outdir / name
         _save_pdf(pages, path)
         _write_truth(pages, path)

@@ -91,7 +91,8 @@ class Settings(BaseSettings):
     det_limit_side_len: int = Field(
         2000, description="longest page side fed to detection (pixels); larger pages are scaled down"
     )
-    use_angle_cls: bool = Field(True, description="run the 0/180 degree text-line classifier")
+    use_angle_cls: bool = Field(
+        False, description="run the 0/180 degree line classifier (off: it flips upright long lines)")
     rec_batch_size: int = Field(16, description="text-line crops per recognition call")
     text_score: float = Field(0.5, description="drop detections below this recognition confidence")
     model_dir: Path | None = Field(None, description="directory with det/rec model files (offline)")

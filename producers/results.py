@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Callable, Iterable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from ocrstream.errors import OcrstreamError
 from ocrstream.kafka import consumer_config
@@ -15,12 +15,29 @@ from ocrstream.settings import Settings
 from schemas import DocumentResult, decode
 
 
+def watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> tuple[int, int]:
+    """(low, high) watermark offsets, retrying while leadership moves (e.g. just after a
+    broker restart, when the broker answers NOT_LEADER_FOR_PARTITION for a few seconds).
+
+    Raises:
+        KafkaException: still failing after ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=10)
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def _assign_all(consumer: Consumer, topic: str, start: str) -> list[TopicPartition]:
     md = consumer.list_topics(topic, timeout=10)
     parts = [TopicPartition(topic, p) for p in md.topics[topic].partitions]
     offsets = []
     for tp in parts:
-        low, high = consumer.get_watermark_offsets(tp, timeout=10)
+        low, high = watermarks(consumer, tp)
         offsets.append(TopicPartition(topic, tp.partition, OFFSET_BEGINNING if start == "beginning" else high))
     consumer.assign(offsets)
     return parts
@@ -74,7 +91,7 @@ class ResultFollower:
         latest: dict[str, DocumentResult] = {}
         pending = {tp.partition for tp in self.parts}
         for tp in self.parts:
-            low, high = self.consumer.get_watermark_offsets(tp, timeout=10)
+            low, high = watermarks(self.consumer, tp)
             if high <= low:
                 pending.discard(tp.partition)
         deadline = time.monotonic() + timeout_s

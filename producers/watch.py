@@ -32,7 +32,7 @@ from ocrstream.storage import ObjectInfo, ObjectStore, validate_key
 from schemas import DocumentRef, ObjectRef, encode
 
 from .publish import stable_document_id
-from .results import _assign_all
+from .results import _assign_all, watermarks
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class DropFolderWatcher:
         try:
             parts = _assign_all(consumer, self.state_topic, "beginning")
             pending = {tp.partition for tp in parts
-                       if (lambda w: w[1] > w[0])(consumer.get_watermark_offsets(tp, timeout=10))}
+                       if (lambda w: w[1] > w[0])(watermarks(consumer, tp))}
             deadline = time.monotonic() + 60
             while pending and time.monotonic() < deadline:
                 msg = consumer.poll(0.2)

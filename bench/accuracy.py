@@ -1,0 +1,292 @@
+"""OCR accuracy harness: prints a JSON summary on stdout (progress goes to stderr).
+
+Two benchmarks:
+
+``receipts``
+    Word precision / recall / F1 (bag of words, see :mod:`ocrstream.textmetrics`)
+    on SROIE receipts (``NNN.jpg`` + ``NNN.csv``), micro-averaged over all words
+    and as the mean of per-document F1. By default the engine runs directly on
+    the images, ``--batch`` pages per ``ocr_batch`` call. With ``--results
+    FILE.jsonl`` nothing is OCR'd: DocumentResult JSON lines (as printed by
+    ``ocrstream submit --wait --json``) are scored instead, matched to their
+    ground truth by ``source.filename`` (``000.jpg`` -> ``000.csv``). The scored
+    set is the same in both modes (the sorted receipts, cut to ``--limit``): a
+    receipt without a result, or whose result failed, is scored as an empty
+    prediction and listed, so an incomplete run cannot look better than it is.
+
+``born-digital``
+    Character error rate of OCR on born-digital PDF pages against each page's
+    own text layer (``page.get_text()``). Pages are rendered with PyMuPDF at
+    ``--dpi``; the PDFs are those written by :func:`ocrstream.samples.make_samples`
+    plus any ``--pdf`` given. Pages without a text layer are skipped (counted).
+
+Engine settings come from the environment as usual (``OCRSTREAM_DET_LIMIT_SIDE_LEN``,
+``OCRSTREAM_USE_ANGLE_CLS``, ...) and are echoed in the summary.
+
+Examples::
+
+    python bench/accuracy.py receipts --limit 20
+    python bench/accuracy.py receipts --results results.jsonl
+    python bench/accuracy.py born-digital --dpi 150 --pdf extra.pdf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ocrstream.settings import Settings  # noqa: E402
+from ocrstream.textmetrics import (  # noqa: E402
+    WordCounts, cer, load_sroie_truth, micro_prf, normalize_whitespace, prf, word_counts,
+)
+
+DEFAULT_RECEIPTS = Path("/work/shared/data/sroie-dev")
+# Settings that change what the engine outputs or how fast: echoed in every summary.
+ENGINE_FIELDS = ("engine", "engine_device", "engine_threads", "det_limit_side_len", "use_angle_cls",
+                 "rec_batch_size", "text_score", "model_dir", "render_dpi")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def settings_summary(s: Settings) -> dict:
+    """The engine-relevant settings as JSON-able values."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in ((f, getattr(s, f)) for f in ENGINE_FIELDS)}
+
+
+def load_bgr(path: Path) -> np.ndarray:
+    """Decode an image file to ``HxWx3 uint8 BGR`` (EXIF orientation applied)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def chunks(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+class Timed:
+    """An engine wrapper that sums the seconds spent in ``ocr_batch``."""
+
+    def __init__(self, engine):
+        self.engine, self.seconds = engine, 0.0
+
+    def ocr_texts(self, images: list[np.ndarray]) -> list[str]:
+        """OCR pages; each page's detections joined with newlines (reading order)."""
+        t = time.perf_counter()
+        pages = self.engine.ocr_batch(images)
+        self.seconds += time.perf_counter() - t
+        return ["\n".join(line.text for line in p.lines) for p in pages]
+
+
+def make_engine(s: Settings) -> tuple[Timed, dict]:
+    from ocrstream.engine import create_engine
+
+    t = time.perf_counter()
+    engine = create_engine(s)
+    log(f"engine ready in {time.perf_counter() - t:.1f}s: {engine.info.model_dump()}")
+    return Timed(engine), engine.info.model_dump()
+
+
+# --------------------------------------------------------------------------- receipts
+
+def read_results(path: Path) -> tuple[dict[str, tuple[str, str]], dict]:
+    """DocumentResult JSON lines -> ``{stem: (status, text)}`` plus counts and engine info.
+
+    Lines that are not JSON objects (e.g. log lines mixed into the capture) are
+    skipped and counted; for a file submitted twice the last result wins.
+    """
+    from schemas import DocumentResult
+
+    out: dict[str, tuple[str, str]] = {}
+    stats = {"lines": 0, "skipped_lines": 0, "duplicates": 0, "engine": None}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        raw = raw.strip()
+        if not raw:
+            continue
+        stats["lines"] += 1
+        if not raw.startswith("{"):
+            stats["skipped_lines"] += 1
+            continue
+        try:
+            doc = DocumentResult.model_validate_json(raw)
+        except ValueError:
+            stats["skipped_lines"] += 1
+            continue
+        if doc.source is None:
+            stats["skipped_lines"] += 1
+            continue
+        stem = Path(doc.source.filename).stem
+        if stem in out:
+            stats["duplicates"] += 1
+        out[stem] = (doc.status, doc.text())
+        if doc.engine is not None:
+            stats["engine"] = doc.engine.model_dump()
+    return out, stats
+
+
+def bench_receipts(args: argparse.Namespace) -> dict:
+    data: Path = args.data
+    truths = sorted(data.glob("*.csv"))
+    if args.limit:
+        truths = truths[:args.limit]
+    if not truths:
+        raise SystemExit(f"no *.csv ground truth under {data}")
+    s = Settings()
+    t_start = time.perf_counter()
+    preds: dict[str, str] = {}
+    summary: dict = {"benchmark": "receipts", "data": str(data), "documents": len(truths)}
+    ocr_seconds = None
+    if args.results:
+        results, stats = read_results(args.results)
+        stems = {t.stem for t in truths}
+        missing, failed = [], []
+        for t in truths:
+            status, text = results.get(t.stem, (None, ""))
+            if status is None:
+                missing.append(t.stem)
+            elif status != "succeeded":
+                failed.append(t.stem)
+            preds[t.stem] = text if status == "succeeded" else ""
+        summary.update(mode="results", results=str(args.results), engine=stats["engine"],
+                       result_lines=stats["lines"], skipped_lines=stats["skipped_lines"],
+                       duplicates=stats["duplicates"],
+                       unmatched_results=sorted(set(results) - stems),
+                       missing=missing, failed=failed)
+    else:
+        timed, info = make_engine(s)
+        images = [t.with_suffix(".jpg") for t in truths]
+        for batch in chunks(images, args.batch):
+            texts = timed.ocr_texts([load_bgr(p) for p in batch])
+            for p, text in zip(batch, texts):
+                preds[p.stem] = text
+            log(f"{len(preds)}/{len(images)} receipts, {timed.seconds / len(preds):.2f} s/page")
+        ocr_seconds = timed.seconds
+        summary.update(mode="engine", engine=info, batch=args.batch)
+    per_doc: list[tuple[str, WordCounts]] = [(t.stem, word_counts(preds[t.stem], load_sroie_truth(t)))
+                                             for t in truths]
+    p, r, f1 = micro_prf(c for _, c in per_doc)
+    doc_f1 = [(stem, prf(c)[2]) for stem, c in per_doc]
+    wall = time.perf_counter() - t_start
+    summary.update(
+        dpi=None,  # images are OCR'd at their native resolution
+        settings=settings_summary(s),
+        pages=len(truths),
+        word_precision=round(p, 4), word_recall=round(r, 4), word_f1=round(f1, 4),
+        mean_doc_f1=round(sum(f for _, f in doc_f1) / len(doc_f1), 4),
+        worst_docs=[{"doc": stem, "f1": round(f, 4)} for stem, f in sorted(doc_f1, key=lambda x: x[1])[:5]],
+        seconds=round(wall, 2),
+        ocr_seconds=None if ocr_seconds is None else round(ocr_seconds, 2),
+        s_per_page=None if ocr_seconds is None else round(ocr_seconds / len(truths), 3),
+    )
+    return summary
+
+
+# --------------------------------------------------------------------------- born-digital
+
+def render_page_bgr(page, dpi: int) -> np.ndarray:
+    """Render a PyMuPDF page at ``dpi`` to ``HxWx3 uint8 BGR``."""
+    import pymupdf
+
+    pix = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csRGB, alpha=False)
+    rgb = np.frombuffer(pix.samples, dtype=np.uint8).reshape(pix.height, pix.stride)[:, :pix.width * 3]
+    return np.ascontiguousarray(rgb.reshape(pix.height, pix.width, 3)[:, :, ::-1])
+
+
+def bench_born_digital(args: argparse.Namespace) -> dict:
+    import pymupdf
+
+    from ocrstream.samples import make_samples
+
+    s = Settings()
+    t_start = time.perf_counter()
+    tmp = tempfile.TemporaryDirectory(prefix="ocrstream-samples-")
+    pdfs = [p for p in make_samples(Path(tmp.name), seed=args.seed) if p.suffix == ".pdf"]
+    pdfs += list(args.pdf or [])
+    timed, info = make_engine(s)
+    # (document, page number, rendered page, text layer)
+    pages: list[tuple[str, int, np.ndarray, str]] = []
+    skipped = 0
+    render_s = 0.0
+    for pdf in pdfs:
+        with pymupdf.open(pdf) as doc:
+            for page in doc:
+                truth = page.get_text()
+                if not normalize_whitespace(truth):
+                    skipped += 1
+                    continue
+                t = time.perf_counter()
+                pages.append((Path(pdf).name, page.number + 1, render_page_bgr(page, args.dpi), truth))
+                render_s += time.perf_counter() - t
+    per_page = []
+    for batch in chunks(pages, args.batch):
+        texts = timed.ocr_texts([img for _, _, img, _ in batch])
+        for (name, number, img, truth), text in zip(batch, texts):
+            c = cer(text, truth)
+            per_page.append({"doc": name, "page": number, "width": img.shape[1], "height": img.shape[0],
+                             "truth_chars": len(normalize_whitespace(truth)), "cer": round(c, 4),
+                             "word_f1": round(prf(word_counts(text, truth))[2], 4),
+                             "_errors": c * len(normalize_whitespace(truth))})
+        log(f"{len(per_page)}/{len(pages)} pages")
+    tmp.cleanup()
+    if not per_page:
+        raise SystemExit("no page with a text layer to score")
+    errors = sum(p.pop("_errors") for p in per_page)
+    chars = sum(p["truth_chars"] for p in per_page)
+    return {
+        "benchmark": "born-digital",
+        "pdfs": [str(p) if not str(p).startswith(tmp.name) else f"samples:{Path(p).name}" for p in pdfs],
+        "seed": args.seed,
+        "engine": info,
+        "dpi": args.dpi,
+        "settings": settings_summary(s),
+        "batch": args.batch,
+        "pages": len(per_page),
+        "skipped_no_text_layer": skipped,
+        # Character-weighted: total edit distance / total truth characters.
+        "cer": round(errors / chars, 4),
+        "mean_page_cer": round(sum(p["cer"] for p in per_page) / len(per_page), 4),
+        "per_page": per_page,
+        "seconds": round(time.perf_counter() - t_start, 2),
+        "render_seconds": round(render_s, 2),
+        "ocr_seconds": round(timed.seconds, 2),
+        "s_per_page": round(timed.seconds / len(per_page), 3),
+    }
+
+
+# --------------------------------------------------------------------------- CLI
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="OCR accuracy benchmarks (JSON summary on stdout).")
+    sub = ap.add_subparsers(dest="benchmark", required=True)
+    r = sub.add_parser("receipts", help="word P/R/F1 on SROIE receipts")
+    r.add_argument("--data", type=Path, default=DEFAULT_RECEIPTS, help=f"NNN.jpg + NNN.csv (default {DEFAULT_RECEIPTS})")
+    r.add_argument("--limit", type=int, default=0, help="first N receipts (sorted by name); 0 = all")
+    r.add_argument("--results", type=Path, help="score DocumentResult JSON lines instead of running the engine")
+    r.add_argument("--batch", type=int, default=4, help="pages per ocr_batch call (default 4)")
+    b = sub.add_parser("born-digital", help="CER on born-digital PDF pages against their text layer")
+    b.add_argument("--dpi", type=int, default=150, help="render resolution (default 150)")
+    b.add_argument("--pdf", type=Path, action="append", help="extra PDF to score (repeatable)")
+    b.add_argument("--seed", type=int, default=0, help="make_samples seed (default 0)")
+    b.add_argument("--batch", type=int, default=4, help="pages per ocr_batch call (default 4)")
+    args = ap.parse_args(argv)
+    summary = bench_receipts(args) if args.benchmark == "receipts" else bench_born_digital(args)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
