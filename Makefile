@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 KAFKA_LIBS := deploy/kafka/libs
 DOCS ?=
 
-.PHONY: venv kafka-jars deps test test-fast demo stop stack-up stack-down bench accuracy schemas clean
+.PHONY: venv venv-paddle kafka-jars deps test test-fast demo stop stack-up stack-down bench accuracy schemas clean
 
 $(BIN)/ocrstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,15 @@ $(BIN)/ocrstream: pyproject.toml
 
 venv: $(BIN)/ocrstream
 
+# A second environment for the PaddlePaddle engine (its pins conflict with the default engine's).
+.venv-paddle/bin/ocrstream: pyproject.toml
+	$(PYTHON) -m venv .venv-paddle
+	.venv-paddle/bin/pip install -q --upgrade pip
+	.venv-paddle/bin/pip install -q -e '.[test,paddle]'
+	@touch $@
+
+venv-paddle: .venv-paddle/bin/ocrstream
+
 $(KAFKA_LIBS)/.fetched: deploy/kafka/pom.xml
 	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(KAFKA_LIBS) -DincludeScope=runtime
 	@touch $@
@@ -23,9 +32,11 @@ kafka-jars: $(KAFKA_LIBS)/.fetched
 
 deps: venv kafka-jars
 
-## The whole suite, incl. integration tests against a real Kafka broker and S3 server the tests start.
-test: deps
+## The whole suite, incl. integration tests against a real Kafka broker and S3 server the tests start,
+## then the PaddlePaddle engine's tests in their own environment.
+test: deps venv-paddle
 	$(BIN)/python -m pytest
+	.venv-paddle/bin/python -m pytest tests/test_engine_paddle.py
 
 test-fast: deps
 	$(BIN)/python -m pytest -m "not slow"
@@ -50,4 +61,4 @@ schemas: venv
 	$(BIN)/ocrstream schemas export
 
 clean:
-	rm -rf $(VENV) .ocrstream $(KAFKA_LIBS)
+	rm -rf $(VENV) .venv-paddle .ocrstream $(KAFKA_LIBS)

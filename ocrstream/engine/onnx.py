@@ -7,9 +7,11 @@ detection post-processing, rotated crops, CTC decoding) are RapidOCR's, so
 results match PaddleOCR's reference pipeline.
 
 Batching: detection runs per page (pages differ in size); the text-line crops
-of *all* pages are then pooled, and RapidOCR's recognizer sorts them by aspect
-ratio and runs them ``rec_batch_size`` at a time, so short pages fill batches
-that a per-page loop would leave half empty.
+of *all* pages are then pooled and recognized ``rec_batch_size`` at a time in a
+few fixed width buckets (:data:`REC_WIDTH_BUCKETS`). Each crop is padded to its
+own bucket's width, never to the widest crop that happens to share its batch,
+so a line's text does not depend on which pages were batched with it, and the
+runtime sees a handful of input shapes (no re-tuning per width on GPUs).
 
 GPU: with ``OCRSTREAM_ENGINE_DEVICE=cuda:N`` the CUDA execution provider is used
 with ``cudnn_conv_algo_search=HEURISTIC``: cuDNN's EXHAUSTIVE search re-tunes on
@@ -19,7 +21,9 @@ every new recognition width and can make the GPU slower than the CPU.
 from __future__ import annotations
 
 import copy
+import math
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +32,12 @@ from schemas import EngineInfo
 
 from ..settings import Settings
 from .base import PageOcr, TextLine
+
+
+REC_WIDTH_BUCKETS = (320, 480, 640, 960, 1280, 1920)
+"""Recognition input widths (pixels at the model's 48-pixel height). 320 is PP-OCR's
+default ``rec_image_shape`` width; longer lines use the next bucket up; lines wider
+than the last bucket are rounded up to a multiple of 320."""
 
 
 class OnnxEngine:
@@ -68,17 +78,42 @@ class OnnxEngine:
         self._cls = self._ocr._load_cls_model() if s.use_angle_cls else None
         self._rec = self._ocr._load_rec_model()
         self.text_score = s.text_score
+        self.rec_batch_size = s.rec_batch_size
         det_name = Path(params.get("Det.model_path", "PP-OCRv6_det_small.onnx")).stem
         rec_name = Path(params.get("Rec.model_path", "PP-OCRv6_rec_small.onnx")).stem
         self.info = EngineInfo(name="onnxruntime", det_model=det_name, rec_model=rec_name,
                                device=device, version=f"rapidocr-{rapidocr.__version__ if hasattr(rapidocr, '__version__') else '3.10'}")
+
+    def _recognize(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
+        """Recognize text-line crops (``hxwx3 uint8 BGR``), bucketed by padded width.
+
+        Returns ``(text, confidence)`` per crop, in input order.
+        """
+        rec = self._rec
+        height = rec.rec_image_shape[1]
+        ratios = [c.shape[1] / max(1, c.shape[0]) for c in crops]
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, ratio in enumerate(ratios):
+            need = math.ceil(height * ratio)
+            width = next((b for b in REC_WIDTH_BUCKETS if need <= b), math.ceil(need / 320) * 320)
+            groups[width].append(i)
+        out: list[tuple[str, float]] = [("", 0.0)] * len(crops)
+        for width, members in sorted(groups.items()):
+            max_ratio = width / height
+            for start in range(0, len(members), self.rec_batch_size):
+                chunk = members[start:start + self.rec_batch_size]
+                batch = np.stack([rec.resize_norm_img(crops[i], max_ratio) for i in chunk]).astype(np.float32)
+                lines, _ = rec.postprocess_op(rec.session(batch), False,
+                                              wh_ratio_list=[ratios[i] for i in chunk], max_wh_ratio=max_ratio)
+                for i, (text, score) in zip(chunk, lines):
+                    out[i] = (text, float(score))
+        return out
 
     def ocr_batch(self, images: list[np.ndarray]) -> list[PageOcr]:
         """OCR pages (``HxWx3 uint8 BGR``); recognition is pooled across all of them.
 
         Returns one :class:`PageOcr` per image; polygons are in pixels of that image.
         """
-        from rapidocr.ch_ppocr_rec import TextRecInput
         from rapidocr.utils.process_img import apply_vertical_padding, get_rotate_crop_image, map_boxes_to_original
 
         ocr = self._ocr
@@ -106,8 +141,7 @@ class OnnxEngine:
         if crops:
             if self._cls is not None:
                 crops = self._cls(crops).img_list
-            rec = self._rec(TextRecInput(img=crops, return_word_box=False))
-            texts = list(zip(rec.txts, rec.scores))
+            texts = self._recognize(crops)
         rec_ms = (time.perf_counter() - t1) * 1000
 
         # Hand the pooled recognition results back to their pages.
