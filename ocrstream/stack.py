@@ -144,8 +144,14 @@ class KafkaService:
         pid = _pid_alive(self.pid_file)
         return ServiceStatus(self.name, pid is not None and port_open("127.0.0.1", self.s.kafka_port), pid, self.address)
 
-    def up(self, timeout_s: float = 120.0, extra_props: dict[str, str] | None = None) -> None:
-        """Fetch jars, format storage on first start, start the broker, wait until it answers."""
+    def up(self, timeout_s: float = 120.0, extra_props: dict[str, str] | None = None,
+           format_args: list[str] | None = None) -> None:
+        """Fetch jars, format storage on first start, start the broker, wait until it answers.
+
+        Args:
+            extra_props: server.properties overrides (e.g. SASL_SSL listeners).
+            format_args: extra ``StorageTool format`` arguments (e.g. ``--add-scram`` users).
+        """
         if self.status().running:
             return
         if port_open("127.0.0.1", self.s.kafka_port):
@@ -158,7 +164,8 @@ class KafkaService:
             import base64
             cid = base64.urlsafe_b64encode(uuid.UUID(cluster_id).bytes).decode().rstrip("=")
             proc = subprocess.run(
-                self._java("kafka.tools.StorageTool", "format", "--standalone", "-t", cid, "-c", str(self.props)),
+                self._java("kafka.tools.StorageTool", "format", "--standalone", "-t", cid, "-c", str(self.props),
+                           *(format_args or [])),
                 capture_output=True, text=True,
             )
             if proc.returncode != 0:
