@@ -24,9 +24,11 @@ dropped (their new owner re-reads them); on lost, state is dropped without a com
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,6 +124,10 @@ def run_engine(engine: Engine, images: list[np.ndarray]) -> list[PageOcr | BaseE
         return [r for img in images for r in run_engine(engine, [img])]
 
 
+class EngineStuck(RuntimeError):
+    """The engine overran its time budget; its thread cannot be interrupted, so the process must exit."""
+
+
 class OcrWorker:
     """The OCR worker loop (see module docstring).
 
@@ -160,6 +166,7 @@ class OcrWorker:
         self.max_result_bytes = next(int(t.config["max.message.bytes"]) for t in topic_specs()
                                      if t.name == "page-results")
         self.assigned: set[tuple[str, int]] = set()
+        self.engine_stuck = False
 
     def ready(self) -> bool:
         """Engine loaded and at least one partition assigned (``/readyz``)."""
@@ -178,7 +185,7 @@ class OcrWorker:
 
     def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
         log.info("revoking %s: finishing the in-flight batch", [p.partition for p in partitions])
-        self._finish_batch(wait=True)
+        self._wait_for_batch()
         self._publish_failures()
         self._drop(partitions)
         consumer.incremental_unassign(partitions)
@@ -217,6 +224,8 @@ class OcrWorker:
             while not self.stop.is_set():
                 self.step()
             self._shutdown()
+            if self.engine_stuck:
+                raise EngineStuck("the engine thread is stuck; restart the process")
         finally:
             self.prepare_pool.shutdown(wait=False, cancel_futures=True)
             self.engine_pool.shutdown(wait=False, cancel_futures=True)
@@ -226,6 +235,7 @@ class OcrWorker:
 
     def step(self) -> None:
         """One iteration: finish/publish, start a batch, apply back-pressure, poll."""
+        self._check_engine_budget()
         self._finish_batch(wait=False)
         self._publish_failures()
         self._maybe_start_batch()
@@ -302,6 +312,32 @@ class OcrWorker:
         self.batch = good
         self.batch_started = time.monotonic()
         self.batch_future = self.engine_pool.submit(run_engine, self.engine, [it.image for it in good])
+
+    def _wait_for_batch(self) -> None:
+        """Finish the in-flight batch, waiting at most for the rest of its engine budget."""
+        if self.batch_future is None:
+            return
+        remaining = self.s.page_timeout_s * len(self.batch) - (time.monotonic() - self.batch_started)
+        wait_futures([self.batch_future], timeout=max(0.0, remaining) + 0.1)
+        self._check_engine_budget()
+        self._finish_batch(wait=False)
+
+    def _check_engine_budget(self) -> None:
+        """Engine watchdog: a batch over ``page_timeout_s`` per page fails its pages with
+        ``engine_timeout`` (published and committed, so the partition moves on) and stops
+        the worker, whose stuck engine thread only a process restart can end."""
+        if self.batch_future is None or self.batch_future.done():
+            return
+        budget_s = self.s.page_timeout_s * len(self.batch)
+        if time.monotonic() - self.batch_started <= budget_s:
+            return
+        batch, self.batch, self.batch_future = self.batch, None, None
+        log.error("engine exceeded %.0fs on a batch of %d pages: failing them and restarting", budget_s, len(batch))
+        timeout = OcrstreamError(ReasonCode.ENGINE_TIMEOUT,
+                                 f"engine exceeded {self.s.page_timeout_s:.0f}s per page on a batch of {len(batch)}")
+        self._publish(batch, [timeout] * len(batch))
+        self.engine_stuck = True
+        self.stop.set()
 
     def _finish_batch(self, wait: bool) -> None:
         if self.batch_future is None or (not wait and not self.batch_future.done()):
@@ -420,5 +456,14 @@ class OcrWorker:
 
 
 def run_worker(s: Settings, stop: StopFlag | None = None) -> None:
-    """Run one OCR worker until SIGTERM/SIGINT (or ``stop``)."""
-    OcrWorker(s, stop=stop).run()
+    """Run one OCR worker until SIGTERM/SIGINT (or ``stop``).
+
+    Exits the process with status 3 when the engine is stuck (see :class:`EngineStuck`):
+    its thread cannot be interrupted, and a supervisor (``ocrstream run``, Kubernetes,
+    compose ``restart``) starts a fresh process.
+    """
+    try:
+        OcrWorker(s, stop=stop).run()
+    except EngineStuck:
+        logging.shutdown()
+        os._exit(3)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
 import pytest
 
@@ -77,3 +79,45 @@ def test_invalid_page_task_is_dead_lettered_and_partition_keeps_flowing(settings
     stages.start(Splitter(settings, StopFlag(install_signals=False)))
     res = consume_all(settings, settings.topic("page-results"), 1)
     assert decode(res[0].value(), PageResult).document_id == doc_id
+
+
+class _HangingEngine:
+    """An engine that never returns within the budget (a hung runtime, e.g. a wedged GPU call)."""
+
+    def __init__(self, seconds: float):
+        from schemas import EngineInfo
+
+        self.seconds = seconds
+        self.info = EngineInfo(name="hanging", device="cpu")
+
+    def ocr_batch(self, images):
+        time.sleep(self.seconds)
+        return []
+
+
+def test_engine_timeout_fails_the_page_commits_it_and_stops_the_worker(settings, store, stages, tmp_path):
+    from confluent_kafka import Consumer, TopicPartition
+
+    from ocrstream.kafka import consumer_config
+
+    s = settings.model_copy(update={"page_timeout_s": 0.5, "batch_max_wait_ms": 50})
+    pdf = tmp_path / "slow.pdf"
+    pdf.write_bytes(make_pdf([["a"]]))
+    with DocumentPublisher(s) as pub:
+        doc_id = pub.upload_and_publish(pdf)
+    stages.start(Splitter(s, StopFlag(install_signals=False)))
+    worker = OcrWorker(s, engine=_HangingEngine(3.0), stop=StopFlag(install_signals=False))
+    stages.start(worker)
+    (msg,) = consume_all(s, s.topic("page-results"), 1, 60)
+    result = decode(msg.value(), PageResult)
+    assert result.document_id == doc_id and result.status == "failed" and result.error.code == "engine_timeout"
+    deadline = time.monotonic() + 30
+    while not worker.stop.is_set() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert worker.engine_stuck and worker.stop.is_set()
+    # the timed-out page was committed: a restarted worker does not hang on it again
+    (task,) = consume_all(s, s.topic("pages"), 1, 10)
+    c = Consumer(consumer_config(s, s.group("worker")))
+    (committed,) = c.committed([TopicPartition(task.topic(), task.partition())], timeout=10)
+    c.close()
+    assert committed.offset == task.offset() + 1
