@@ -12,7 +12,7 @@ Each prints a JSON summary on stdout and writes ``bench/out/<name>.json`` and
 generated samples when that folder is absent.
 
 The pipeline runs on its own local stack (``.ocrstream-bench``: Kafka on 39092,
-S3 on 38333) with every stage as a separate process, exactly as deployed; it is
+S3 on 39433) with every stage as a separate process, exactly as deployed; it is
 timed from the first publish to the last document result, after a warm-up
 document has gone through every worker. The baseline is what a user would
 otherwise write: a plain loop that renders each page with PyMuPDF and calls
@@ -49,7 +49,7 @@ SCANS = REPO.parent / "shared" / "data" / "scans-dev"
 
 def bench_settings(**kw) -> Settings:
     base = dict(kafka_bootstrap_servers="127.0.0.1:39092", kafka_port=39092, kafka_controller_port=39093,
-                s3_endpoint="127.0.0.1:38333", s3_port=38333, stack_port_base=41000,
+                s3_endpoint="127.0.0.1:39433", s3_port=39433, stack_port_base=41000,
                 stack_dir=REPO / ".ocrstream-bench", kafka_libs=REPO / "deploy" / "kafka" / "libs",
                 s3_access_key="ocrstream", s3_secret_key="ocrstream-secret")
     base.update(kw)

@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     )
     use_angle_cls: bool = Field(
         False, description="run the 0/180 degree line classifier (off: it flips upright long lines)")
-    rec_batch_size: int = Field(16, description="text-line crops per recognition call")
+    rec_batch_size: int = Field(6, description="text-line crops per recognition call (GPU: 64 or more)")
     text_score: float = Field(0.5, description="drop detections below this recognition confidence")
     model_dir: Path | None = Field(None, description="directory with det/rec model files (offline)")
     batch_max_pages: int = Field(8, ge=1, description="micro-batch: most pages")
