@@ -87,10 +87,46 @@ class OnnxEngine:
         self._rec = self._ocr._load_rec_model()
         self.text_score = s.text_score
         self.rec_batch_size = s.rec_batch_size
+        self.det_batch_size = s.batch_max_pages
         det_name = Path(params.get("Det.model_path", "PP-OCRv6_det_small.onnx")).stem
         rec_name = Path(params.get("Rec.model_path", "PP-OCRv6_rec_small.onnx")).stem
         self.info = EngineInfo(name="onnxruntime", det_model=det_name, rec_model=rec_name,
                                device=device, version=f"rapidocr-{metadata.version('rapidocr')}")
+
+    def _detect(self, images: list[np.ndarray]) -> tuple[list[tuple], list[float]]:
+        """Text detection; pages whose detection inputs have the same shape (e.g. pages of
+        one size at one DPI) go through the network as one batch.
+
+        Returns ``([(detection image, op_record, boxes or None)], [det ms per page])``,
+        boxes in reading order and in pixels of the detection image.
+        """
+        from rapidocr.utils.process_img import apply_vertical_padding
+
+        ocr, det = self._ocr, self._det
+        preprocess = det.get_preprocess()
+        prepared, inputs = [], []
+        for image in images:
+            img, op_record = ocr.preprocess_img(image)
+            img, op_record = apply_vertical_padding(img, op_record, ocr.width_height_ratio, ocr.min_height)
+            prepared.append([img, op_record, None])
+            inputs.append(preprocess(img))  # 1x3xHxW float32, H and W multiples of 32
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, x in enumerate(inputs):
+            if x is not None:
+                groups[x.shape].append(i)
+        per_page_ms = [0.0] * len(images)
+        for members in groups.values():
+            for start in range(0, len(members), self.det_batch_size):
+                chunk = members[start:start + self.det_batch_size]
+                t = time.perf_counter()
+                preds = det.session(np.concatenate([inputs[i] for i in chunk]))
+                for j, i in enumerate(chunk):
+                    boxes, _ = det.postprocess_op(preds[j:j + 1], prepared[i][0].shape[:2])
+                    prepared[i][2] = det.sorted_boxes(boxes) if len(boxes) else None
+                share = (time.perf_counter() - t) * 1000 / len(chunk)
+                for i in chunk:
+                    per_page_ms[i] = round(share, 1)
+        return [tuple(p) for p in prepared], per_page_ms
 
     def _recognize(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
         """Recognize text-line crops (``hxwx3 uint8 BGR``), bucketed by padded width.
@@ -116,31 +152,23 @@ class OnnxEngine:
         return out
 
     def ocr_batch(self, images: list[np.ndarray]) -> list[PageOcr]:
-        """OCR pages (``HxWx3 uint8 BGR``); recognition is pooled across all of them.
+        """OCR pages (``HxWx3 uint8 BGR``): same-size pages detected as one batch, recognition
+        pooled across all of them.
 
         Returns one :class:`PageOcr` per image; polygons are in pixels of that image.
         """
-        from rapidocr.utils.process_img import apply_vertical_padding, get_rotate_crop_image, map_boxes_to_original
+        from rapidocr.utils.process_img import get_rotate_crop_image, map_boxes_to_original
 
-        ocr = self._ocr
         pages: list[tuple[np.ndarray | None, list[np.ndarray], float]] = []
         crops: list[np.ndarray] = []
-        owners: list[int] = []
-        t0 = time.perf_counter()
-        for i, image in enumerate(images):
-            t = time.perf_counter()
-            img, op_record = ocr.preprocess_img(image)
-            img, op_record = apply_vertical_padding(img, op_record, ocr.width_height_ratio, ocr.min_height)
-            det = self._det(img)
-            if det.boxes is None or len(det.boxes) == 0:
-                pages.append((None, [], (time.perf_counter() - t) * 1000))
+        for image, (img, op_record, boxes), page_det_ms in zip(images, *self._detect(images)):
+            if boxes is None or len(boxes) == 0:
+                pages.append((None, [], page_det_ms))
                 continue
-            page_crops = [get_rotate_crop_image(img, copy.deepcopy(box)) for box in det.boxes]
-            boxes = map_boxes_to_original(det.boxes.astype(np.float32), op_record, *image.shape[:2])
+            page_crops = [get_rotate_crop_image(img, copy.deepcopy(box)) for box in boxes]
+            boxes = map_boxes_to_original(boxes.astype(np.float32), op_record, *image.shape[:2])
             crops.extend(page_crops)
-            owners.extend([i] * len(page_crops))
-            pages.append((boxes, page_crops, (time.perf_counter() - t) * 1000))
-        det_ms = (time.perf_counter() - t0) * 1000
+            pages.append((boxes, page_crops, page_det_ms))
 
         t1 = time.perf_counter()
         texts: list[tuple[str, float]] = []
@@ -154,7 +182,7 @@ class OnnxEngine:
         total_crops = max(1, len(crops))
         out: list[PageOcr] = []
         cursor = 0
-        for i, (boxes, page_crops, page_det_ms) in enumerate(pages):
+        for boxes, page_crops, page_det_ms in pages:
             lines: list[TextLine] = []
             n = len(page_crops)
             for box, (text, score) in zip(boxes if boxes is not None else [], texts[cursor:cursor + n]):
