@@ -54,8 +54,16 @@ stack-up: deps
 stack-down:
 	$(BIN)/ocrstream stack down
 
+## Every benchmark (accuracy, throughput ratio, ceiling, latency, memory, scaling): JSON + PNG in bench/out/.
 bench: deps
-	$(BIN)/python bench/accuracy.py receipts
+	@mkdir -p bench/out
+	$(BIN)/python bench/accuracy.py receipts > bench/out/accuracy-receipts.json
+	$(BIN)/python bench/accuracy.py born-digital > bench/out/accuracy-born-digital.json
+	$(BIN)/python bench/throughput.py ratio
+	$(BIN)/python bench/throughput.py ceiling
+	$(BIN)/python bench/throughput.py latency
+	$(BIN)/python bench/throughput.py scaling
+	$(BIN)/python bench/throughput.py memory
 
 schemas: venv
 	$(BIN)/ocrstream schemas export
