@@ -84,6 +84,7 @@ def main() -> int:
         docs += sorted(str(p) for p in SCANS.glob("*.pdf"))
     docs += args.files
     print(f"== submitting {len(docs)} documents and waiting for their results")
+    print("   (live worker figures meanwhile, in another terminal: .venv/bin/ocrstream top)")
     t0 = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "ocrstream.cli", "submit", "--wait", "--json", "--timeout", "1800", *docs],
                          capture_output=True, text=True, cwd=REPO)
