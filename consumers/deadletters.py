@@ -9,62 +9,50 @@ once. Truncated values cannot be replayed and are reported.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from ocrstream.errors import OcrstreamError
-from ocrstream.kafka import consumer_config, producer_config
+from ocrstream.kafka import assign_all, consumer_config, producer_config, read_to_end
 from ocrstream.settings import Settings
 from schemas import DeadLetter, decode
 
 log = logging.getLogger(__name__)
 
 
-def _read(consumer: Consumer, timeout_s: float, limit: int):
-    """Yield (message, DeadLetter) until every assigned partition reached its end."""
-    eof: set[int] = set()
-    deadline = time.monotonic() + timeout_s
-    count = 0
-    while time.monotonic() < deadline and count < limit:
-        assignment = consumer.assignment()
-        if assignment and len(eof) >= len(assignment):
+def _dead_letters(s: Settings, consumer: Consumer, start: str, timeout_s: float, limit: int):
+    """Yield (message, DeadLetter) from ``start`` to the end of the topic (at most ``limit``)."""
+    assignment = assign_all(consumer, s.topic("dead-letters"), start)
+    for n, msg in enumerate(read_to_end(consumer, assignment, timeout_s)):
+        if n >= limit:
             return
-        msg = consumer.poll(0.5)
-        if msg is None:
-            continue
-        if msg.error():
-            if msg.error().code() == KafkaError._PARTITION_EOF:
-                eof.add(msg.partition())
-            continue
-        eof.discard(msg.partition())
         try:
             yield msg, decode(msg.value(), DeadLetter)
         except OcrstreamError:
             log.warning("not a dead letter at %s[%d]@%d", msg.topic(), msg.partition(), msg.offset())
-        count += 1
+
+
+def _consumer(s: Settings, group: str) -> Consumer:
+    return Consumer(consumer_config(s, group, **{"enable.partition.eof": True}))
 
 
 def list_dead_letters(s: Settings, limit: int = 1000, timeout_s: float = 30.0) -> list[DeadLetter]:
     """All dead letters from the beginning of the topic (at most ``limit``)."""
-    conf = consumer_config(s, f"{s.group('dlq-list')}-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True})
-    consumer = Consumer(conf)
-    consumer.subscribe([s.topic("dead-letters")])
+    consumer = _consumer(s, f"{s.group('dlq-list')}-{uuid.uuid4().hex[:8]}")
     try:
-        return [dl for _, dl in _read(consumer, timeout_s, limit)]
+        return [dl for _, dl in _dead_letters(s, consumer, "beginning", timeout_s, limit)]
     finally:
         consumer.close()
 
 
 def replay_dead_letters(s: Settings, reason: str | None = None, limit: int = 1000, timeout_s: float = 30.0) -> int:
     """Re-drive dead letters (optionally only one reason code); returns how many were re-produced."""
-    consumer = Consumer(consumer_config(s, s.group("dlq-replay"), **{"enable.partition.eof": True}))
+    consumer = _consumer(s, s.group("dlq-replay"))
     producer = Producer(producer_config(s))
-    consumer.subscribe([s.topic("dead-letters")])
     replayed = 0
     try:
-        for msg, dl in _read(consumer, timeout_s, limit):
+        for msg, dl in _dead_letters(s, consumer, "committed", timeout_s, limit):
             if (reason is None or dl.reason == reason) and dl.value is not None:
                 if dl.value_truncated:
                     log.warning("dead letter %s@%d has a truncated value: not replayable", dl.topic, dl.offset)

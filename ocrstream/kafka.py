@@ -7,9 +7,10 @@ unchanged. Passwords come from ``SecretStr`` fields and are never logged.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from .settings import Settings
@@ -59,7 +60,11 @@ def producer_config(s: Settings, transactional_id: str | None = None, **extra: A
 
 
 def consumer_config(s: Settings, group: str, **extra: Any) -> dict[str, Any]:
-    """Consumer with manual commits, cooperative rebalancing and bounded prefetch.
+    """Consumer with manual commits, incremental rebalancing and bounded prefetch.
+
+    ``kafka_group_protocol`` picks the classic protocol with the cooperative-sticky
+    assignor, or the KIP-848 consumer protocol (broker-side assignment, no
+    stop-the-world rebalances; GA in Apache Kafka 4.0).
 
     Offsets are committed explicitly after the outputs they cover are
     acknowledged (at-least-once), or sent inside the transaction (exactly-once).
@@ -80,6 +85,12 @@ def consumer_config(s: Settings, group: str, **extra: Any) -> dict[str, Any]:
     }
     if s.group_instance_id:
         conf["group.instance.id"] = s.group_instance_id
+    if s.kafka_group_protocol == "consumer":
+        # KIP-848: the broker assigns partitions and owns the session timeout; these client
+        # settings are refused with group.protocol=consumer.
+        conf["group.protocol"] = "consumer"
+        for key in ("partition.assignment.strategy", "session.timeout.ms"):
+            conf.pop(key)
     conf.update(extra)
     return conf
 
@@ -120,3 +131,54 @@ class DeliveryTracker:
     def reset(self) -> None:
         self.errors.clear()
         self.delivered = 0
+
+
+def watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> tuple[int, int]:
+    """(low, high) watermark offsets, retrying while leadership moves (e.g. just after a
+    broker restart, when the broker answers NOT_LEADER_FOR_PARTITION for a few seconds).
+
+    Raises:
+        KafkaException: still failing after ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=10)
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def assign_all(consumer: Consumer, topic: str, start: str) -> list[TopicPartition]:
+    """Assign every partition of ``topic`` (no group rebalancing) from ``start``:
+    ``beginning``, ``end`` (the high watermark now) or ``committed`` (the consumer
+    group's committed offsets, the beginning where none). Returns the assignment."""
+    parts = [TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
+    committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)} if start == "committed" else {}
+    assignment = []
+    for tp in parts:
+        low, high = watermarks(consumer, tp)
+        offset = {"beginning": low, "end": high}.get(start, committed.get(tp.partition, OFFSET_INVALID))
+        assignment.append(TopicPartition(topic, tp.partition, offset if offset >= 0 else low))
+    consumer.assign(assignment)
+    return assignment
+
+
+def read_to_end(consumer: Consumer, assignment: list[TopicPartition], timeout_s: float = 60.0):
+    """Yield the records from an :func:`assign_all` assignment up to each partition's
+    high watermark (the consumer needs ``enable.partition.eof=true``).
+
+    Stops early after ``timeout_s`` (bounded even if a partition never reports its end).
+    """
+    pending = {tp.partition for tp in assignment if watermarks(consumer, tp)[1] > tp.offset}
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        msg = consumer.poll(0.2)
+        if msg is None:
+            continue
+        if msg.error():
+            if msg.error().code() == KafkaError._PARTITION_EOF:
+                pending.discard(msg.partition())
+            continue
+        yield msg

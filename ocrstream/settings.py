@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     group_instance_id: str | None = Field(
         None, description="static membership (group.instance.id), e.g. the pod name"
     )
+    kafka_group_protocol: Literal["classic", "consumer"] = Field(
+        "classic", description="consumer group protocol: classic (cooperative-sticky) or consumer (KIP-848)")
     delivery: Literal["at-least-once", "exactly-once"] = Field(
         "at-least-once", description="exactly-once = Kafka transactions in worker and splitter"
     )
@@ -91,6 +93,8 @@ class Settings(BaseSettings):
     det_limit_side_len: int = Field(
         2000, description="longest page side fed to detection (pixels); larger pages are scaled down"
     )
+    det_min_side_len: int = Field(
+        736, description="shortest page side fed to detection (pixels); smaller pages are scaled up")
     use_angle_cls: bool = Field(
         False, description="run the 0/180 degree line classifier (off: it flips upright long lines)")
     rec_batch_size: int = Field(6, description="text-line crops per recognition call (GPU: 64 or more)")

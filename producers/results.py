@@ -7,40 +7,12 @@ import time
 import uuid
 from typing import Callable, Iterable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer
 
 from ocrstream.errors import OcrstreamError
-from ocrstream.kafka import consumer_config
+from ocrstream.kafka import assign_all, consumer_config, read_to_end
 from ocrstream.settings import Settings
 from schemas import DocumentResult, decode
-
-
-def watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> tuple[int, int]:
-    """(low, high) watermark offsets, retrying while leadership moves (e.g. just after a
-    broker restart, when the broker answers NOT_LEADER_FOR_PARTITION for a few seconds).
-
-    Raises:
-        KafkaException: still failing after ``timeout_s``.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return consumer.get_watermark_offsets(tp, timeout=10)
-        except KafkaException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-def _assign_all(consumer: Consumer, topic: str, start: str) -> list[TopicPartition]:
-    md = consumer.list_topics(topic, timeout=10)
-    parts = [TopicPartition(topic, p) for p in md.topics[topic].partitions]
-    offsets = []
-    for tp in parts:
-        low, high = watermarks(consumer, tp)
-        offsets.append(TopicPartition(topic, tp.partition, OFFSET_BEGINNING if start == "beginning" else high))
-    consumer.assign(offsets)
-    return parts
 
 
 class ResultFollower:
@@ -55,7 +27,7 @@ class ResultFollower:
         conf = consumer_config(s, f"{s.group('follower')}-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True})
         self.consumer = Consumer(conf)
         self.topic = s.topic("document-results")
-        self.parts = _assign_all(self.consumer, self.topic, start)
+        self.parts = assign_all(self.consumer, self.topic, start)
 
     def wait_for(self, document_ids: Iterable[str], timeout_s: float | None = None,
                  on_result: Callable[[DocumentResult], None] | None = None) -> dict[str, DocumentResult]:
@@ -89,20 +61,7 @@ class ResultFollower:
     def read_to_end(self, timeout_s: float = 30.0) -> dict[str, DocumentResult]:
         """Last value per key from the current position to the end of every partition."""
         latest: dict[str, DocumentResult] = {}
-        pending = {tp.partition for tp in self.parts}
-        for tp in self.parts:
-            low, high = watermarks(self.consumer, tp)
-            if high <= low:
-                pending.discard(tp.partition)
-        deadline = time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
-            msg = self.consumer.poll(0.2)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                continue
+        for msg in read_to_end(self.consumer, self.parts, timeout_s):
             key = (msg.key() or b"").decode()
             if msg.value() is None:
                 latest.pop(key, None)

@@ -17,22 +17,20 @@ overwrites its own result in the compacted results topic.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from pathlib import PurePosixPath
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, Producer
 
 from consumers.common import StopFlag, now_ms
 from ocrstream.errors import OcrstreamError
-from ocrstream.kafka import consumer_config, producer_config
+from ocrstream.kafka import assign_all, consumer_config, producer_config, read_to_end
 from ocrstream.settings import Settings
 from ocrstream.storage import ObjectInfo, ObjectStore, validate_key
 from schemas import DocumentRef, ObjectRef, encode
 
 from .publish import stable_document_id
-from .results import _assign_all, watermarks
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +55,7 @@ class DropFolderWatcher:
         consumer = Consumer(conf)
         seen: dict[str, tuple[str, str | None]] = {}
         try:
-            parts = _assign_all(consumer, self.state_topic, "beginning")
-            pending = {tp.partition for tp in parts
-                       if (lambda w: w[1] > w[0])(watermarks(consumer, tp))}
-            deadline = time.monotonic() + 60
-            while pending and time.monotonic() < deadline:
-                msg = consumer.poll(0.2)
-                if msg is None:
-                    continue
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition())
-                    continue
+            for msg in read_to_end(consumer, assign_all(consumer, self.state_topic, "beginning")):
                 state = orjson.loads(msg.value())
                 seen[msg.key().decode()] = (state["etag"], state.get("version_id"))
         finally:

@@ -86,7 +86,7 @@ class StageThreads:
     """Runs stage objects (anything with ``run()`` and a ``stop`` flag) in threads; stops them at teardown."""
 
     def __init__(self) -> None:
-        self.running: list[tuple[object, "threading.Thread"]] = []
+        self.running: list[tuple[object, object]] = []  # (stage, threading.Thread)
 
     def start(self, stage) -> object:
         import threading

@@ -43,19 +43,24 @@ def test_worker_publishes_samples_and_serves_prometheus(settings, store, stages,
     assert _get(base + "/healthz")[0] == 200
     assert _get(base + "/readyz")[0] == 503  # engine not loaded, nothing assigned yet
     stages.start(worker)
-    stages.start(Splitter(s, StopFlag(install_signals=False)))
+    stages.start(Splitter(settings, StopFlag(install_signals=False)))  # no HTTP port: the worker has it
     pdf = tmp_path / "three.pdf"
     pdf.write_bytes(make_pdf([["one"], ["two"], ["three"]]))
     with DocumentPublisher(s) as pub:
         pub.upload_and_publish(pdf)
-    consume_all(s, s.topic("page-results"), 3, 60)
+    assert len(consume_all(s, s.topic("page-results"), 3, 60)) == 3
 
     deadline = time.monotonic() + 30
     while _get(base + "/readyz")[0] != 200 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _get(base + "/readyz")[0] == 200
 
-    samples = [decode(msg.value(), WorkerMetrics) for msg in consume_all(s, s.topic("metrics"), 3, 30)]
+    # Samples come every second whatever the load; read until they account for the 3 pages (bounded).
+    samples: list[WorkerMetrics] = []
+    deadline = time.monotonic() + 60
+    while sum(x.pages for x in samples) < 3 and time.monotonic() < deadline:
+        samples = [decode(msg.value(), WorkerMetrics)
+                   for msg in consume_all(s, s.topic("metrics"), len(samples) + 1, 10)]
     assert all(x.worker_id == s.worker_id and x.stage == "worker" for x in samples)
     assert sum(x.pages for x in samples) >= 3 and any(x.batches > 0 for x in samples)
     assert all(x.gpus is None for x in samples)  # CPU host: GPU fields null, not an error

@@ -121,3 +121,23 @@ def test_engine_timeout_fails_the_page_commits_it_and_stops_the_worker(settings,
     (committed,) = c.committed([TopicPartition(task.topic(), task.partition())], timeout=10)
     c.close()
     assert committed.offset == task.offset() + 1
+
+
+def test_worker_group_on_the_kip848_consumer_protocol(settings, store, stages, tmp_path):
+    s = settings.model_copy(update={"kafka_group_protocol": "consumer"})
+    pdf = tmp_path / "k.pdf"
+    pdf.write_bytes(make_pdf([["one"], ["two"], ["three"]]))
+    with DocumentPublisher(s) as pub:
+        doc_id = pub.upload_and_publish(pdf)
+    stages.start(Splitter(s, StopFlag(install_signals=False)))
+    workers = [stages.start(OcrWorker(s, engine=NullEngine(), stop=StopFlag(install_signals=False)))
+               for _ in range(2)]
+    results = [decode(m.value(), PageResult) for m in consume_all(s, s.topic("page-results"), 3, 60)]
+    assert sorted(r.page_number for r in results) == [1, 2, 3] and {r.document_id for r in results} == {doc_id}
+    # the broker split the 12 pages partitions between the two members
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(w.assigned for w in workers):
+        time.sleep(0.2)
+    assert all(w.assigned for w in workers)
+    assert not (workers[0].assigned & workers[1].assigned)
+    assert len(workers[0].assigned | workers[1].assigned) == 12

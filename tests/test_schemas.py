@@ -39,12 +39,17 @@ page_results = st.builds(
 )
 
 
+# Built once: jsonschema.validate() would re-check the schema against the metaschema per call.
+PAGE_RESULT_VALIDATOR = jsonschema.Draft202012Validator(json_schema("page_result"))
+DOCUMENT_REF_VALIDATOR = jsonschema.Draft202012Validator(json_schema("document_ref"))
+
+
 @hsettings(max_examples=150, deadline=None)
 @given(page_results)
 def test_page_result_roundtrip_and_jsonschema_agree(result):
     raw = encode(result)
     assert decode(raw, PageResult) == result
-    jsonschema.validate(orjson.loads(raw), json_schema("page_result"))
+    PAGE_RESULT_VALIDATOR.validate(orjson.loads(raw))
 
 
 @hsettings(max_examples=150, deadline=None)
@@ -66,7 +71,7 @@ def test_validator_and_json_schema_accept_the_same_documents(obj):
         ok = True
     except OcrstreamError:
         ok = False
-    schema_ok = jsonschema.Draft202012Validator(json_schema("document_ref")).is_valid(obj) and obj.get("schema_version") == 1
+    schema_ok = DOCUMENT_REF_VALIDATOR.is_valid(obj) and obj.get("schema_version") == 1
     assert ok == schema_ok, obj
 
 

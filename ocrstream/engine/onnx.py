@@ -59,6 +59,7 @@ class OnnxEngine:
         params: dict = {
             "Global.log_level": "warning",
             "Global.max_side_len": s.det_limit_side_len,
+            "Det.limit_side_len": s.det_min_side_len,
             "Global.text_score": s.text_score,
             "Global.use_cls": s.use_angle_cls,
             "Rec.rec_batch_num": s.rec_batch_size,
