@@ -89,6 +89,10 @@ def cmd_run(args, s: Settings) -> int:
         env = dict(os.environ)
         if stage == "worker":
             env["OCRSTREAM_WORKER_ID"] = f"{s.worker_id}-w{i}"
+            if not s.engine_threads and s.engine_device == "cpu":
+                # Share the cores: N workers each using every core oversubscribe the CPU, and
+                # ONNX Runtime's spinning intra-op threads then slow every worker down.
+                env["OCRSTREAM_ENGINE_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
         if s.http_port:  # one port per child: http_port, http_port+1, ...
             env["OCRSTREAM_HTTP_PORT"] = str(s.http_port + i)
         procs[i] = (stage, subprocess.Popen([sys.executable, "-m", "ocrstream.cli", stage], env=env))
