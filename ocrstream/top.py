@@ -17,7 +17,7 @@ from rich.table import Table
 from schemas import WorkerMetrics, decode
 
 from .errors import OcrstreamError
-from .kafka import consumer_config
+from .kafka import consumer_config, watermarks
 from .settings import Settings
 
 
@@ -49,7 +49,7 @@ def run_top(s: Settings, once: bool = False, history: int = 50) -> None:
     parts = c.list_topics(topic, timeout=10).topics[topic].partitions
     assignment = []
     for p in parts:
-        low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        low, high = watermarks(c, TopicPartition(topic, p))
         assignment.append(TopicPartition(topic, p, max(low, high - history) if high > 0 else OFFSET_END))
     c.assign(assignment)
     latest: dict[str, WorkerMetrics] = {}
