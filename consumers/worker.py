@@ -102,26 +102,69 @@ class WorkerStats:
         return snapshot
 
 
-def run_engine(engine: Engine, images: list[np.ndarray]) -> list[PageOcr | BaseException]:
+class BatchLimit:
+    """Pages per engine call, adapted to the accelerator's free memory.
+
+    Starts at ``batch_max_pages``. An out-of-memory batch of *n* pages caps later
+    batches at *n*/2 (the batch itself is split and retried by :func:`run_engine`);
+    after ``grow_after`` batches in a row without running out of memory the cap grows
+    by one page again, up to the maximum, so memory freed by another process on the
+    same GPU is used again.
+    """
+
+    def __init__(self, maximum: int, grow_after: int = 50):
+        self.maximum = maximum
+        self.value = maximum
+        self.grow_after = grow_after
+        self._ok = 0
+
+    def out_of_memory(self, pages: int) -> None:
+        """A batch of ``pages`` pages ran out of memory (called from the engine thread)."""
+        new = max(1, min(self.value, pages // 2))
+        if new < self.value:
+            log.warning("out of memory on %d pages: batches capped at %d pages", pages, new)
+        self.value, self._ok = new, 0
+
+    def succeeded(self) -> None:
+        """A whole batch ran without running out of memory."""
+        self._ok += 1
+        if self.value < self.maximum and self._ok >= self.grow_after:
+            self.value, self._ok = self.value + 1, 0
+
+
+def run_engine(engine: Engine, images: list[np.ndarray],
+               limit: BatchLimit | None = None) -> list[PageOcr | BaseException]:
     """Run one micro-batch; never lose a page to a batch-level failure.
 
     On ``MemoryError`` (accelerator out of memory) the batch is halved and
-    retried; on any other error each page is retried alone, so one bad page
-    fails only itself.
+    retried (and ``limit`` lowered for later batches); on any other error each
+    page is retried alone, so one bad page fails only itself.
+
+    Returns one :class:`PageOcr` or exception per image, in order.
     """
     try:
         return list(engine.ocr_batch(images))
     except MemoryError:
+        if limit is not None:
+            limit.out_of_memory(len(images))
         if len(images) == 1:
             return [OcrstreamError(ReasonCode.ENGINE_ERROR, "out of memory on a single page")]
         mid = len(images) // 2
         log.warning("engine out of memory on %d pages: splitting the batch", len(images))
-        return run_engine(engine, images[:mid]) + run_engine(engine, images[mid:])
+        return run_engine(engine, images[:mid], limit) + run_engine(engine, images[mid:], limit)
     except Exception as exc:  # noqa: BLE001
         if len(images) == 1:
             return [exc]
         log.warning("engine failed on a batch of %d (%s): retrying page by page", len(images), exc)
-        return [r for img in images for r in run_engine(engine, [img])]
+        return [r for img in images for r in run_engine(engine, [img], limit)]
+
+
+def _run_batch(engine: Engine, images: list[np.ndarray], limit: BatchLimit) -> list[PageOcr | BaseException]:
+    before = limit.value
+    results = run_engine(engine, images, limit)
+    if limit.value >= before:
+        limit.succeeded()
+    return results
 
 
 class EngineStuck(RuntimeError):
@@ -163,6 +206,7 @@ class OcrWorker:
         self.batch_started = 0.0
         self.paused = False
         self.stats = WorkerStats()
+        self.batch_limit = BatchLimit(s.batch_max_pages)
         self.max_result_bytes = next(int(t.config["max.message.bytes"]) for t in topic_specs()
                                      if t.name == "page-results")
         self.assigned: set[tuple[str, int]] = set()
@@ -296,9 +340,11 @@ class OcrWorker:
         if not ready:
             return
         oldest_wait_ms = (time.monotonic() - min(it.received for it in ready)) * 1000
-        if len(ready) < self.s.batch_max_pages and oldest_wait_ms < self.s.batch_max_wait_ms:
+        max_pages = self.batch_limit.value
+        m.BATCH_LIMIT.set(max_pages)
+        if len(ready) < max_pages and oldest_wait_ms < self.s.batch_max_wait_ms:
             return
-        batch = ready[: self.s.batch_max_pages]
+        batch = ready[:max_pages]
         for it in batch:
             it.settle()
         ids = {id(it) for it in batch}
@@ -311,7 +357,8 @@ class OcrWorker:
             return
         self.batch = good
         self.batch_started = time.monotonic()
-        self.batch_future = self.engine_pool.submit(run_engine, self.engine, [it.image for it in good])
+        self.batch_future = self.engine_pool.submit(_run_batch, self.engine, [it.image for it in good],
+                                                  self.batch_limit)
 
     def _wait_for_batch(self) -> None:
         """Finish the in-flight batch, waiting at most for the rest of its engine budget."""

@@ -5,7 +5,7 @@
     ocrstream submit FILE... [--wait] [--json]
     ocrstream watch                    drop folder -> ingest
     ocrstream splitter|worker|assembler  one stage (for deployment)
-    ocrstream run [--workers N]        every stage, as child processes (local use)
+    ocrstream run [--workers N | --gpus 0,1 --workers-per-gpu K]  every stage, as child processes
     ocrstream dlq list|replay          inspect / re-drive dead letters
     ocrstream schemas export           write schemas/json/*.schema.json
     ocrstream top                      live worker metrics (pages/s, batch, GPU, lag)
@@ -79,9 +79,36 @@ def cmd_stage(args, s: Settings) -> int:
     return 0
 
 
+def worker_env(s: Settings, n: int, workers: int, gpus: list[int], cpu_count: int) -> dict[str, str]:
+    """Settings that differ between the ``workers`` OCR worker processes of ``ocrstream run``.
+
+    Args:
+        n: this worker's index, 0-based.
+        gpus: GPU indices; worker ``n`` gets GPU ``gpus[n % len(gpus)]`` (so with
+            ``--workers-per-gpu k`` every GPU gets k engine processes). Empty: the configured
+            ``engine_device``.
+        cpu_count: cores of the host.
+
+    Returns:
+        ``OCRSTREAM_*`` variables: engine device and, on CPU workers with ``engine_threads`` 0,
+        intra-op threads = cores / workers.
+    """
+    env: dict[str, str] = {}
+    if gpus:
+        gpu = gpus[n % len(gpus)]
+        env["OCRSTREAM_ENGINE_DEVICE"] = f"gpu:{gpu}" if s.engine == "paddle" else f"cuda:{gpu}"
+    elif not s.engine_threads and s.engine_device == "cpu":
+        # Share the cores: N workers each using every core oversubscribe the CPU, and
+        # ONNX Runtime's spinning intra-op threads then slow every worker down.
+        env["OCRSTREAM_ENGINE_THREADS"] = str(max(1, cpu_count // workers))
+    return env
+
+
 def cmd_run(args, s: Settings) -> int:
     """Start every stage as a child process; restart a crashed one; stop all on SIGTERM/SIGINT."""
-    stages = ["splitter", "assembler"] + ["worker"] * args.workers + ([] if args.no_watch else ["watch"])
+    gpus = [int(g) for g in args.gpus.split(",") if g.strip()] if args.gpus else []
+    n_workers = len(gpus) * args.workers_per_gpu if gpus else args.workers
+    stages = ["splitter", "assembler"] + ["worker"] * n_workers + ([] if args.no_watch else ["watch"])
     procs: dict[int, tuple[str, subprocess.Popen]] = {}
     stopping = False
 
@@ -89,10 +116,7 @@ def cmd_run(args, s: Settings) -> int:
         env = dict(os.environ)
         if stage == "worker":
             env["OCRSTREAM_WORKER_ID"] = f"{s.worker_id}-w{i}"
-            if not s.engine_threads and s.engine_device == "cpu":
-                # Share the cores: N workers each using every core oversubscribe the CPU, and
-                # ONNX Runtime's spinning intra-op threads then slow every worker down.
-                env["OCRSTREAM_ENGINE_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
+            env.update(worker_env(s, i - 2, n_workers, gpus, os.cpu_count() or 1))
         if s.http_port:  # one port per child: http_port, http_port+1, ...
             env["OCRSTREAM_HTTP_PORT"] = str(s.http_port + i)
         procs[i] = (stage, subprocess.Popen([sys.executable, "-m", "ocrstream.cli", stage], env=env))
@@ -181,7 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
                        ("assembler", "page results -> document results"), ("watch", "drop folder -> ingest")]:
         sub.add_parser(name, help=text).set_defaults(fn=cmd_stage)
     rn = sub.add_parser("run", help="start every stage (local use)")
-    rn.add_argument("--workers", type=int, default=1)
+    rn.add_argument("--workers", type=int, default=1, help="OCR worker processes (CPU)")
+    rn.add_argument("--gpus", default="", help="GPU indices, e.g. 0,1: run --workers-per-gpu workers on each")
+    rn.add_argument("--workers-per-gpu", type=int, default=1,
+                    help="engine processes per GPU (each a consumer-group member); with --gpus")
     rn.add_argument("--no-watch", action="store_true")
     rn.set_defaults(fn=cmd_run)
     dq = sub.add_parser("dlq", help="dead letters")

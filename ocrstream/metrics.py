@@ -7,7 +7,7 @@ Prometheus series (prometheus-client, default registry):
 - ``ocrstream_batch_size`` (histogram, pages), ``ocrstream_batch_latency_seconds`` (histogram)
 - ``ocrstream_page_latency_seconds`` (histogram: ingest time -> page result)
 - ``ocrstream_dead_letters_total{stage,reason}``
-- ``ocrstream_inflight_pages``, ``ocrstream_paused_partitions``, ``ocrstream_consumer_lag{topic,partition}``
+- ``ocrstream_batch_limit_pages``, ``ocrstream_inflight_pages``, ``ocrstream_paused_partitions``, ``ocrstream_consumer_lag{topic,partition}``
 - ``ocrstream_gpu_utilization_percent{gpu}``, ``ocrstream_gpu_memory_used_bytes{gpu}``,
   ``ocrstream_gpu_memory_total_bytes{gpu}`` (only where NVML finds GPUs)
 """
@@ -40,6 +40,7 @@ PAGE_LATENCY = Histogram("ocrstream_page_latency_seconds", "Ingest (submitted_at
                          buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900))
 DEAD_LETTERS = Counter("ocrstream_dead_letters", "Dead-letter records", ["stage", "reason"])
 INFLIGHT_PAGES = Gauge("ocrstream_inflight_pages", "Pages consumed and not yet committed")
+BATCH_LIMIT = Gauge("ocrstream_batch_limit_pages", "Current cap on pages per engine call (lowered after out of memory)")
 PAUSED_PARTITIONS = Gauge("ocrstream_paused_partitions", "Partitions paused by back-pressure")
 CONSUMER_LAG = Gauge("ocrstream_consumer_lag", "Messages behind the high watermark", ["topic", "partition"])
 GPU_UTIL = Gauge("ocrstream_gpu_utilization_percent", "GPU utilisation", ["gpu"])

@@ -49,6 +49,18 @@ def rec_width(crop_ratio: float, height: int = 48) -> int:
     return max(REC_MIN_WIDTH, math.ceil(need / REC_WIDTH_STEP) * REC_WIDTH_STEP)
 
 
+_OOM_MARKERS = ("out of memory", "failed to allocate memory", "bfcarena", "cudnn_status_alloc_failed",
+                "cublas_status_alloc_failed")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True if an ONNX Runtime error is an allocation failure (CUDA ``cudaErrorMemoryAllocation``,
+    the BFC arena refusing a request, cuDNN/cuBLAS workspace allocation), judged from its message:
+    ORT raises them all as ``RuntimeException``/``Fail`` with no dedicated type."""
+    text = str(exc).lower()
+    return any(m in text for m in _OOM_MARKERS)
+
+
 class OnnxEngine:
     """PP-OCR det+cls+rec on ONNX Runtime (see module docstring)."""
 
@@ -69,6 +81,12 @@ class OnnxEngine:
             params["EngineConfig.onnxruntime.intra_op_num_threads"] = s.engine_threads
         device = s.engine_device
         if device.startswith("cuda"):
+            import onnxruntime as ort
+
+            # CUDA/cuDNN installed as pip wheels (nvidia-*-cu12/13) are not on the loader's
+            # path; ORT >= 1.21 loads them from site-packages (a no-op where they are system libs).
+            if hasattr(ort, "preload_dlls"):
+                ort.preload_dlls()
             idx = int(device.split(":")[1]) if ":" in device else 0
             params.update({
                 "EngineConfig.onnxruntime.use_cuda": True,
@@ -86,6 +104,13 @@ class OnnxEngine:
         self._det = self._ocr._load_det_model()
         self._cls = self._ocr._load_cls_model() if s.use_angle_cls else None
         self._rec = self._ocr._load_rec_model()
+        if device.startswith("cuda"):
+            # RapidOCR falls back to the CPU with only a log line when the CUDA provider cannot
+            # load; a GPU worker silently running on the CPU is worse than one that refuses to start.
+            used = self._det.session.session.get_providers()
+            if used[0] != "CUDAExecutionProvider":
+                raise RuntimeError(f"OCRSTREAM_ENGINE_DEVICE={device} but ONNX Runtime runs on {used} "
+                                   "(install onnxruntime-gpu and CUDA 12/13 + cuDNN 9)")
         self.text_score = s.text_score
         self.rec_batch_size = s.rec_batch_size
         self.det_batch_size = s.batch_max_pages
@@ -157,7 +182,21 @@ class OnnxEngine:
         pooled across all of them.
 
         Returns one :class:`PageOcr` per image; polygons are in pixels of that image.
+
+        Raises:
+            MemoryError: ONNX Runtime could not allocate device (or host) memory for the batch;
+                the worker halves the batch and retries.
         """
+        try:
+            return self._ocr_batch(images)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise MemoryError(str(exc)[:500]) from exc
+            raise
+
+    def _ocr_batch(self, images: list[np.ndarray]) -> list[PageOcr]:
         from rapidocr.utils.process_img import get_rotate_crop_image, map_boxes_to_original
 
         pages: list[tuple[np.ndarray | None, list[np.ndarray], float]] = []
