@@ -6,6 +6,10 @@
     python bench/throughput.py memory   [--pages 1000]
     python bench/throughput.py scaling  [--pages 24] [--counts 1,2,4]
 
+Common options: ``--scans DIR`` (PDFs to take pages from). GPU hosts: set
+``OCRSTREAM_ENGINE_DEVICE=cuda:0`` (and the batch settings in the README); the
+ratio benchmark then also reports NVML GPU utilisation for both sides.
+
 Each prints a JSON summary on stdout and writes ``bench/out/<name>.json`` and
 ``bench/out/<name>.png``. Pages are the scanned court filings in
 ``../shared/data/scans-dev`` (first PDFs until ``--pages`` is reached), or the
@@ -54,6 +58,47 @@ def bench_settings(**kw) -> Settings:
                 s3_access_key="ocrstream", s3_secret_key="ocrstream-secret")
     base.update(kw)
     return Settings(**base)
+
+
+class GpuMonitor:
+    """Samples NVML (GPU utilisation %, memory used) every ``period_s`` in a thread while
+    a ``with`` block runs; :meth:`summary` is None on a host without NVIDIA GPUs. NVML's
+    utilisation is the share of time a kernel was running over its own ~1/6-1 s window."""
+
+    def __init__(self, period_s: float = 0.5):
+        import threading
+
+        from ocrstream.metrics import GpuSampler
+
+        self.sampler, self.period_s = GpuSampler(), period_s
+        self.samples: list = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self.samples.append(self.sampler.sample())
+
+    def __enter__(self) -> "GpuMonitor":
+        if self.sampler.available:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def summary(self) -> dict | None:
+        rows = [s[0] for s in self.samples if s]
+        utils = [r.utilization_pct for r in rows if r.utilization_pct is not None]
+        mem = [r.memory_used_bytes for r in rows if r.memory_used_bytes is not None]
+        if not rows:
+            return None
+        return {"gpu": rows[0].name, "samples": len(rows),
+                "utilization_pct_mean": round(statistics.fmean(utils), 1) if utils else None,
+                "utilization_pct_p90": round(sorted(utils)[int(0.9 * (len(utils) - 1))], 1) if utils else None,
+                "memory_used_gib_max": round(max(mem) / 2**30, 2) if mem else None}
 
 
 def pick_documents(n_pages: int, tmp: Path) -> list[Path]:
@@ -136,7 +181,7 @@ class Pipeline:
         return subprocess.Popen([sys.executable, "-m", "ocrstream.cli", stage], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, cwd=REPO)
 
-    def run(self, docs: list[Path], timeout_s: float = 3600) -> dict:
+    def run(self, docs: list[Path], timeout_s: float = 3600, gpu_monitor: "GpuMonitor | None" = None) -> dict:
         from producers.publish import DocumentPublisher
         from producers.results import ResultFollower
 
@@ -153,6 +198,8 @@ class Pipeline:
                 key = f"bench/{uuid.uuid4().hex}/{d.name}"
                 pub.store.put_bytes(key, d.read_bytes(), content_type_for(d.name))
                 refs.append((key, d.name))
+        if gpu_monitor is not None:
+            gpu_monitor.samples.clear()  # measure the timed part only, not the warm-up
         t0 = time.perf_counter()
         with DocumentPublisher(self.s) as pub:
             ids = {pub.publish_object(self.s.bucket, key, filename=name): name for key, name in refs}
@@ -210,7 +257,11 @@ def emit(name: str, summary: dict) -> None:
 def hardware() -> dict:
     import platform
 
-    return {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}
+    from ocrstream.metrics import GpuSampler
+
+    gpus = GpuSampler().sample()
+    return {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+            "gpus": [g.name for g in gpus] if gpus else []}
 
 
 def cmd_ratio(args) -> None:
@@ -218,12 +269,14 @@ def cmd_ratio(args) -> None:
     tmp = REPO / ".ocrstream-bench" / "docs"
     tmp.mkdir(parents=True, exist_ok=True)
     docs = pick_documents(args.pages, tmp)
-    loop = plain_loop(docs, s)
+    with GpuMonitor() as loop_gpu:
+        loop = plain_loop(docs, s)
     ws = bench_settings(engine_threads=max(1, (os.cpu_count() or 2) // args.workers),
                         batch_max_pages=args.batch, batch_max_wait_ms=200)
     pipe = Pipeline(ws, args.workers, REPO / ".ocrstream-bench" / "logs")
     try:
-        res = pipe.run(docs)
+        with GpuMonitor() as pipe_gpu:
+            res = pipe.run(docs, gpu_monitor=pipe_gpu)
     finally:
         pipe.close()
     summary = {
@@ -233,6 +286,7 @@ def cmd_ratio(args) -> None:
         "pipeline": {k: v for k, v in res.items() if k != "texts"} | {"workers": args.workers, "batch_max_pages": args.batch},
         "ratio": round(res["pages_per_s"] / loop["pages_per_s"], 3),
         "word_f1_pipeline_vs_loop": agreement(res["texts"], loop["texts"]),
+        "gpu_plain_loop": loop_gpu.summary(), "gpu_pipeline": pipe_gpu.summary(),
         "hardware": hardware(),
     }
     chart("ratio", ["plain loop", f"pipeline ({args.workers} workers)"], [loop["pages_per_s"], res["pages_per_s"]],
@@ -384,6 +438,7 @@ def cmd_memory(args) -> None:
 
 
 def main() -> None:
+    global SCANS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("ratio")
@@ -408,7 +463,10 @@ def main() -> None:
     mm.add_argument("--pages", type=int, default=1000)
     mm.add_argument("--engine", default="none", choices=["none", "onnxruntime"])
     mm.set_defaults(fn=cmd_memory)
+    for sp in (r, c, lt, sc, mm):
+        sp.add_argument("--scans", type=Path, default=SCANS, help=f"folder of PDFs to use as pages (default {SCANS})")
     args = ap.parse_args()
+    SCANS = args.scans
     args.fn(args)
 
 
