@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     )
     det_min_side_len: int = Field(
         736, description="shortest page side fed to detection (pixels); smaller pages are scaled up")
+    det_box_thresh: float = Field(
+        0.5, ge=0, le=1, description="DB detection: drop boxes whose mean text probability is below this "
+                                     "(PaddleOCR/RapidOCR default 0.5)")
+    det_unclip_ratio: float = Field(
+        1.6, gt=0, description="DB detection: how far a text region is grown before cropping "
+                               "(RapidOCR default 1.6; PaddleOCR's 1.5 for PP-OCRv4)")
     use_angle_cls: bool = Field(
         False, description="run the 0/180 degree line classifier (off: it flips upright long lines)")
     rec_batch_size: int = Field(6, description="text-line crops per recognition call (GPU: 64 or more)")

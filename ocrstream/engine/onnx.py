@@ -72,6 +72,8 @@ class OnnxEngine:
             "Global.log_level": "warning",
             "Global.max_side_len": s.det_limit_side_len,
             "Det.limit_side_len": s.det_min_side_len,
+            "Det.box_thresh": s.det_box_thresh,
+            "Det.unclip_ratio": s.det_unclip_ratio,
             "Global.text_score": s.text_score,
             "Global.use_cls": s.use_angle_cls,
             "Rec.rec_batch_num": s.rec_batch_size,

@@ -154,7 +154,8 @@ class PaddleEngine:
 
     Args:
         s: settings (``engine_device`` ``cpu`` | ``gpu:N``, ``model_dir``,
-            ``det_limit_side_len``, ``rec_batch_size``, ``text_score``,
+            ``det_limit_side_len``, ``det_box_thresh``, ``det_unclip_ratio``,
+            ``rec_batch_size``, ``text_score``,
             ``use_angle_cls``, ``engine_threads``).
         det_model_name, rec_model_name: official PaddleOCR model names to
             download (network needed) when ``s.model_dir`` is unset, instead of
@@ -199,7 +200,8 @@ class PaddleEngine:
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             common["cpu_threads"] = s.engine_threads if s.engine_threads > 0 else max(1, cores)
         self._det = TextDetection(model_name=names["det"], model_dir=_str(dirs["det"]),
-                                  limit_side_len=s.det_limit_side_len, limit_type="max", **common)
+                                  limit_side_len=s.det_limit_side_len, limit_type="max",
+                                  box_thresh=s.det_box_thresh, unclip_ratio=s.det_unclip_ratio, **common)
         self._rec = TextRecognition(model_name=names["rec"], model_dir=_str(dirs["rec"]), **common)
         self._cls = None
         if s.use_angle_cls and (dirs["cls"] is not None or dirs["det"] is None):
