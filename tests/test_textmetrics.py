@@ -124,3 +124,16 @@ def test_cer_zero_iff_normalised_equal(predicted, truth):
 @given(text)
 def test_cer_of_whitespace_variants_is_zero(s):
     assert cer(s.replace(" ", "\n  "), s) == 0.0
+
+
+def test_diagnostic_tokenizers_separate_spacing_from_reading_errors():
+    from ocrstream.textmetrics import char_tokens, colon_tokens
+
+    read, truth = "TEL:03-3271 TAXINVOICE", "TEL : 03-3271\nTAX INVOICE"
+    assert word_counts(read, truth) == WordCounts(matched=0, predicted=2, truth=5)
+    # ':' as its own token: the colon spacing no longer counts, the merged words still do
+    assert colon_tokens(read) == ["TEL", ":", "03-3271", "TAXINVOICE"]
+    assert word_counts(read, truth, colon_tokens) == WordCounts(matched=3, predicted=4, truth=5)
+    # bag of characters: spacing ignored, a misread character still costs
+    assert prf(word_counts(read, truth, char_tokens)) == (1.0, 1.0, 1.0)
+    assert word_counts("TEL:O3", "TEL : 03", char_tokens) == WordCounts(matched=5, predicted=6, truth=6)
