@@ -49,3 +49,21 @@ def test_blank_page_and_empty_batch(engine):
     assert engine.ocr_batch([]) == []
     (blank,) = engine.ocr_batch([np.full((300, 400, 3), 255, np.uint8)])
     assert blank.lines == []
+
+
+def test_batched_detection_of_same_size_pages_equals_per_page():
+    # The GPU path (det_batch_size > 1) forced on CPU: same-size pages share one detection call.
+    engine = create_engine(Settings(det_batch_size=4))
+    assert engine.det_batch_size == 4
+    pages = [_page(["Invoice 2291", "Total 18.20"]), _page(["Receipt 7", "Cash 5.00"]), _page(["Ledger", "Net 99.50"])]
+    batched = engine.ocr_batch(pages)
+    single = [engine.ocr_batch([p])[0] for p in pages]
+    for b, s in zip(batched, single):
+        assert [l.text for l in b.lines] == [l.text for l in s.lines]
+        assert all(abs(x - y) <= 1.0 for lb, ls in zip(b.lines, s.lines)
+                   for pb, ps in zip(lb.polygon, ls.polygon) for x, y in zip(pb, ps))
+    assert "Invoice" in batched[0].lines[0].text
+
+
+def test_detection_is_one_page_per_call_on_cpu_by_default(engine):
+    assert engine.det_batch_size == 1
