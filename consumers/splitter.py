@@ -6,6 +6,14 @@ enforcing the size/page/pixel limits, then publishes one PageTask per page.
 Page tasks reference the object in storage; workers render their own page, so
 no pixels travel through Kafka.
 
+Placement: the pages of one document go to *consecutive* partitions of the
+pages topic, starting at ``crc32(document_id) mod partitions`` (see
+:class:`PagePlacement`), so every consumer of the group gets an even share of
+every document. Hashing the ``document_id/page`` key would spread them only at
+random: measured on 5 scanned documents (33 pages + warm-up) with 2 workers,
+one worker got 28 pages and the other 17, and the run lasted as long as the
+busier one needed.
+
 Anything wrong with a document becomes a dead-letter record plus a ``failed``
 document result (when its id is known); the partition never stops.
 """
@@ -13,8 +21,10 @@ document result (when its id is known); the partition never stops.
 from __future__ import annotations
 
 import logging
+import time
+import zlib
 
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from ocrstream import metrics as m
 from ocrstream.documents import inspect
@@ -32,6 +42,46 @@ log = logging.getLogger(__name__)
 STAGE = "splitter"
 
 
+class PagePlacement:
+    """Partition of each page task: consecutive partitions per document.
+
+    Page *n* (1-based) of document *d* goes to ``(crc32(d) + n - 1) mod P``, P being the
+    partition count of the pages topic (read from the cluster metadata, cached for
+    ``ttl_s`` so a topic grown with ``kafka-topics --alter`` is picked up). Deterministic:
+    a replayed ingest record places its pages as before. When the metadata cannot be
+    read, :meth:`partition` returns None and the producer hashes the key instead.
+
+    Args:
+        producer: any client with ``list_topics`` (the splitter's producer).
+        topic: the pages topic.
+        ttl_s: seconds between metadata reads.
+    """
+
+    def __init__(self, producer: Producer, topic: str, ttl_s: float = 60.0):
+        self.producer, self.topic, self.ttl_s = producer, topic, ttl_s
+        self._count: int | None = None
+        self._read_at = float("-inf")
+
+    def partitions(self) -> int | None:
+        """Partition count of the pages topic, or None when unknown."""
+        if time.monotonic() - self._read_at >= self.ttl_s:
+            try:
+                md = self.producer.list_topics(self.topic, timeout=5).topics.get(self.topic)
+                if md is not None and md.error is None and md.partitions:
+                    self._count = len(md.partitions)
+                    self._read_at = time.monotonic()
+            except KafkaException as exc:
+                log.warning("metadata of %s unavailable (%s): hashing page keys instead", self.topic, exc)
+        return self._count
+
+    def partition(self, document_id: str, page_number: int) -> int | None:
+        """Partition for page ``page_number`` (1-based) of ``document_id``, or None (hash the key)."""
+        n = self.partitions()
+        if not n:
+            return None
+        return (zlib.crc32(document_id.encode()) + page_number - 1) % n
+
+
 class Splitter:
     """Consume-transform-produce loop over the ingest topic (one record at a time)."""
 
@@ -41,6 +91,7 @@ class Splitter:
         self.store = ObjectStore(s)
         self.consumer = make_consumer(s, s.group(STAGE))
         self.delivery = Delivery(s, self.consumer, STAGE)
+        self.placement = PagePlacement(self.delivery.producer, s.topic("pages"))
 
     def handle(self, msg: Message) -> list[Output]:
         """Outputs for one ingest record: page tasks, or a dead letter and a failed result."""
@@ -65,7 +116,7 @@ class Splitter:
             Output(s.topic("pages"), f"{ref.document_id}/{n}", encode(PageTask(
                 document_id=ref.document_id, source=source, page_number=n, page_count=info.page_count,
                 kind=info.kind, dpi=dpi, submitted_at=ref.submitted_at,
-            )))
+            )), partition=self.placement.partition(ref.document_id, n))
             for n in range(1, info.page_count + 1)
         ]
 

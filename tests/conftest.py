@@ -87,11 +87,18 @@ class StageThreads:
 
     def __init__(self) -> None:
         self.running: list[tuple[object, object]] = []  # (stage, threading.Thread)
+        self.errors: dict[int, BaseException] = {}  # id(stage) -> what its run() raised
 
     def start(self, stage) -> object:
         import threading
 
-        t = threading.Thread(target=stage.run, name=type(stage).__name__, daemon=True)
+        def run() -> None:
+            try:
+                stage.run()
+            except BaseException as exc:  # noqa: BLE001 - kept for the test to assert on
+                self.errors[id(stage)] = exc
+
+        t = threading.Thread(target=run, name=type(stage).__name__, daemon=True)
         t.start()
         self.running.append((stage, t))
         return stage

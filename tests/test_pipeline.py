@@ -115,6 +115,8 @@ def test_engine_timeout_fails_the_page_commits_it_and_stops_the_worker(settings,
     while not worker.stop.is_set() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert worker.engine_stuck and worker.stop.is_set()
+    stages.stop(worker)
+    assert type(stages.errors.get(id(worker))).__name__ == "EngineStuck"  # run() asks for a process restart
     # the timed-out page was committed: a restarted worker does not hang on it again
     (task,) = consume_all(s, s.topic("pages"), 1, 10)
     c = Consumer(consumer_config(s, s.group("worker")))
@@ -141,3 +143,22 @@ def test_worker_group_on_the_kip848_consumer_protocol(settings, store, stages, t
     assert all(w.assigned for w in workers)
     assert not (workers[0].assigned & workers[1].assigned)
     assert len(workers[0].assigned | workers[1].assigned) == 12
+
+
+def test_pages_of_a_document_go_to_consecutive_partitions(settings, store, stages, tmp_path):
+    # 7 pages over the 12-partition pages topic: 7 distinct, consecutive partitions, so each of
+    # N workers gets an even share of the document (a hashed key spreads pages only at random).
+    from consumers.splitter import PagePlacement
+
+    pdf = tmp_path / "seven.pdf"
+    pdf.write_bytes(make_pdf([[f"page {n}"] for n in range(1, 8)]))
+    with DocumentPublisher(settings) as pub:
+        doc_id = pub.upload_and_publish(pdf)
+    splitter = stages.start(Splitter(settings, StopFlag(install_signals=False)))
+    msgs = consume_all(settings, settings.topic("pages"), 7)
+    placed = {decode(m.value(), PageTask).page_number: m.partition() for m in msgs}
+    n = splitter.placement.partitions()
+    assert n == 12 and len(set(placed.values())) == 7
+    first = placed[1]
+    assert placed == {page: (first + page - 1) % n for page in range(1, 8)}
+    assert first == PagePlacement(splitter.delivery.producer, settings.topic("pages")).partition(doc_id, 1)

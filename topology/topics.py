@@ -2,8 +2,10 @@
 
 Keys (why they are what they are):
 - ``ingest``: key ``document_id``.
-- ``pages``: key ``document_id/page_number``, so the pages of one document hash to
-  different partitions and are OCR'd by different consumers in parallel.
+- ``pages``: key ``document_id/page_number``; the splitter places page *n* on partition
+  ``(crc32(document_id) + n - 1) mod partitions`` (consecutive partitions), so the pages of
+  one document are OCR'd by different consumers in parallel, in even shares
+  (``consumers.splitter.PagePlacement``).
 - ``page-results``: key ``document_id``, so every page of a document reaches the
   same assembler partition (its state is partitioned by document).
 - ``document-results``: key ``document_id``, compacted: the last value per key is
