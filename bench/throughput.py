@@ -300,7 +300,7 @@ def cmd_ceiling(args) -> None:
     tmp.mkdir(parents=True, exist_ok=True)
     docs = pick_documents(args.pages, tmp)
     bare = plain_loop(docs, s, ocr=False)
-    pipe = Pipeline(bench_settings(engine="none", batch_max_pages=32, batch_max_wait_ms=20, max_inflight_pages=64),
+    pipe = Pipeline(bench_settings(engine="none", batch_max_pages=32, batch_max_wait_ms=args.wait_ms, max_inflight_pages=64),
                     args.workers, REPO / ".ocrstream-bench" / "logs")
     try:
         res = pipe.run(docs)
@@ -450,6 +450,7 @@ def main() -> None:
     c = sub.add_parser("ceiling")
     c.add_argument("--pages", type=int, default=60)
     c.add_argument("--workers", type=int, default=1)
+    c.add_argument("--wait-ms", type=int, default=20, help="batch_max_wait_ms of the workers (default 20)")
     c.set_defaults(fn=cmd_ceiling)
     lt = sub.add_parser("latency")
     lt.add_argument("--docs", type=int, default=20)
