@@ -223,8 +223,13 @@ class OcrWorker:
     def _on_assign(self, consumer, partitions: list[TopicPartition]) -> None:
         consumer.incremental_assign(partitions)
         self.assigned |= {(p.topic, p.partition) for p in partitions}
+        # librdkafka keeps a partition's pause flag through revoke/lost and re-assignment
+        # (librdkafka #1849): a partition paused by back-pressure when it was lost came back
+        # paused and was never fetched again (broker-restart test). Set it explicitly.
         if self.paused:
             consumer.pause(partitions)
+        else:
+            consumer.resume(partitions)
         log.info("assigned %s", [p.partition for p in partitions])
 
     def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:

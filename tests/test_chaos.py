@@ -33,7 +33,7 @@ N_DOCS = 50  # the issue asks for at least 50 documents in flight
 @pytest.fixture(scope="module")
 def corpus():
     """N_DOCS small one-page PDFs with distinct text, and what a crash-free engine run reads on each."""
-    docs = {f"doc{i:02d}.pdf": make_pdf([[f"ITEM {i:02d} TOTAL {i * 37 % 1000}.{i:02d}"]], size=(320, 70), fontsize=18)
+    docs = {f"doc{i:02d}.pdf": make_pdf([[f"ITEM {i:02d} TOTAL {i * 37 % 1000}.{i:02d}"]], size=(360, 120), fontsize=18)
             for i in range(N_DOCS)}
     s = base_settings()
     engine = create_engine(s)
@@ -41,6 +41,8 @@ def corpus():
     expected = {}
     for name, page in zip(docs, engine.ocr_batch(images)):
         expected[name] = "\n".join(line.text for line in page.lines)
+    # Each page must carry text, or comparing texts after a crash would prove nothing.
+    assert sum("ITEM" in text for text in expected.values()) >= N_DOCS - 2, expected
     return docs, expected
 
 
