@@ -97,7 +97,7 @@ from confluent_kafka.admin import NewTopic
 
 from ocrstream import metrics as m
 from ocrstream.errors import OcrstreamError, ReasonCode
-from ocrstream.kafka import consumer_config, make_admin, make_consumer
+from ocrstream.kafka import consumer_config, make_admin, make_consumer, topic_partitions
 from ocrstream.settings import Settings
 from schemas import DocumentResult, Error, Page, PageResult, decode, encode
 from topology import topic_specs
@@ -197,15 +197,19 @@ def ensure_state_topic(s: Settings, timeout_s: float = 30.0) -> int:
     (state partition *p* holds the state of input partition *p*).
 
     Raises:
-        RuntimeError: ``page-results`` does not exist, or the state topic exists
+        RuntimeError: ``page-results`` does not exist after ``timeout_s`` seconds, or the state topic exists
             with a different partition count (e.g. ``page-results`` was
             repartitioned: the state topic must then be recreated).
     """
     admin = make_admin(s)
     source, state = s.topic("page-results"), s.topic(STATE_TOPIC)
+    # A topic created a moment ago (stages started together with `topics apply`) can take a
+    # while to reach this broker's metadata: wait for it rather than crash the stage.
+    try:
+        topic_partitions(admin, source, timeout_s)
+    except KafkaException:
+        raise RuntimeError(f"topic {source} does not exist (run `ocrstream topics apply`)") from None
     md = admin.list_topics(timeout=timeout_s)
-    if source not in md.topics or md.topics[source].error is not None:
-        raise RuntimeError(f"topic {source} does not exist (run `ocrstream topics apply`)")
     partitions = md.topics[source].partitions
     want = len(partitions)
     if state not in md.topics or md.topics[state].error is not None:

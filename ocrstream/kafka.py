@@ -150,11 +150,33 @@ def watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) 
             time.sleep(0.5)
 
 
+def topic_partitions(client: Consumer | Producer | AdminClient, topic: str, timeout_s: float = 30.0) -> list[int]:
+    """Partition ids of ``topic``, waiting up to ``timeout_s`` for it to appear in the metadata
+    (a topic created a moment ago can be missing from a broker's metadata for a while; an
+    empty assignment would then wait forever for records).
+
+    Raises:
+        KafkaException: ``UNKNOWN_TOPIC_OR_PART`` when the topic is still missing after ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        md = client.list_topics(topic, timeout=10).topics.get(topic)
+        if md is not None and md.error is None and md.partitions:
+            return sorted(md.partitions)
+        if time.monotonic() > deadline:
+            raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"topic {topic} not found"))
+        time.sleep(0.5)
+
+
 def assign_all(consumer: Consumer, topic: str, start: str) -> list[TopicPartition]:
     """Assign every partition of ``topic`` (no group rebalancing) from ``start``:
     ``beginning``, ``end`` (the high watermark now) or ``committed`` (the consumer
-    group's committed offsets, the beginning where none). Returns the assignment."""
-    parts = [TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
+    group's committed offsets, the beginning where none). Returns the assignment.
+
+    Raises:
+        KafkaException: the topic does not appear within 30 s (:func:`topic_partitions`).
+    """
+    parts = [TopicPartition(topic, p) for p in topic_partitions(consumer, topic)]
     committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)} if start == "committed" else {}
     assignment = []
     for tp in parts:

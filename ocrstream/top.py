@@ -17,7 +17,7 @@ from rich.table import Table
 from schemas import WorkerMetrics, decode
 
 from .errors import OcrstreamError
-from .kafka import consumer_config, watermarks
+from .kafka import consumer_config, topic_partitions, watermarks
 from .settings import Settings
 
 
@@ -46,7 +46,7 @@ def run_top(s: Settings, once: bool = False, history: int = 50) -> None:
     """Follow the metrics topic, starting ``history`` samples back per partition."""
     c = Consumer(consumer_config(s, f"{s.group('top')}-{uuid.uuid4().hex[:8]}"))
     topic = s.topic("metrics")
-    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+    parts = topic_partitions(c, topic)
     assignment = []
     for p in parts:
         low, high = watermarks(c, TopicPartition(topic, p))
