@@ -22,7 +22,8 @@ from topology import apply_topics, topic_specs
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
-TEST_STACK_DIR = Path(os.environ.get("OCRSTREAM_TEST_STACK_DIR", "/tmp/ocrstream-test-stack"))
+# Inside the checkout (git-ignored), so two clones never share a broker's data.
+TEST_STACK_DIR = Path(os.environ.get("OCRSTREAM_TEST_STACK_DIR", REPO / ".ocrstream-test-stack"))
 
 
 def base_settings(**overrides) -> Settings:
@@ -49,12 +50,21 @@ def base_settings(**overrides) -> Settings:
 @pytest.fixture(scope="session")
 def stack():
     """The running local stack (started once per test session)."""
+    import shutil
+
     s = base_settings()
     st = Stack(s)
+    keep = bool(os.environ.get("OCRSTREAM_TEST_KEEP_STACK"))
+    if not keep:
+        # Start from empty data: topics left by earlier runs (thousands of partitions after a
+        # few) slow the single broker down until tests time out.
+        st.down()
+        shutil.rmtree(TEST_STACK_DIR, ignore_errors=True)
     st.up()
     yield st
-    if not os.environ.get("OCRSTREAM_TEST_KEEP_STACK"):
+    if not keep:
         st.down()
+        shutil.rmtree(TEST_STACK_DIR, ignore_errors=True)
 
 
 @pytest.fixture
@@ -63,10 +73,20 @@ def settings(stack, request) -> Settings:
     tag = uuid.uuid4().hex[:8]
     s = base_settings(topic_prefix=f"t{tag}.", group_prefix=f"g{tag}.", bucket=f"test-{tag}",
                       worker_id=f"w-{tag}")
-    reports = apply_topics(make_admin(s), topic_specs(), s.topic_prefix)
+    admin = make_admin(s)
+    reports = apply_topics(admin, topic_specs(), s.topic_prefix)
     assert all(r.action == "created" for r in reports)
     ObjectStore(s).ensure_bucket()
-    return s
+    yield s
+    # Delete this test's topics (and the assembler's state topic), so the broker does not carry
+    # every earlier test's partitions for the rest of the session.
+    mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(s.topic_prefix)]
+    if mine:
+        for future in admin.delete_topics(mine, operation_timeout=30).values():
+            try:
+                future.result(30)
+            except Exception:  # noqa: BLE001 - best effort; the session's data is wiped at the end
+                pass
 
 
 @pytest.fixture
