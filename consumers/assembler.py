@@ -229,14 +229,8 @@ def ensure_state_topic(s: Settings, timeout_s: float = 30.0) -> int:
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
-        # Wait until the new topic is visible in metadata, so the first restore finds it.
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            md = admin.list_topics(state, timeout=timeout_s)
-            if state in md.topics and md.topics[state].error is None and md.topics[state].partitions:
-                break
-            time.sleep(0.2)
-    have = len(admin.list_topics(state, timeout=timeout_s).topics[state].partitions)
+    # Waits until a just-created state topic is visible in metadata, so the first restore finds it.
+    have = len(topic_partitions(admin, state, timeout_s))
     if have != want:
         raise RuntimeError(f"state topic {state} has {have} partitions but {source} has {want}: "
                            "recreate the state topic (in-flight documents are lost)")
