@@ -3,9 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 KAFKA_LIBS := deploy/kafka/libs
+# MinIO (for the bucket-notification tests) is built from source through the Go module proxy:
+# the project no longer publishes binaries outside its own site, and that site is not reachable here.
+MINIO := .tools/bin/minio
+MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 DOCS ?=
 
-.PHONY: venv venv-paddle kafka-jars deps test test-fast demo stop stack-up stack-down bench accuracy schemas clean
+.PHONY: venv venv-paddle kafka-jars minio deps test test-fast demo stop stack-up stack-down bench accuracy schemas clean
 
 $(BIN)/ocrstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,11 +34,16 @@ $(KAFKA_LIBS)/.fetched: deploy/kafka/pom.xml
 
 kafka-jars: $(KAFKA_LIBS)/.fetched
 
+$(MINIO):
+	GOBIN=$(CURDIR)/.tools/bin GOTOOLCHAIN=auto GOFLAGS=-trimpath go install github.com/minio/minio@$(MINIO_VERSION)
+
+minio: $(MINIO)
+
 deps: venv kafka-jars
 
 ## The whole suite, incl. integration tests against a real Kafka broker and S3 server the tests start,
 ## then the PaddlePaddle engine's tests in their own environment.
-test: deps venv-paddle
+test: deps venv-paddle minio
 	$(BIN)/python -m pytest
 	.venv-paddle/bin/python -m pytest tests/test_engine_paddle.py
 
@@ -69,4 +78,4 @@ schemas: venv
 	$(BIN)/ocrstream schemas export
 
 clean:
-	rm -rf $(VENV) .venv-paddle .ocrstream $(KAFKA_LIBS)
+	rm -rf $(VENV) .venv-paddle .ocrstream $(KAFKA_LIBS) .tools

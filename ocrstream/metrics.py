@@ -7,6 +7,7 @@ Prometheus series (prometheus-client, default registry):
 - ``ocrstream_batch_size`` (histogram, pages), ``ocrstream_batch_latency_seconds`` (histogram)
 - ``ocrstream_page_latency_seconds`` (histogram: ingest time -> page result)
 - ``ocrstream_dead_letters_total{stage,reason}``
+- ``ocrstream_watch_published_total{trigger}`` (``event`` or ``scan``: the listing, a fallback in events mode)
 - ``ocrstream_batch_limit_pages``, ``ocrstream_inflight_pages``, ``ocrstream_paused_partitions``, ``ocrstream_consumer_lag{topic,partition}``
 - ``ocrstream_gpu_utilization_percent{gpu}``, ``ocrstream_gpu_memory_used_bytes{gpu}``,
   ``ocrstream_gpu_memory_total_bytes{gpu}`` (only where NVML finds GPUs)
@@ -38,6 +39,8 @@ BATCH_LATENCY = Histogram("ocrstream_batch_latency_seconds", "Engine time per mi
                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 PAGE_LATENCY = Histogram("ocrstream_page_latency_seconds", "Ingest (submitted_at) to page result",
                          buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900))
+WATCH_PUBLISHED = Counter("ocrstream_watch_published", "Drop-folder object versions published to the ingest topic",
+                          ["trigger"])
 DEAD_LETTERS = Counter("ocrstream_dead_letters", "Dead-letter records", ["stage", "reason"])
 INFLIGHT_PAGES = Gauge("ocrstream_inflight_pages", "Pages consumed and not yet committed")
 BATCH_LIMIT = Gauge("ocrstream_batch_limit_pages", "Current cap on pages per engine call (lowered after out of memory)")

@@ -63,7 +63,13 @@ class Settings(BaseSettings):
     bucket: str = Field("ocrstream", description="bucket for uploads and the drop folder")
     upload_prefix: str = Field("uploads/", description="where `ocrstream submit` uploads files")
     inbox_prefix: str = Field("inbox/", description="the drop folder watched by `ocrstream watch`")
-    watch_interval_s: float = Field(2.0, description="drop-folder listing interval (seconds)")
+    watch_interval_s: float = Field(2.0, description="drop-folder listing interval in `poll` mode (seconds)")
+    watch_mode: Literal["poll", "events"] = Field(
+        "poll", description="`poll`: list the drop folder every watch_interval_s; `events`: consume S3 bucket "
+        "notifications (MinIO's Kafka target) from the object-events topic, listing only as a fallback")
+    watch_rescan_s: float = Field(
+        300.0, ge=0, description="`events` mode: full listing at start and every N seconds, for events lost "
+        "while the notifier was down (0 = at start only)")
 
     # --- Local stack (`ocrstream stack`) ------------------------------------
     stack_dir: Path = Field(Path(".ocrstream"), description="data, logs and pids of the local stack")

@@ -1,6 +1,18 @@
 """Drop-folder watcher: objects under ``bucket/inbox_prefix`` become ingest messages,
 exactly once per object version, across restarts.
 
+Two ways to learn of new objects (``OCRSTREAM_WATCH_MODE``):
+
+- ``poll`` (default; any S3 server): list the prefix every ``watch_interval_s``.
+- ``events``: consume S3 bucket notifications (MinIO's Kafka target, see
+  :mod:`producers.object_events`) from the ``object-events`` topic. Listing stays as the
+  fallback, at start and every ``watch_rescan_s``, because a notifier drops events while
+  Kafka is unreachable and its queue is off or full. An event is only a hint: the object is
+  looked up (HEAD) before it is published, so an event for a deleted object publishes
+  nothing. The event offsets are committed inside the same transaction as the ingest and
+  checkpoint records (``send_offsets_to_transaction``), so a crash between the two can
+  neither lose nor repeat an event's effect.
+
 The checkpoint is a compacted topic (``watch-state``: object key -> ETag and
 version last published). Each new object version's DocumentRef and its
 checkpoint record are written in one Kafka transaction, so after a crash either
@@ -20,23 +32,80 @@ import logging
 import uuid
 from pathlib import PurePosixPath
 
-import orjson
-from confluent_kafka import Consumer, Producer
+import time
 
-from consumers.common import StopFlag, now_ms
-from ocrstream.errors import OcrstreamError
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicPartition
+
+from consumers.common import StopFlag, dead_letter, dead_letter_headers, now_ms
+from ocrstream import metrics as m
+from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import assign_all, consumer_config, producer_config, read_to_end
 from ocrstream.settings import Settings
 from ocrstream.storage import ObjectInfo, ObjectStore, validate_key
 from schemas import DocumentRef, ObjectRef, encode
 
+from .object_events import parse_object_events
 from .publish import stable_document_id
 
 log = logging.getLogger(__name__)
 
+STAGE = "watch"
+EVENT_BATCH = 100  # events per transaction: amortises the commit, bounds the work redone after an abort
+
+
+class PublishedVersions:
+    """The object versions the watcher has published, per object (``bucket/key``).
+
+    Unversioned objects (version id None) keep only their last ETag: an overwrite replaces
+    the content, and content that comes back later is a new document. Versioned objects keep
+    every version, because each version is its own document and their events (or a listing)
+    may arrive in any order.
+    """
+
+    def __init__(self) -> None:
+        self.by_object: dict[str, dict[str | None, str]] = {}  # bucket/key -> {version_id: etag}
+
+    @staticmethod
+    def checkpoint_key(ckey: str, version_id: str | None) -> str:
+        """Record key in the compacted checkpoint topic: one record per version when versioned."""
+        return ckey if version_id is None else f"{ckey}?versionId={version_id}"
+
+    def add(self, ckey: str, etag: str, version_id: str | None) -> None:
+        if version_id is None:
+            self.by_object[ckey] = {None: etag}
+        else:
+            self.by_object.setdefault(ckey, {})[version_id] = etag
+
+    def merge(self, other: "PublishedVersions") -> None:
+        for ckey, versions in other.by_object.items():
+            for version_id, etag in versions.items():
+                self.add(ckey, etag, version_id)
+
+    def covers(self, ckey: str, etag: str | None, version_id: str | None) -> bool:
+        """True when this version was published: by version id when there is one, else by
+        ETag (a listing carries no version ids, so any published version with the same
+        content counts; a re-upload of identical bytes would OCR identically)."""
+        versions = self.by_object.get(ckey, {})
+        if version_id is not None:
+            return version_id in versions
+        return etag is not None and etag in versions.values()
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_object.values())
+
 
 class DropFolderWatcher:
-    """Lists the drop folder every ``watch_interval_s`` and publishes new object versions."""
+    """Publishes each new object version under the drop folder once (see the module docstring).
+
+    Args:
+        s: settings (``watch_mode``, ``watch_interval_s``, ``watch_rescan_s``, ``inbox_prefix``).
+        stop: set to end :meth:`run`.
+
+    Raises:
+        KafkaException: the transactional producer could not be initialised (broker down
+            for 30 s, or not authorised).
+    """
 
     def __init__(self, s: Settings, stop: StopFlag | None = None):
         self.s = s
@@ -47,41 +116,42 @@ class DropFolderWatcher:
         self.producer = Producer(producer_config(s, transactional_id=tid))
         self.producer.init_transactions(30)  # fences an older watcher and aborts its open transaction
         self.seen = self._load_checkpoint()
+        self.consumer: Consumer | None = None
+        if s.watch_mode == "events":
+            self.consumer = Consumer(consumer_config(s, s.group("watch")))
+            self.consumer.subscribe([s.topic("object-events")], on_assign=self._on_assign,
+                                    on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self.assigned: set[int] = set()  # kept by the callbacks: /readyz must not call into the consumer
 
-    def _load_checkpoint(self) -> dict[str, tuple[str, str | None]]:
-        """Read the compacted checkpoint topic to its end: key -> (etag, version_id)."""
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned |= {tp.partition for tp in partitions}
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned -= {tp.partition for tp in partitions}
+
+    def _load_checkpoint(self) -> PublishedVersions:
+        """Read the compacted checkpoint topic to its end."""
         conf = consumer_config(self.s, f"{self.s.group('watch-loader')}-{uuid.uuid4().hex[:8]}",
                                **{"enable.partition.eof": True})
         consumer = Consumer(conf)
-        seen: dict[str, tuple[str, str | None]] = {}
+        seen = PublishedVersions()
         try:
             for msg in read_to_end(consumer, assign_all(consumer, self.state_topic, "beginning")):
                 state = orjson.loads(msg.value())
-                seen[msg.key().decode()] = (state["etag"], state.get("version_id"))
+                version_id = state.get("version_id")
+                key = msg.key().decode()
+                ckey = key.removesuffix(f"?versionId={version_id}") if version_id else key
+                seen.add(ckey, state["etag"], version_id)
         finally:
             consumer.close()
         log.info("drop-folder checkpoint: %d object versions already published", len(seen))
         return seen
 
-    def scan_once(self) -> list[str]:
-        """Publish every new object version under the prefix; returns their document ids."""
-        published = []
-        for info in self.store.list(self.s.inbox_prefix):
-            ckey = f"{info.bucket}/{info.key}"
-            if self.seen.get(ckey) == (info.etag, info.version_id):
-                continue
-            if info.key.endswith("/"):
-                continue
-            try:
-                validate_key(info.key)
-            except OcrstreamError as exc:
-                log.warning("skipping %r: %s", info.key, exc)
-                self.seen[ckey] = (info.etag, info.version_id)
-                continue
-            published.append(self._publish(info, ckey))
-        return published
+    def _wanted(self, key: str) -> bool:
+        return key.startswith(self.s.inbox_prefix) and not key.endswith("/")
 
-    def _publish(self, info: ObjectInfo, ckey: str) -> str:
+    def _produce(self, info: ObjectInfo, ckey: str) -> str:
+        """Queue the DocumentRef and its checkpoint record in the open transaction."""
         doc_id = stable_document_id(info.bucket, info.key, info.etag, info.version_id)
         ref = DocumentRef(
             document_id=doc_id,
@@ -91,22 +161,194 @@ class DropFolderWatcher:
         )
         state = orjson.dumps({"etag": info.etag, "version_id": info.version_id, "document_id": doc_id,
                               "published_at": now_ms()})
-        self.producer.begin_transaction()
         self.producer.produce(self.s.topic("ingest"), encode(ref), doc_id)
-        self.producer.produce(self.state_topic, state, ckey)
-        self.producer.commit_transaction(30)
-        self.seen[ckey] = (info.etag, info.version_id)
-        log.info("published %s as %s", info.key, doc_id)
+        self.producer.produce(self.state_topic, state, PublishedVersions.checkpoint_key(ckey, info.version_id))
+        log.info("publishing %s as %s", info.key, doc_id)
         return doc_id
 
-    def run(self) -> None:
-        """Scan until stopped; storage hiccups are logged and retried on the next scan."""
-        while not self.stop.is_set():
+    def _valid(self, info: ObjectInfo, ckey: str, pending: PublishedVersions) -> bool:
+        """False for keys the pipeline refuses; they are remembered so they are not retried."""
+        try:
+            validate_key(info.key)
+            return True
+        except OcrstreamError as exc:
+            log.warning("skipping %r: %s", info.key, exc)
+            pending.add(ckey, info.etag, info.version_id)
+            return False
+
+    def scan_once(self) -> list[str]:
+        """List the drop folder and publish every new object version, one transaction each.
+
+        Returns:
+            The document ids published.
+
+        Raises:
+            OcrstreamError: ``storage_error`` when the listing fails (transient).
+            KafkaException: a transaction failed (aborted; the object is tried again next time).
+        """
+        published = []
+        for info in self.store.list(self.s.inbox_prefix):
+            ckey = f"{info.bucket}/{info.key}"
+            if self.seen.covers(ckey, info.etag, info.version_id) or not self._wanted(info.key):
+                continue
+            if info.version_id is None:
+                # Listings (ListObjectsV2) carry no version ids; the document id and checkpoint
+                # need the version an event would name, so look it up (one HEAD per new version).
+                try:
+                    info = self.store.stat(info.bucket, info.key)
+                except OcrstreamError as exc:
+                    if exc.code == ReasonCode.OBJECT_NOT_FOUND:
+                        continue  # deleted since the listing
+                    raise
+                if self.seen.covers(ckey, info.etag, info.version_id):
+                    continue
+            if not self._valid(info, ckey, self.seen):
+                continue
+            self.producer.begin_transaction()
             try:
-                self.scan_once()
+                doc_id = self._produce(info, ckey)
+                self.producer.commit_transaction(30)
+            except KafkaException:
+                self.producer.abort_transaction(30)
+                raise
+            self.seen.add(ckey, info.etag, info.version_id)
+            published.append(doc_id)
+            m.WATCH_PUBLISHED.labels("scan").inc()
+            m.MESSAGES_PRODUCED.labels(STAGE, self.s.topic("ingest")).inc()
+        if published and self.consumer is not None:
+            log.warning("the fallback listing found %d object versions no event had announced yet "
+                        "(events lost by the notifier, or still queued)", len(published))
+        return published
+
+    def consume_events_once(self, timeout_s: float = 1.0) -> list[str]:
+        """Handle up to ``EVENT_BATCH`` notification records in one transaction.
+
+        Created objects under the prefix are published; other events (removals, other
+        buckets or prefixes, versions already published) only advance the offsets; a record
+        that is not an S3 event becomes a dead letter (``invalid_json``, ``schema_violation``).
+
+        Returns:
+            The document ids published.
+
+        Raises:
+            OcrstreamError: ``storage_error`` when an object lookup fails (transient); the
+                transaction is aborted and the records will be read again.
+            KafkaException: the transaction failed (aborted; records will be read again).
+        """
+        assert self.consumer is not None, "events mode only"
+        msgs = [msg for msg in self.consumer.consume(EVENT_BATCH, timeout_s) if self._ok(msg)]
+        if not msgs:
+            return []
+        pending = PublishedVersions()
+        published: list[str] = []
+        self.producer.begin_transaction()
+        try:
+            for msg in msgs:
+                m.MESSAGES_CONSUMED.labels(STAGE).inc()
+                published += self._handle_event(msg, pending)
+            offsets = [tp for tp in self.consumer.position(self.consumer.assignment()) if tp.offset >= 0]
+            self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+            self.producer.commit_transaction(30)
+        except (OcrstreamError, KafkaException):
+            self._abort_and_rewind()
+            raise
+        self.seen.merge(pending)
+        m.WATCH_PUBLISHED.labels("event").inc(len(published))
+        m.MESSAGES_PRODUCED.labels(STAGE, self.s.topic("ingest")).inc(len(published))
+        return published
+
+    @staticmethod
+    def _ok(msg: Message) -> bool:
+        if msg.error():
+            log.warning("object-events consumer: %s", msg.error())
+            return False
+        return True
+
+    def _handle_event(self, msg: Message, pending: PublishedVersions) -> list[str]:
+        try:
+            events = parse_object_events(msg.value())
+        except OcrstreamError as exc:
+            dl = dead_letter(msg, exc, STAGE)
+            self.producer.produce(self.s.topic("dead-letters"), encode(dl), msg.key(),
+                                  headers=dead_letter_headers(dl))
+            m.DEAD_LETTERS.labels(STAGE, dl.reason).inc()
+            log.warning("object event at %s/%d@%d is not an S3 event: %s", msg.topic(), msg.partition(),
+                        msg.offset(), exc)
+            return []
+        published = []
+        for ev in events:
+            if not ev.created or ev.bucket != self.s.bucket or not self._wanted(ev.key):
+                continue
+            ckey = f"{ev.bucket}/{ev.key}"
+            if self._covered(ckey, ev.etag, ev.version_id, pending):
+                continue  # redelivered event, or the listing got there first
+            try:
+                info = self.store.stat(ev.bucket, ev.key, ev.version_id)
             except OcrstreamError as exc:
-                log.warning("drop-folder scan failed (%s); retrying", exc)
-            self.stop.event.wait(self.s.watch_interval_s)
+                if exc.code == ReasonCode.OBJECT_NOT_FOUND:
+                    log.info("event for %s, which is gone: nothing to publish", ckey)
+                    continue
+                raise
+            if self._covered(ckey, info.etag, info.version_id, pending):
+                continue
+            if not self._valid(info, ckey, pending):
+                continue
+            published.append(self._produce(info, ckey))
+            pending.add(ckey, info.etag, info.version_id)
+        return published
+
+    def _covered(self, ckey: str, etag: str | None, version_id: str | None, pending: PublishedVersions) -> bool:
+        return self.seen.covers(ckey, etag, version_id) or pending.covers(ckey, etag, version_id)
+
+    def _abort_and_rewind(self) -> None:
+        """Abort the open transaction and seek back to the committed offsets, so the
+        aborted batch's events are read again."""
+        try:
+            self.producer.abort_transaction(30)
+        except KafkaException as exc:
+            log.error("abort failed: %s", exc)
+            raise
+        assignment = self.consumer.assignment()
+        if assignment:
+            for tp in self.consumer.committed(assignment, timeout=30):
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+
+    def ready(self) -> bool:
+        """For ``/readyz``: checkpoint loaded, and in events mode, event partitions assigned."""
+        return self.consumer is None or bool(self.assigned)
+
+    def run(self) -> None:
+        """Watch until stopped. Storage and transaction failures are logged and retried
+        (bounded by ``watch_interval_s`` between attempts); nothing is skipped."""
+        http = m.serve_if_configured(self.s.http_port, self.ready)
+        events = self.consumer is not None
+        interval = (self.s.watch_rescan_s or float("inf")) if events else self.s.watch_interval_s
+        next_scan = 0.0
+        try:
+            while not self.stop.is_set():
+                if time.monotonic() >= next_scan:
+                    try:
+                        self.scan_once()
+                    except (OcrstreamError, KafkaException) as exc:
+                        if isinstance(exc, KafkaException) and exc.args[0].fatal():
+                            raise  # fenced by a newer watcher: this one must stop
+                        log.warning("drop-folder listing failed (%s); retrying", exc)
+                    next_scan = time.monotonic() + interval
+                if not events:
+                    self.stop.event.wait(max(0.0, next_scan - time.monotonic()))
+                    continue
+                try:
+                    self.consume_events_once(timeout_s=1.0)
+                except (OcrstreamError, KafkaException) as exc:
+                    if isinstance(exc, KafkaException) and exc.args[0].fatal():
+                        raise  # fenced by a newer watcher: this one must stop
+                    log.warning("object events not handled (%s); they will be read again", exc)
+                    self.stop.event.wait(self.s.watch_interval_s)
+        finally:
+            if self.consumer is not None:
+                self.consumer.close()
+            if http:
+                http.close()
 
 
 def run_watcher(s: Settings, stop: StopFlag | None = None) -> None:

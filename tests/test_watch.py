@@ -61,3 +61,133 @@ def test_publish_library_refuses_oversized_reference_and_missing_objects(setting
         with pytest.raises(OcrstreamError) as e:
             pub.publish_object(settings.bucket, "uploads/../x.pdf")
         assert e.value.code == "invalid_key"
+
+
+# --- events mode: S3 bucket notifications from a real MinIO, through the test broker ---------------
+
+
+def _published(trigger: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("ocrstream_watch_published_total", {"trigger": trigger}) or 0.0
+
+
+def _wait_for(cond, timeout_s: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _committed_to_end(s, group: str, topic: str) -> bool:
+    from confluent_kafka import Consumer, TopicPartition
+
+    from ocrstream.kafka import consumer_config, topic_partitions, watermarks
+
+    c = Consumer(consumer_config(s, group))
+    try:
+        parts = [TopicPartition(topic, p) for p in topic_partitions(c, topic)]
+        committed = {tp.partition: tp.offset for tp in c.committed(parts, timeout=10)}
+        return all(max(committed[tp.partition], 0) == watermarks(c, tp)[1] for tp in parts)
+    finally:
+        c.close()
+
+
+def test_events_mode_publishes_each_created_object_version_once(minio, stages):
+    """Objects put after the start listing reach the ingest topic through MinIO's Kafka
+    notifications alone (no rescan), once per version, and a restarted watcher repeats nothing."""
+    from minio.versioningconfig import ENABLED, VersioningConfig
+
+    from ocrstream.storage import ObjectStore
+
+    s = minio.model_copy(update={"watch_rescan_s": 0})  # listing at start only: the rest must be events
+    store = ObjectStore(s)
+    store.client.set_bucket_versioning(s.bucket, VersioningConfig(ENABLED))
+    events0, scans0 = _published("event"), _published("scan")
+    w = stages.start(DropFolderWatcher(s, StopFlag(install_signals=False)))
+    _wait_for(w.ready, 30, "object-events partitions assigned")
+
+    v1 = store.put_bytes("inbox/a.pdf", make_pdf([["a"]]))
+    store.put_bytes("inbox/sub/ü b+c.pdf", make_pdf([["b"]]))  # MinIO URL-encodes this key in the event
+    store.put_bytes("elsewhere/c.pdf", make_pdf([["c"]]))  # no event: outside the subscribed prefix
+    v2 = store.put_bytes("inbox/a.pdf", make_pdf([["a, second version"]]))
+    store.client.remove_object(s.bucket, "inbox/sub/ü b+c.pdf")  # a delete marker: no new document
+    assert v1.version_id and v2.version_id and v1.version_id != v2.version_id
+
+    refs = _ingest(s, 3, timeout_s=30)
+    assert sorted(r.source.key for r in refs) == ["inbox/a.pdf", "inbox/a.pdf", "inbox/sub/ü b+c.pdf"]
+    assert {r.source.version_id for r in refs if r.source.key == "inbox/a.pdf"} == {v1.version_id, v2.version_id}
+    assert len({r.document_id for r in refs}) == 3
+    assert _published("event") - events0 == 3 and _published("scan") - scans0 == 0
+    _wait_for(lambda: _committed_to_end(s, s.group("watch"), s.topic("object-events")), 30,
+              "event offsets committed")
+    stages.stop(w)
+
+    # A restarted watcher (checkpoint + committed offsets) publishes nothing again, and neither
+    # does a replay of every event (a new consumer group reads the topic from the start).
+    w2 = stages.start(DropFolderWatcher(s, StopFlag(install_signals=False)))
+    replay = DropFolderWatcher(s.model_copy(update={"group_prefix": s.group_prefix + "replay."}),
+                               StopFlag(install_signals=False))
+    _wait_for(lambda: replay.consume_events_once(2.0) == [] and replay.ready(), 30, "replay")
+    stages.stop(w2)
+    replay.consumer.close()
+    assert len(_ingest(s, 4, timeout_s=8)) == 3
+
+
+def test_events_mode_dead_letters_a_record_that_is_not_an_s3_event(minio, stages):
+    from confluent_kafka import Producer
+
+    from ocrstream.kafka import producer_config
+    from ocrstream.storage import ObjectStore
+    from schemas import DeadLetter
+
+    s = minio.model_copy(update={"watch_rescan_s": 0})
+    w = stages.start(DropFolderWatcher(s, StopFlag(install_signals=False)))
+    _wait_for(w.ready, 30, "object-events partitions assigned")
+    p = Producer(producer_config(s))
+    p.produce(s.topic("object-events"), b"{not json", b"k1", partition=0)
+    p.produce(s.topic("object-events"), b'{"EventName": "s3:ObjectCreated:Put", "Records": [{"s3": {}}]}', b"k2",
+              partition=0)
+    p.flush(10)
+    ObjectStore(s).put_bytes("inbox/after.pdf", make_pdf([["after"]]))  # the partition is not stuck
+
+    refs = _ingest(s, 1, timeout_s=30)
+    assert [r.source.key for r in refs] == ["inbox/after.pdf"]
+    dls = sorted((decode(m.value(), DeadLetter) for m in consume_all(s, s.topic("dead-letters"), 2, 20)),
+                 key=lambda d: d.offset)
+    assert [(d.reason, d.stage, d.key) for d in dls] == [("invalid_json", "watch", "k1"),
+                                                         ("schema_violation", "watch", "k2")]
+    assert "eventName" in dls[1].message and dls[1].topic == s.topic("object-events")
+
+
+def test_events_lost_by_the_notifier_are_found_by_the_fallback_listing(minio, stages):
+    """MinIO without a queue directory drops events it cannot deliver; here the subscription
+    is removed instead, so no event is ever sent. The periodic listing still finds the object."""
+    from ocrstream.storage import ObjectStore
+
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    s = minio.model_copy(update={"watch_rescan_s": 1.0, "http_port": port})
+    store = ObjectStore(s)
+    store.client.delete_bucket_notification(s.bucket)
+    scans0 = _published("scan")
+    w = stages.start(DropFolderWatcher(s, StopFlag(install_signals=False)))
+    _wait_for(w.ready, 30, "object-events partitions assigned")
+    store.put_bytes("inbox/unannounced.pdf", make_pdf([["x"]]))
+    refs = _ingest(s, 1, timeout_s=30)
+    assert [r.source.key for r in refs] == ["inbox/unannounced.pdf"]
+    assert _published("scan") - scans0 == 1
+
+    # The watcher's own /readyz and /metrics (what compose and k8s probe and scrape).
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert 'ocrstream_watch_published_total{trigger="scan"}' in text
+    assert 'ocrstream_messages_produced_total{stage="watch"' in text

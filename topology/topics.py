@@ -12,6 +12,8 @@ Keys (why they are what they are):
   the document's result, and a replayed result overwrites an identical one.
 - ``dead-letters``: key of the original record.
 - ``metrics``: key ``worker_id``.
+- ``object-events``: written by the object store (MinIO keys it ``bucket/object``); it must
+  exist before the store's first event, because MinIO's Kafka target does not create topics.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ def topic_specs(replication_factor: int = 1, partitions_scale: int = 1) -> list[
         TopicSpec("dead-letters", 3, rf,
                   {**common, "retention.ms": str(30 * DAY_MS), "max.message.bytes": "2097152"},
                   "records a stage could not process (DeadLetter)"),
+        TopicSpec("object-events", 3 * partitions_scale, rf,
+                  {**common, "retention.ms": str(7 * DAY_MS)},
+                  "S3 bucket notifications for the drop folder (MinIO Kafka target), read by `watch` in events mode"),
         TopicSpec("watch-state", 1, rf,
                   {**common, "cleanup.policy": "compact"},
                   "drop-folder checkpoint: object key -> last published ETag/version"),
