@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Callable
 
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 from rich.console import Console
@@ -42,33 +43,64 @@ def render(latest: dict[str, WorkerMetrics]) -> Table:
     return t
 
 
-def run_top(s: Settings, once: bool = False, history: int = 50) -> None:
-    """Follow the metrics topic, starting ``history`` samples back per partition."""
+def run_top(s: Settings, once: bool = False, history: int = 50, until: Callable[[], bool] | None = None,
+            console: Console | None = None, snapshot_s: float = 10.0) -> dict[str, WorkerMetrics]:
+    """Follow the metrics topic, starting ``history`` samples back per partition.
+
+    On a terminal the table refreshes twice a second (rich ``Live``); otherwise (a log, a
+    pipe) a snapshot is printed every ``snapshot_s`` seconds.
+
+    Args:
+        once: print one table after 5 s of reading and return.
+        until: stop when this returns True (``make demo`` stops when its documents are done).
+        console: where to draw (default: stdout).
+
+    Returns:
+        The latest sample per worker id.
+
+    Raises:
+        OcrstreamError: the metrics topic did not appear within 30 s.
+    """
     c = Consumer(consumer_config(s, f"{s.group('top')}-{uuid.uuid4().hex[:8]}"))
     topic = s.topic("metrics")
-    parts = topic_partitions(c, topic)
-    assignment = []
-    for p in parts:
-        low, high = watermarks(c, TopicPartition(topic, p))
-        assignment.append(TopicPartition(topic, p, max(low, high - history) if high > 0 else OFFSET_END))
-    c.assign(assignment)
     latest: dict[str, WorkerMetrics] = {}
-    console = Console()
+    console = console or Console()
     try:
-        with Live(render(latest), console=console, refresh_per_second=2, transient=once) as live:
-            deadline = time.monotonic() + (5 if once else float("inf"))
-            while time.monotonic() < deadline:
-                msg = c.poll(0.5)
-                if msg is not None and not msg.error():
-                    try:
-                        m = decode(msg.value(), WorkerMetrics)
-                        latest[m.worker_id] = m
-                    except OcrstreamError:
-                        pass
-                live.update(render(latest))
-        if once:
+        parts = topic_partitions(c, topic)
+        assignment = []
+        for p in parts:
+            low, high = watermarks(c, TopicPartition(topic, p))
+            assignment.append(TopicPartition(topic, p, max(low, high - history) if high > 0 else OFFSET_END))
+        c.assign(assignment)
+        deadline = time.monotonic() + (5 if once else float("inf"))
+
+        def running() -> bool:
+            return time.monotonic() < deadline and not (until and until())
+
+        def read() -> None:
+            msg = c.poll(0.5)
+            if msg is not None and not msg.error():
+                try:
+                    m = decode(msg.value(), WorkerMetrics)
+                    latest[m.worker_id] = m
+                except OcrstreamError:
+                    pass  # not a sample: top shows what it can read
+
+        if console.is_terminal and not once:
+            with Live(render(latest), console=console, refresh_per_second=2) as live:
+                while running():
+                    read()
+                    live.update(render(latest))
+        else:
+            next_print = time.monotonic() + (float("inf") if once else snapshot_s)
+            while running():
+                read()
+                if time.monotonic() >= next_print:
+                    console.print(render(latest))
+                    next_print = time.monotonic() + snapshot_s
             console.print(render(latest))
     except KeyboardInterrupt:
         pass
     finally:
         c.close()
+    return latest

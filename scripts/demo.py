@@ -71,9 +71,11 @@ def main() -> int:
     if not running:
         log = Path(s.stack_dir).resolve() / "run.log"
         print(f"== starting consumers: splitter, assembler, {args.workers} OCR workers, drop-folder watcher (log: {log})")
+        # Samples every 2 s instead of 10, so the live view below moves during a short demo.
+        env = {"OCRSTREAM_METRICS_INTERVAL_S": "2", **os.environ}
         with open(log, "ab") as fh:
             proc = subprocess.Popen([sys.executable, "-m", "ocrstream.cli", "run", "--workers", str(args.workers)],
-                                    stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
+                                    stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO, env=env)
         pid_file.write_text(str(proc.pid))
 
     from ocrstream.samples import make_samples
@@ -83,16 +85,25 @@ def main() -> int:
     if SCANS.is_dir():
         docs += sorted(str(p) for p in SCANS.glob("*.pdf"))
     docs += args.files
-    print(f"== submitting {len(docs)} documents and waiting for their results")
-    print("   (live worker figures meanwhile, in another terminal: .venv/bin/ocrstream top)")
+    print(f"== submitting {len(docs)} documents; live worker figures from the metrics topic until they are done")
+    print("   (the same view any time, also over SSH: .venv/bin/ocrstream top)")
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "ocrstream.cli", "submit", "--wait", "--json", "--timeout", "1800", *docs],
-                         capture_output=True, text=True, cwd=REPO)
+    out_path, err_path = (Path(s.stack_dir).resolve() / f"submit.{x}" for x in ("jsonl", "err"))
+    with open(out_path, "wb") as out_fh, open(err_path, "wb") as err_fh:
+        submit = subprocess.Popen([sys.executable, "-m", "ocrstream.cli", "submit", "--wait", "--json", "--timeout",
+                                   "1800", *docs], stdout=out_fh, stderr=err_fh, cwd=REPO)
+        from ocrstream.top import run_top
+
+        seen = run_top(s, until=lambda: submit.poll() is not None)
+        submit.wait()
     elapsed = time.monotonic() - t0
-    sys.stderr.write(out.stderr[-3000:])
+    sys.stderr.write(err_path.read_text(errors="replace")[-3000:])
+    busiest = max(seen.values(), key=lambda m: m.pages_per_s, default=None)
+    print(f"== live view: {len(seen)} workers reported"
+          + (f"; last samples up to {busiest.pages_per_s:.2f} pages/s ({busiest.worker_id})" if busiest else ""))
     import orjson
 
-    results = [orjson.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    results = [orjson.loads(line) for line in out_path.read_text().splitlines() if line.strip()]
     pages = 0
     for r in results:
         pages += r["page_count"]
@@ -108,7 +119,7 @@ def main() -> int:
     print("   the stack and consumers keep running; stop them with: make stop")
     print("   more: .venv/bin/ocrstream submit --wait FILE...   |   drop files into s3://"
           f"{s.bucket}/{s.inbox_prefix} (S3 at {s.s3_endpoint})")
-    return out.returncode
+    return submit.returncode
 
 
 if __name__ == "__main__":

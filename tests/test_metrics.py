@@ -7,16 +7,21 @@ import time
 import urllib.error
 import urllib.request
 
+import jsonschema
+import orjson
 import pytest
+from confluent_kafka import Producer
 
 from consumers.common import StopFlag
 from consumers.splitter import Splitter
 from consumers.worker import OcrWorker
 from ocrstream.engine.null import NullEngine
 from producers.publish import DocumentPublisher
-from schemas import WorkerMetrics, decode
+from consumers.common import now_ms
+from ocrstream.kafka import producer_config
+from schemas import ObjectRef, PageTask, WorkerMetrics, decode, encode
 
-from conftest import consume_all, make_pdf
+from conftest import REPO, consume_all, make_pdf
 
 pytestmark = pytest.mark.integration
 
@@ -49,20 +54,48 @@ def test_worker_publishes_samples_and_serves_prometheus(settings, store, stages,
     with DocumentPublisher(s) as pub:
         pub.upload_and_publish(pdf)
     assert len(consume_all(s, s.topic("page-results"), 3, 60)) == 3
+    # Two bad page records: a task whose object is gone (a failed page result) and a value that
+    # is not JSON (a dead letter). Both must show up as errors by reason.
+    task = PageTask(document_id="gone-doc", source=ObjectRef(bucket=s.bucket, key="uploads/gone.pdf"),
+                    page_number=1, page_count=1, kind="pdf", dpi=150, submitted_at=now_ms())
+    p = Producer(producer_config(s))
+    p.produce(s.topic("pages"), encode(task), b"gone-doc/1", partition=0)
+    p.produce(s.topic("pages"), b"{not json", b"junk", partition=1)
+    p.flush(10)
+    assert len(consume_all(s, s.topic("page-results"), 4, 60)) == 4
 
     deadline = time.monotonic() + 30
     while _get(base + "/readyz")[0] != 200 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _get(base + "/readyz")[0] == 200
 
-    # Samples come every second whatever the load; read until they account for the 3 pages (bounded).
+    # Samples come every second whatever the load; read until they account for the 4 pages and
+    # the dead letter, and the consumer lag of the pages partitions has been reported (bounded).
     samples: list[WorkerMetrics] = []
+    raw: list[bytes] = []
+
+    def errors() -> dict[str, int]:
+        out: dict[str, int] = {}
+        for x in samples:
+            for reason, n in x.errors.items():
+                out[reason] = out.get(reason, 0) + n
+        return out
+
     deadline = time.monotonic() + 60
-    while sum(x.pages for x in samples) < 3 and time.monotonic() < deadline:
-        samples = [decode(msg.value(), WorkerMetrics)
-                   for msg in consume_all(s, s.topic("metrics"), len(samples) + 1, 10)]
+    while (sum(x.pages for x in samples) < 4 or len(errors()) < 2 or not any(x.lag for x in samples)) \
+            and time.monotonic() < deadline:
+        raw = [msg.value() for msg in consume_all(s, s.topic("metrics"), len(samples) + 1, 10)]
+        samples = [decode(value, WorkerMetrics) for value in raw]
+    assert errors() == {"object_not_found": 1, "invalid_json": 1}
+    lagged = next(x for x in samples if x.lag)
+    assert set(lagged.lag) <= {f"{s.topic('pages')}/{p}" for p in range(12)} and min(lagged.lag.values()) >= 0
+    validator = jsonschema.Draft202012Validator(orjson.loads((REPO / "schemas/json/worker_metrics.v1.schema.json")
+                                                             .read_bytes()))
+    for value in raw:
+        validator.validate(orjson.loads(value))  # the committed JSON Schema, as downstream readers use it
+
     assert all(x.worker_id == s.worker_id and x.stage == "worker" for x in samples)
-    assert sum(x.pages for x in samples) >= 3 and any(x.batches > 0 for x in samples)
+    assert sum(x.pages for x in samples) >= 4 and any(x.batches > 0 for x in samples)
     assert all(x.gpus is None for x in samples)  # CPU host: GPU fields null, not an error
     assert all(x.rss_bytes > 10_000_000 for x in samples)
     busy = [x for x in samples if x.batches]
@@ -74,7 +107,22 @@ def test_worker_publishes_samples_and_serves_prometheus(settings, store, stages,
                    "ocrstream_batch_latency_seconds_bucket", "ocrstream_page_latency_seconds_bucket",
                    "ocrstream_inflight_pages", "ocrstream_messages_consumed_total"):
         assert series in text, series
+    # (process-wide counters: other tests in this session add to them, so presence, not values)
     assert 'ocrstream_pages_processed_total{status="succeeded"}' in text
+    assert 'ocrstream_pages_processed_total{status="failed"}' in text
+    assert 'ocrstream_dead_letters_total{reason="invalid_json",stage="worker"}' in text
+    assert f'ocrstream_consumer_lag{{partition="0",topic="{s.topic("pages")}"}}' in text
+
+    # `ocrstream top` over the same topic: one row for this worker, with its figures.
+    from rich.console import Console
+
+    from ocrstream.top import run_top
+
+    console = Console(record=True, width=220, force_terminal=False)
+    latest = run_top(s, once=True, console=console)
+    assert set(latest) == {s.worker_id}
+    row = next(line for line in console.export_text().splitlines() if s.worker_id in line)
+    assert f"{latest[s.worker_id].pages_per_s:.2f}" in row and "-" in row  # GPU columns empty on a CPU host
 
 
 def test_top_renders_a_row_per_worker_from_samples():
