@@ -308,10 +308,15 @@ class DropFolderWatcher:
         except KafkaException as exc:
             log.error("abort failed: %s", exc)
             raise
-        assignment = self.consumer.assignment()
-        if assignment:
-            for tp in self.consumer.committed(assignment, timeout=30):
-                self.consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+        try:
+            assignment = self.consumer.assignment()
+            for tp in self.consumer.committed(assignment, timeout=30) if assignment else []:
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition,
+                                                  tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+        except KafkaException as exc:
+            # Reading on past an aborted batch would skip its events: stop instead, and let the
+            # restart resume from the committed offsets.
+            raise RuntimeError(f"could not rewind the object-events consumer after an abort: {exc}") from exc
 
     def ready(self) -> bool:
         """For ``/readyz``: checkpoint loaded, and in events mode, event partitions assigned."""

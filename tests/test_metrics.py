@@ -56,7 +56,7 @@ def test_worker_publishes_samples_and_serves_prometheus(settings, store, stages,
     assert len(consume_all(s, s.topic("page-results"), 3, 60)) == 3
     # Two bad page records: a task whose object is gone (a failed page result) and a value that
     # is not JSON (a dead letter). Both must show up as errors by reason.
-    task = PageTask(document_id="gone-doc", source=ObjectRef(bucket=s.bucket, key="uploads/gone.pdf"),
+    task = PageTask(document_id="gone-doc", source=ObjectRef(bucket=s.bucket, key="uploads/gone.pdf", filename="gone.pdf"),
                     page_number=1, page_count=1, kind="pdf", dpi=150, submitted_at=now_ms())
     p = Producer(producer_config(s))
     p.produce(s.topic("pages"), encode(task), b"gone-doc/1", partition=0)
