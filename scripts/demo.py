@@ -98,9 +98,8 @@ def main() -> int:
         submit.wait()
     elapsed = time.monotonic() - t0
     sys.stderr.write(err_path.read_text(errors="replace")[-3000:])
-    busiest = max(seen.values(), key=lambda m: m.pages_per_s, default=None)
-    print(f"== live view: {len(seen)} workers reported"
-          + (f"; last samples up to {busiest.pages_per_s:.2f} pages/s ({busiest.worker_id})" if busiest else ""))
+    pages_seen = sum(x.pages for window in seen.values() for x in window)
+    print(f"== live view: {len(seen)} workers reported; {pages_seen} pages in their samples of the last minute")
     import orjson
 
     results = [orjson.loads(line) for line in out_path.read_text().splitlines() if line.strip()]

@@ -119,35 +119,47 @@ def test_worker_publishes_samples_and_serves_prometheus(settings, store, stages,
     from ocrstream.top import run_top
 
     console = Console(record=True, width=220, force_terminal=False)
-    latest = run_top(s, once=True, console=console)
-    assert set(latest) == {s.worker_id}
+    recent = run_top(s, once=True, console=console)
+    assert set(recent) == {s.worker_id}
     row = next(line for line in console.export_text().splitlines() if s.worker_id in line)
-    assert f"{latest[s.worker_id].pages_per_s:.2f}" in row and "-" in row  # GPU columns empty on a CPU host
+    cells = [c.strip() for c in row.split("│")[1:-1]]
+    newest = recent[s.worker_id][-1]
+    assert cells[6:8] == ["-", "-"]  # GPU columns empty on a CPU host
+    assert cells[9] == f"{newest.rss_bytes / 2**20:.0f}" and cells[10] == str(sum(newest.lag.values()))
+    assert float(cells[2]) >= 0
 
 
-def test_top_renders_a_row_per_worker_from_samples():
+def test_top_renders_a_row_per_worker_from_its_recent_samples():
     from rich.console import Console
 
     from ocrstream.top import render
     from schemas import GpuSample
 
+    now = int(time.time() * 1000)
     gpu = GpuSample(index=0, uuid="GPU-1", name="H100", utilization_pct=87.0, memory_used_bytes=20 * 2**30,
                     memory_total_bytes=80 * 2**30)
-    samples = {
-        "w1": WorkerMetrics(host="h1", worker_id="w1", stage="worker", at=int(time.time() * 1000), interval_s=10,
-                            gpus=[gpu], cpu_pct=95.0, rss_bytes=900 * 2**20, pages=120, batches=8,
-                            mean_batch_size=15.0, pages_per_s=12.5, batch_latency_ms_p50=900.0,
-                            batch_latency_ms_p95=1400.0, errors={"corrupt_document": 2},
-                            lag={"ocr.pages/0": 30, "ocr.pages/1": 12}),
-        "w2": WorkerMetrics(host="h2", worker_id="w2", stage="worker", at=int(time.time() * 1000), interval_s=10,
-                            gpus=None, cpu_pct=180.0, rss_bytes=700 * 2**20, pages=4, batches=1,
-                            mean_batch_size=4.0, pages_per_s=0.4, batch_latency_ms_p50=None,
-                            batch_latency_ms_p95=None),
+
+    def sample(wid, at, **kw):
+        base = dict(host="h-" + wid, worker_id=wid, stage="worker", at=at, interval_s=10, gpus=None, cpu_pct=95.0,
+                    rss_bytes=900 * 2**20, pages=0, batches=0, mean_batch_size=0.0, pages_per_s=0.0,
+                    batch_latency_ms_p50=None, batch_latency_ms_p95=None)
+        return WorkerMetrics(**{**base, **kw})
+
+    recent = {
+        # 250 pages in 20 s, 20 batches of 10 and 15 pages; the newest sample finished no batch
+        # but still has the GPU and lag figures, which are the newest sample's.
+        "w1": [sample("w1", now - 20_000, pages=100, batches=10, mean_batch_size=10.0, batch_latency_ms_p50=900.0,
+                      batch_latency_ms_p95=1400.0, errors={"corrupt_document": 2}),
+               sample("w1", now - 10_000, pages=150, batches=10, mean_batch_size=15.0, batch_latency_ms_p50=800.0,
+                      batch_latency_ms_p95=1300.0, errors={"engine_error": 1}),
+               sample("w1", now, gpus=[gpu], lag={"ocr.pages/0": 30, "ocr.pages/1": 12})],
+        "w2": [sample("w2", now, pages=4, batches=1, mean_batch_size=4.0, cpu_pct=180.0)],
     }
     console = Console(record=True, width=200)
-    console.print(render(samples))
+    console.print(render(recent))
     text = console.export_text()
-    row1 = next(line for line in text.splitlines() if "w1" in line)
-    assert "12.50" in row1 and "87%" in row1 and "20.0/80.0" in row1 and " 42 " in row1 and " 2 " in row1
-    row2 = next(line for line in text.splitlines() if "w2" in line)
-    assert "0.40" in row2 and "180" in row2
+    row1 = next(line for line in text.splitlines() if "w1" in line).split("│")
+    cells1 = [c.strip() for c in row1[1:-1]]
+    assert cells1 == ["w1", "h-w1", "8.33", "12.5", "800", "1300", "87%", "20.0/80.0", "95", "900", "42", "3", "0"]
+    cells2 = [c.strip() for c in next(line for line in text.splitlines() if "w2" in line).split("│")[1:-1]]
+    assert cells2[2:6] == ["0.40", "4.0", "-", "-"] and cells2[6:8] == ["-", "-"] and cells2[8] == "180"
