@@ -65,7 +65,12 @@ def _wait_results(s, ids: dict[str, str], timeout_s: float) -> dict:
             return latest
         time.sleep(2)
     missing = set(ids) - latest.keys()
-    raise AssertionError(f"{len(missing)} documents without a result after {timeout_s}s")
+    # Say where the missing documents stopped, so a rare failure can be told apart after the fact.
+    tasks = {decode(m.value(), PageTask).document_id: (m.partition(), m.offset())
+             for m in consume_all(s, s.topic("pages"), 10 * len(ids), 10)}
+    pages = {decode(m.value(), PageResult).document_id for m in consume_all(s, s.topic("page-results"), 10 * len(ids), 10)}
+    where = {ids[d]: {"page_task": tasks.get(d), "page_result": d in pages} for d in missing}
+    raise AssertionError(f"{len(missing)} documents without a result after {timeout_s}s: {where}")
 
 
 def _check(results, ids, expected):
