@@ -134,8 +134,14 @@ class Splitter:
 
     def run(self) -> None:
         """Poll until stopped (SIGTERM/SIGINT), then commit and leave the group."""
-        self.consumer.subscribe([self.s.topic("ingest")])
-        http = m.serve_if_configured(self.s.http_port, lambda: bool(self.consumer.assignment()))
+        # /readyz reads this set, kept by the rebalance callbacks (which run inside poll()): calling
+        # consumer.assignment() from the HTTP thread can block while poll() runs in this one.
+        assigned: set[int] = set()
+        self.consumer.subscribe([self.s.topic("ingest")],
+                                on_assign=lambda c, ps: assigned.update(p.partition for p in ps),
+                                on_revoke=lambda c, ps: assigned.difference_update(p.partition for p in ps),
+                                on_lost=lambda c, ps: assigned.difference_update(p.partition for p in ps))
+        http = m.serve_if_configured(self.s.http_port, lambda: bool(assigned))
         try:
             while not self.stop.is_set():
                 msg = self.consumer.poll(0.5)

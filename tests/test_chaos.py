@@ -21,7 +21,7 @@ from ocrstream.documents import open_pdf, render_pdf_page
 from ocrstream.kafka import consumer_config
 from producers.publish import DocumentPublisher
 from producers.results import read_latest_results
-from schemas import PageResult, PageTask, decode
+from schemas import DocumentRef, PageResult, PageTask, decode
 
 from conftest import base_settings, consume_all, make_pdf
 
@@ -69,7 +69,16 @@ def _wait_results(s, ids: dict[str, str], timeout_s: float) -> dict:
     tasks = {decode(m.value(), PageTask).document_id: (m.partition(), m.offset())
              for m in consume_all(s, s.topic("pages"), 10 * len(ids), 10)}
     pages = {decode(m.value(), PageResult).document_id for m in consume_all(s, s.topic("page-results"), 10 * len(ids), 10)}
-    where = {ids[d]: {"page_task": tasks.get(d), "page_result": d in pages} for d in missing}
+    ingest = {decode(m.value(), DocumentRef).document_id: (m.partition(), m.offset())
+              for m in consume_all(s, s.topic("ingest"), 10 * len(ids), 10)}
+    c = Consumer(consumer_config(s, s.group("splitter")))
+    try:
+        committed = {tp.partition: tp.offset
+                     for tp in c.committed([TopicPartition(s.topic("ingest"), p) for p in range(6)], timeout=10)}
+    finally:
+        c.close()
+    where = {ids[d]: {"ingest": ingest.get(d), "splitter_committed": committed.get((ingest.get(d) or (None,))[0]),
+                      "page_task": tasks.get(d), "page_result": d in pages} for d in missing}
     raise AssertionError(f"{len(missing)} documents without a result after {timeout_s}s: {where}")
 
 
