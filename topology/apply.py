@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass
 
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
@@ -16,6 +18,33 @@ class TopicReport:
     topic: str
     action: str  # "created" | "exists" | "drift"
     drift: list[str]
+
+
+def _wait_until_led(admin: AdminClient, topics: set[str], partitions: dict[str, int], timeout_s: float) -> None:
+    """Wait (bounded) until the broker's metadata shows every new topic with a leader for each
+    partition.
+
+    Why: CreateTopics returns once the controller committed the topic, before every broker's
+    metadata cache has it. A producer that starts right away can be told the topic is unknown,
+    drop its partition state and reset the idempotence sequence numbers. The broker then takes
+    the next batches for duplicates and acknowledges them without writing them (librdkafka #3712,
+    #3672). We saw exactly that: the first 1-3 documents published right after the test fixture
+    created the topics were acknowledged and never appeared in the topic (2 of 3 CI runs).
+
+    Raises:
+        TimeoutError: not all partitions have a leader after ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        md = admin.list_topics(timeout=max(1.0, deadline - time.monotonic())).topics
+        pending = [name for name in topics
+                   if name not in md or md[name].error is not None or len(md[name].partitions) != partitions[name]
+                   or any(p.leader < 0 or p.error is not None for p in md[name].partitions.values())]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics without a leader for every partition after {timeout_s:.0f}s: {sorted(pending)}")
+        time.sleep(0.2)
 
 
 def apply_topics(admin: AdminClient, specs: list[TopicSpec], prefix: str, timeout_s: float = 30.0) -> list[TopicReport]:
@@ -45,6 +74,8 @@ def apply_topics(admin: AdminClient, specs: list[TopicSpec], prefix: str, timeou
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise
     created = {t.topic for t in to_create}
+    if created:
+        _wait_until_led(admin, created, {t.topic: t.num_partitions for t in to_create}, timeout_s)
     resources = [ConfigResource(ResourceType.TOPIC, prefix + s.name) for s in specs if prefix + s.name not in created]
     configs = {}
     if resources:
