@@ -46,6 +46,20 @@ INFLIGHT_PAGES = Gauge("ocrstream_inflight_pages", "Pages consumed and not yet c
 BATCH_LIMIT = Gauge("ocrstream_batch_limit_pages", "Current cap on pages per engine call (lowered after out of memory)")
 PAUSED_PARTITIONS = Gauge("ocrstream_paused_partitions", "Partitions paused by back-pressure")
 CONSUMER_LAG = Gauge("ocrstream_consumer_lag", "Messages behind the high watermark", ["topic", "partition"])
+# Stage runtime (ocrstream/streaming/loop.py): liveness and the failure policy.
+LOOP_PROGRESS = Gauge("ocrstream_loop_last_progress_timestamp_seconds",
+                      "Unix time the stage loop last advanced (polled, handled or committed)", ["stage"])
+LOOP_STALLED = Gauge("ocrstream_loop_stalled", "1 while work waits and the loop has not advanced for "
+                     "OCRSTREAM_LIVENESS_TIMEOUT_S (/healthz answers 503)", ["stage"])
+STAGE_ERRORS = Counter("ocrstream_stage_errors", "Unexpected exceptions while handling a record "
+                       "(each became an internal_error dead letter)", ["stage"])
+KAFKA_ERRORS = Counter("ocrstream_kafka_errors", "Kafka client errors seen by a stage", ["stage", "kind"])
+DOCUMENTS_INCOMPLETE = Counter("ocrstream_documents_incomplete", "Documents given a failed (incomplete) "
+                               "result after OCRSTREAM_DOCUMENT_DEADLINE_S")
+POISON_PAGES = Counter("ocrstream_poison_pages", "Pages failed with worker_crash after "
+                       "OCRSTREAM_MAX_PAGE_ATTEMPTS attempts that ended the worker process")
+PAGE_RETRIES = Counter("ocrstream_page_retries", "Pages started again after an attempt that ended the worker "
+                       "process (crash, kill, engine timeout)")
 GPU_UTIL = Gauge("ocrstream_gpu_utilization_percent", "GPU utilisation", ["gpu"])
 GPU_MEM_USED = Gauge("ocrstream_gpu_memory_used_bytes", "GPU memory used", ["gpu"])
 GPU_MEM_TOTAL = Gauge("ocrstream_gpu_memory_total_bytes", "GPU memory total", ["gpu"])
