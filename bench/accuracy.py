@@ -3,7 +3,7 @@
 Two benchmarks:
 
 ``receipts``
-    Word precision / recall / F1 (bag of words, see :mod:`ocrstream.textmetrics`)
+    Word precision / recall / F1 (bag of words, see :mod:`devtools.textmetrics`)
     on SROIE receipts (``NNN.jpg`` + ``NNN.csv``), micro-averaged over all words
     and as the mean of per-document F1. By default the engine runs directly on
     the images, ``--batch`` pages per ``ocr_batch`` call. With ``--results
@@ -17,7 +17,7 @@ Two benchmarks:
 ``born-digital``
     Character error rate of OCR on born-digital PDF pages against each page's
     own text layer (``page.get_text()``). Pages are rendered with PyMuPDF at
-    ``--dpi``; the PDFs are those written by :func:`ocrstream.samples.make_samples`
+    ``--dpi``; the PDFs are those written by :func:`devtools.samples.make_samples`
     plus any ``--pdf`` given. Pages without a text layer are skipped (counted).
 
 Engine settings come from the environment as usual (``OCRSTREAM_DET_LIMIT_SIDE_LEN``,
@@ -44,10 +44,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ocrstream.settings import Settings  # noqa: E402
-from ocrstream.textmetrics import (  # noqa: E402
+from devtools.textmetrics import (  # noqa: E402
     WordCounts, cer, char_tokens, colon_tokens, load_sroie_truth, micro_prf, normalize_whitespace, prf, word_counts,
 )
+from ocrstream.settings import Settings  # noqa: E402
 
 DEFAULT_RECEIPTS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sroie-dev"
 # Settings that change what the engine outputs or how fast: echoed in every summary.
@@ -214,7 +214,7 @@ def render_page_bgr(page, dpi: int) -> np.ndarray:
 def bench_born_digital(args: argparse.Namespace) -> dict:
     import pymupdf
 
-    from ocrstream.samples import make_samples
+    from devtools.samples import make_samples
 
     s = Settings()
     t_start = time.perf_counter()

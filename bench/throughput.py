@@ -39,12 +39,12 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from devtools.stack import Stack  # noqa: E402
+from devtools.textmetrics import word_prf  # noqa: E402
 from ocrstream.documents import decode_image_page, inspect, open_pdf, render_pdf_page  # noqa: E402
 from ocrstream.engine import create_engine  # noqa: E402
 from ocrstream.kafka import make_admin  # noqa: E402
 from ocrstream.settings import Settings  # noqa: E402
-from ocrstream.stack import Stack  # noqa: E402
-from ocrstream.textmetrics import word_prf  # noqa: E402
 from topology import apply_topics, topic_specs  # noqa: E402
 
 OUT = REPO / "bench" / "out"
@@ -106,7 +106,7 @@ def pick_documents(n_pages: int, tmp: Path) -> list[Path]:
     if SCANS.is_dir():
         candidates = sorted(SCANS.glob("*.pdf"))
     else:
-        from ocrstream.samples import make_samples
+        from devtools.samples import make_samples
 
         candidates = make_samples(tmp / "samples") * 20
     docs, pages = [], 0
@@ -318,7 +318,7 @@ def cmd_ceiling(args) -> None:
 def cmd_latency(args) -> None:
     from producers.publish import DocumentPublisher
     from producers.results import ResultFollower
-    from ocrstream.samples import make_samples
+    from devtools.samples import make_samples
 
     tmp = REPO / ".ocrstream-bench" / "docs"
     doc = [d for d in make_samples(tmp / "samples") if d.suffix == ".jpg"][0]

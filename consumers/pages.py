@@ -8,8 +8,11 @@ small LRU cache bounded in bytes.
 from __future__ import annotations
 
 import threading
+from typing import Callable
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -24,14 +27,35 @@ from .common import retry_transient
 _MUPDF_LOCK = threading.Lock()
 
 
+class _Entry:
+    """One cached object: its bytes, the open PDF (or None), and how many callers use it."""
+
+    __slots__ = ("data", "doc", "users", "evicted")
+
+    def __init__(self, data: bytes, doc: object) -> None:
+        self.data = data
+        self.doc = doc
+        self.users = 0  # callers between acquire() and release(); get() callers count forever
+        self.evicted = False
+
+
 class SourceCache:
-    """LRU of downloaded objects (and open PDFs), at most ``max_bytes`` of object data."""
+    """LRU of downloaded objects (and open PDFs), at most ``max_bytes`` of object data.
+
+    An evicted PDF is closed only once nobody uses it any more: a page of it may be
+    rendering in another prepare thread at that moment, and closing the document
+    under it would fail a valid page as ``corrupt_document``. :meth:`lease` (what
+    :func:`prepare_page` uses) counts its users and closes an evicted document when
+    the last one leaves; a document handed out by :meth:`get` is never closed by the
+    cache, it is freed when its last reference goes. So the bound is on cached data:
+    documents still in use after eviction are over it until their pages are done.
+    """
 
     def __init__(self, store: ObjectStore, s: Settings, max_bytes: int = 256 * 1024 * 1024):
         self.store = store
         self.s = s
         self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple, tuple[bytes, object]] = OrderedDict()
+        self._items: OrderedDict[tuple, _Entry] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
         self._key_locks: dict[tuple, threading.Lock] = {}
@@ -39,42 +63,101 @@ class SourceCache:
     def get(self, task: PageTask, stop: threading.Event | None = None) -> tuple[bytes, object]:
         """``(object bytes, open pymupdf.Document or None)`` for the task's object.
 
+        The document stays open for as long as the caller holds it (the cache does not
+        close a document handed out here); prefer :meth:`lease`, which releases it.
+
         Raises:
-            OcrstreamError: ``invalid_key``, ``object_not_found``, ``object_too_large``,
-                ``storage_error`` (after retries), ``corrupt_document``, ``encrypted_document``.
+            OcrstreamError: ``invalid_bucket``, ``invalid_key``, ``object_not_found``,
+                ``object_changed``, ``object_too_large``, ``storage_error`` (after retries),
+                ``corrupt_document``, ``encrypted_document``.
         """
+        entry = self._acquire(task, stop)
+        return entry.data, entry.doc
+
+    @contextmanager
+    def lease(self, task: PageTask, stop: threading.Event | None = None) -> Iterator[tuple[bytes, object]]:
+        """Like :meth:`get`, for the ``with`` block only: on leaving it, a document that was
+        evicted meanwhile is closed if no other lease holds it.
+
+        Raises:
+            OcrstreamError: see :meth:`get`.
+        """
+        entry = self._acquire(task, stop)
+        try:
+            yield entry.data, entry.doc
+        finally:
+            self._release(entry)
+
+    def _acquire(self, task: PageTask, stop: threading.Event | None) -> _Entry:
         src = task.source
         key = (src.bucket, src.key, src.etag, src.version_id)
         with self._lock:
             lock = self._key_locks.setdefault(key, threading.Lock())
         with lock:  # one download per object even when its pages arrive together
             with self._lock:
-                if key in self._items:
+                entry = self._items.get(key)
+                if entry is not None:
                     self._items.move_to_end(key)
-                    return self._items[key]
-            obj_key = validate_key(src.key)
-            data = retry_transient(lambda: self.store.get_bytes(src.bucket, obj_key, self.s.max_object_bytes,
-                                                                src.version_id), stop=stop)
-            doc = None
-            if task.kind == "pdf":
-                with _MUPDF_LOCK:
-                    doc = open_pdf(data)
+                    entry.users += 1
+                    return entry
+            try:
+                obj_key = validate_key(src.key)
+                data = retry_transient(lambda: self.store.get_bytes(src.bucket, obj_key, self.s.max_object_bytes,
+                                                                    src.version_id, etag=src.etag), stop=stop)
+                doc = None
+                if task.kind == "pdf":
+                    with _MUPDF_LOCK:
+                        doc = open_pdf(data)
+            except BaseException:
+                with self._lock:
+                    if self._key_locks.get(key) is lock:
+                        del self._key_locks[key]
+                raise
+            entry = _Entry(data, doc)
+            entry.users = 1
+            to_close = []
             with self._lock:
-                self._items[key] = (data, doc)
+                # Still under the key's lock: a caller that finds no lock in _key_locks from
+                # here on finds the entry in _items.
+                if self._key_locks.get(key) is lock:
+                    del self._key_locks[key]
+                previous = self._items.pop(key, None)
+                if previous is not None:  # not expected (the key lock serialises), but keep the size right
+                    self._size -= len(previous.data)
+                    previous.evicted = True
+                    if previous.doc is not None and previous.users == 0:
+                        to_close.append(previous.doc)
+                self._items[key] = entry
                 self._size += len(data)
                 while self._size > self.max_bytes and len(self._items) > 1:
-                    _, (old, old_doc) = self._items.popitem(last=False)
-                    self._size -= len(old)
-                    if old_doc is not None:
-                        with _MUPDF_LOCK:
-                            old_doc.close()
-                self._key_locks.pop(key, None)
-            return data, doc
+                    _, old = self._items.popitem(last=False)
+                    self._size -= len(old.data)
+                    old.evicted = True
+                    if old.doc is not None and old.users == 0:
+                        to_close.append(old.doc)
+            self._close(to_close)
+            return entry
+
+    def _release(self, entry: _Entry) -> None:
+        with self._lock:
+            entry.users -= 1
+            close = entry.evicted and entry.users == 0 and entry.doc is not None
+        if close:
+            self._close([entry.doc])
+
+    @staticmethod
+    def _close(docs: list) -> None:
+        for doc in docs:
+            with _MUPDF_LOCK:
+                doc.close()
 
 
-def prepare_page(cache: SourceCache, task: PageTask, s: Settings,
-                 stop: threading.Event | None = None) -> tuple[np.ndarray, dict[str, float]]:
+def prepare_page(cache: SourceCache, task: PageTask, s: Settings, stop: threading.Event | None = None,
+                 on_phase: Callable[[str], None] | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """Download and render one page.
+
+    ``on_phase("download")`` and ``on_phase("render")`` are called as each phase starts, so the
+    caller can hold each to its time budget (``OCRSTREAM_DOWNLOAD_TIMEOUT_S``, ``OCRSTREAM_RENDER_TIMEOUT_S``).
 
     Returns:
         ``(HxWx3 uint8 BGR image, {"download_ms", "render_ms"})``.
@@ -82,13 +165,17 @@ def prepare_page(cache: SourceCache, task: PageTask, s: Settings,
     Raises:
         OcrstreamError: see :meth:`SourceCache.get`, plus ``page_too_large``.
     """
+    phase = on_phase or (lambda name: None)
+    phase("download")
     t0 = time.perf_counter()
-    data, doc = cache.get(task, stop)
-    t1 = time.perf_counter()
-    if task.kind == "pdf":
-        with _MUPDF_LOCK:
-            image = render_pdf_page(doc, task.page_number, task.dpi or s.render_dpi, s.max_page_pixels)
-    else:
-        image = decode_image_page(data, task.page_number, s.max_page_pixels)
-    t2 = time.perf_counter()
+    with cache.lease(task, stop) as (data, doc):
+        t1 = time.perf_counter()
+        if task.kind == "pdf":
+            with _MUPDF_LOCK:
+                phase("render")  # the budget starts once MuPDF is ours, not while queued behind another render
+                image = render_pdf_page(doc, task.page_number, task.dpi or s.render_dpi, s.max_page_pixels)
+        else:
+            phase("render")
+            image = decode_image_page(data, task.page_number, s.max_page_pixels)
+        t2 = time.perf_counter()
     return image, {"download_ms": round((t1 - t0) * 1000, 1), "render_ms": round((t2 - t1) * 1000, 1)}

@@ -15,27 +15,26 @@ one worker got 28 pages and the other 17, and the run lasted as long as the
 busier one needed.
 
 Anything wrong with a document becomes a dead-letter record plus a ``failed``
-document result (when its id is known); the partition never stops.
+document result (when its id is known); the partition never stops. That policy, the
+commit and the Kafka error handling are the stage runtime's
+(:mod:`ocrstream.streaming.loop`); this module is only the handling of one record.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import zlib
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaException, Message, Producer, TopicPartition
 
-from ocrstream import metrics as m
 from ocrstream.documents import inspect
 from ocrstream.errors import OcrstreamError, ReasonCode
-from ocrstream.kafka import make_consumer
 from ocrstream.settings import Settings
 from ocrstream.storage import ObjectStore, validate_key
-from schemas import DocumentRef, ObjectRef, PageTask, decode, encode
-
-from .common import StopFlag, dead_letter, dead_letter_headers, failed_document, guess_document_id, retry_transient
-from .delivery import Delivery, Output
+from ocrstream.streaming import Output, StageRuntime, StopFlag, retry_transient, run_stage
+from ocrstream.streaming.loop import RecordContext
+from schemas import DocumentRef, PageTask, decode, encode
+from topology import page_partition
 
 log = logging.getLogger(__name__)
 
@@ -79,37 +78,46 @@ class PagePlacement:
         n = self.partitions()
         if not n:
             return None
-        return (zlib.crc32(document_id.encode()) + page_number - 1) % n
+        return page_partition(document_id, page_number, n)
 
 
 class Splitter:
-    """Consume-transform-produce loop over the ingest topic (one record at a time)."""
+    """The splitter stage: one ingest record at a time, on the shared stage runtime.
+
+    Args:
+        s: settings.
+        stop: stop flag (default: SIGTERM/SIGINT handlers).
+
+    Raises:
+        FatalKafkaError: the transactional producer could not be initialised.
+    """
 
     def __init__(self, s: Settings, stop: StopFlag | None = None):
         self.s = s
-        self.stop = stop or StopFlag()
         self.store = ObjectStore(s)
-        self.consumer = make_consumer(s, s.group(STAGE))
-        self.delivery = Delivery(s, self.consumer, STAGE)
-        self.placement = PagePlacement(self.delivery.producer, s.topic("pages"))
+        self.rt = StageRuntime(s, STAGE, [s.topic("ingest")], stop=stop)
+        self.stop = self.rt.stop
+        self.placement = PagePlacement(self.rt.delivery.producer, s.topic("pages"))
 
-    def handle(self, msg: Message) -> list[Output]:
-        """Outputs for one ingest record: page tasks, or a dead letter and a failed result."""
+    def handle(self, msg: Message, ctx: RecordContext) -> list[Output]:
+        """Page tasks for one ingest record.
+
+        Raises:
+            OcrstreamError: the record or its document is refused (reason code); the runtime
+                turns it (and any other exception) into a dead letter and a failed result.
+        """
         s = self.s
         size = len(msg.value() or b"")
-        ref: DocumentRef | None = None
-        try:
-            if size > s.max_message_bytes:
-                raise OcrstreamError(ReasonCode.MESSAGE_TOO_LARGE, f"value is {size} bytes, limit {s.max_message_bytes}")
-            ref = decode(msg.value(), DocumentRef)
-            key = validate_key(ref.source.key)
-            data = retry_transient(
-                lambda: self.store.get_bytes(ref.source.bucket, key, s.max_object_bytes, ref.source.version_id),
-                stop=self.stop.event,
-            )
-            info = inspect(data, ref.source.filename, max_pages=s.max_pages, max_page_pixels=s.max_page_pixels)
-        except OcrstreamError as exc:
-            return self._failure_outputs(msg, exc, ref)
+        if size > s.max_message_bytes:
+            raise OcrstreamError(ReasonCode.MESSAGE_TOO_LARGE, f"value is {size} bytes, limit {s.max_message_bytes}")
+        ref = decode(msg.value(), DocumentRef)
+        ctx.document_id, ctx.source, ctx.submitted_at = ref.document_id, ref.source, ref.submitted_at
+        key = validate_key(ref.source.key)
+        data = retry_transient(
+            lambda: self.store.get_bytes(ref.source.bucket, key, s.max_object_bytes, ref.source.version_id),
+            stop=self.stop.event,
+        )
+        info = inspect(data, ref.source.filename, max_pages=s.max_pages, max_page_pixels=s.max_page_pixels)
         dpi = (ref.options.dpi or s.render_dpi) if info.kind == "pdf" else None
         source = ref.source.model_copy(update={"size": len(data)})
         return [
@@ -120,49 +128,25 @@ class Splitter:
             for n in range(1, info.page_count + 1)
         ]
 
-    def _failure_outputs(self, msg: Message, exc: OcrstreamError, ref: DocumentRef | None) -> list[Output]:
-        doc_id = ref.document_id if ref else guess_document_id(msg.value())
-        log.warning("ingest %s[%d]@%d refused: %s", msg.topic(), msg.partition(), msg.offset(), exc)
-        dl = dead_letter(msg, exc, STAGE, attempts=getattr(exc, "attempts", 1), document_id=doc_id)
-        m.DEAD_LETTERS.labels(STAGE, dl.reason).inc()
-        outs = [Output(self.s.topic("dead-letters"), dl.key, encode(dl), dead_letter_headers(dl))]
-        if doc_id:
-            source: ObjectRef | None = ref.source if ref else None
-            result = failed_document(doc_id, exc, source, ref.submitted_at if ref else None)
-            outs.append(Output(self.s.topic("document-results"), doc_id, encode(result)))
-        return outs
-
     def run(self) -> None:
-        """Poll until stopped (SIGTERM/SIGINT), then commit and leave the group."""
-        # /readyz reads this set, kept by the rebalance callbacks (which run inside poll()): calling
-        # consumer.assignment() from the HTTP thread can block while poll() runs in this one.
-        assigned: set[int] = set()
-        self.consumer.subscribe([self.s.topic("ingest")],
-                                on_assign=lambda c, ps: assigned.update(p.partition for p in ps),
-                                on_revoke=lambda c, ps: assigned.difference_update(p.partition for p in ps),
-                                on_lost=lambda c, ps: assigned.difference_update(p.partition for p in ps))
-        http = m.serve_if_configured(self.s.http_port, lambda: bool(assigned))
+        """Poll until stopped (SIGTERM/SIGINT), then commit and leave the group.
+
+        Raises:
+            FatalKafkaError: fenced or unrecoverable (see :mod:`ocrstream.streaming.loop`).
+        """
+        rt = self.rt
+        rt.start()
         try:
             while not self.stop.is_set():
-                msg = self.consumer.poll(0.5)
+                msg = rt.poll(0.5)
                 if msg is None:
                     continue
-                if msg.error():
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("consumer error: %s", msg.error())
-                    continue
-                m.MESSAGES_CONSUMED.labels(STAGE).inc()
-                outputs = self.handle(msg)
-                self.delivery.publish(outputs, [TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)])
-                for out in outputs:
-                    m.MESSAGES_PRODUCED.labels(STAGE, out.topic).inc()
+                outputs = rt.guard(msg, self.handle)  # a refused or failing record: dead letter + failed result
+                rt.publish(outputs, [TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)])
         finally:
-            if http:
-                http.close()
-            self.delivery.close()
-            self.consumer.close()
+            rt.close()
 
 
-def run_splitter(s: Settings, stop: StopFlag | None = None) -> None:
-    """Run the splitter stage until SIGTERM/SIGINT (or ``stop``)."""
-    Splitter(s, stop).run()
+def run_splitter(s: Settings, stop: StopFlag | None = None) -> int:
+    """Run the splitter stage until SIGTERM/SIGINT (or ``stop``); returns the exit status."""
+    return run_stage(lambda: Splitter(s, stop))

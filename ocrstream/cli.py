@@ -1,6 +1,6 @@
 """The ``ocrstream`` command.
 
-    ocrstream stack up|down|status     local Kafka broker + SeaweedFS
+    ocrstream stack up|down|status     local Kafka broker + SeaweedFS (development: devtools/)
     ocrstream topics apply             create missing topics, report drift
     ocrstream submit FILE... [--wait] [--json]
     ocrstream watch                    drop folder -> ingest
@@ -34,13 +34,25 @@ def _setup_logging(s: Settings) -> None:
 
 
 def cmd_stack(args, s: Settings) -> int:
-    from .stack import Stack
+    # The local stack is a developer tool (package devtools/, dependencies in the `dev` extra), not
+    # part of the runtime: imported here only, so an installation without it (the container images)
+    # runs every other command.
+    try:
+        from devtools.stack import Stack, StackError
+    except ImportError as e:
+        print(f"ocrstream stack: the development tools are not installed ({e}). The local stack is for "
+              "development only: from a checkout, pip install -e '.[dev]' (or `make venv`).", file=sys.stderr)
+        return 2
 
     stack = Stack(s)
-    if args.action == "up":
-        stack.up()
-    elif args.action == "down":
-        stack.down()
+    try:
+        if args.action == "up":
+            stack.up()
+        elif args.action == "down":
+            stack.down()
+    except StackError as e:
+        print(f"ocrstream stack {args.action}: {e}", file=sys.stderr)
+        return 1
     for st in stack.status():
         print(f"{st.name:6} {'running' if st.running else 'stopped':8} {st.address:22} pid={st.pid or '-'}")
     return 0 if args.action == "down" or all(st.running for st in stack.status()) else 1
@@ -65,6 +77,7 @@ def cmd_submit(args, s: Settings) -> int:
 
 
 def cmd_stage(args, s: Settings) -> int:
+    """Run one stage; its exit status: 0 after SIGTERM/SIGINT, 2 after a fatal Kafka error (restart it)."""
     if args.command == "worker":
         from consumers.worker import run_worker as run
     elif args.command == "splitter":
@@ -75,8 +88,7 @@ def cmd_stage(args, s: Settings) -> int:
         from producers.watch import run_watcher as run
     else:
         raise SystemExit(f"unknown stage {args.command}")
-    run(s)
-    return 0
+    return run(s) or 0
 
 
 def worker_env(s: Settings, n: int, workers: int, gpus: list[int], cpu_count: int) -> dict[str, str]:
@@ -104,22 +116,46 @@ def worker_env(s: Settings, n: int, workers: int, gpus: list[int], cpu_count: in
     return env
 
 
+class _Restarting:
+    """Placeholder for a child waiting out its restart delay (quacks like a dead Popen)."""
+
+    returncode = None
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def poll(self) -> None:
+        return None
+
+    def send_signal(self, signum) -> None:
+        pass
+
+    def wait(self, timeout=None) -> int:
+        return 0
+
+    def kill(self) -> None:
+        pass
+
+
 def cmd_run(args, s: Settings) -> int:
     """Start every stage as a child process; restart a crashed one; stop all on SIGTERM/SIGINT."""
     gpus = [int(g) for g in args.gpus.split(",") if g.strip()] if args.gpus else []
     n_workers = len(gpus) * args.workers_per_gpu if gpus else args.workers
     stages = ["splitter", "assembler"] + ["worker"] * n_workers + ([] if args.no_watch else ["watch"])
     procs: dict[int, tuple[str, subprocess.Popen]] = {}
+    started: dict[int, float] = {}
+    delays: dict[int, float] = {}  # restart delay per child: 1 s doubling to 60 s, reset after 60 s up
     stopping = False
 
     def start(i: int, stage: str) -> None:
         env = dict(os.environ)
         if stage == "worker":
-            env["OCRSTREAM_WORKER_ID"] = f"{s.worker_id}-w{i}"
+            env["OCRSTREAM_WORKER_ID"] = f"{s.worker_id}-w{i}"  # stable across restarts: transactional.id
             env.update(worker_env(s, i - 2, n_workers, gpus, os.cpu_count() or 1))
         if s.http_port:  # one port per child: http_port, http_port+1, ...
             env["OCRSTREAM_HTTP_PORT"] = str(s.http_port + i)
         procs[i] = (stage, subprocess.Popen([sys.executable, "-m", "ocrstream.cli", stage], env=env))
+        started[i] = time.monotonic()
 
     def stop(signum, frame) -> None:
         nonlocal stopping
@@ -134,8 +170,14 @@ def cmd_run(args, s: Settings) -> int:
         time.sleep(0.5)
         for i, (stage, proc) in list(procs.items()):
             if proc.poll() is not None and not stopping:
-                log.warning("%s exited with %s: restarting", stage, proc.returncode)
-                time.sleep(1)
+                # A child that keeps dying is restarted ever more slowly (exponential backoff), so a
+                # crash loop shows in the logs and in process_start_time_seconds without spinning.
+                up_s = time.monotonic() - started[i]
+                delay = 1.0 if up_s > 60 else min(60.0, delays.get(i, 0.5) * 2)
+                delays[i] = delay
+                log.warning("%s exited with %s after %.0fs: restarting in %.0fs", stage, proc.returncode, up_s, delay)
+                procs[i] = (stage, _Restarting(time.monotonic() + delay))
+            elif isinstance(proc, _Restarting) and not stopping and time.monotonic() >= proc.at:
                 start(i, stage)
     for stage, proc in procs.values():
         proc.send_signal(signal.SIGTERM)
@@ -186,7 +228,7 @@ def cmd_config(args, s: Settings) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ocrstream", description="Streaming OCR on Kafka.")
     sub = p.add_subparsers(dest="command", required=True)
-    st = sub.add_parser("stack", help="local Kafka broker + S3 object store")
+    st = sub.add_parser("stack", help="local Kafka broker + S3 object store (development only)")
     st.add_argument("action", choices=["up", "down", "status"])
     st.set_defaults(fn=cmd_stack)
     tp = sub.add_parser("topics", help="create missing topics and report drift")

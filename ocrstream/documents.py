@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 import pymupdf
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from .errors import OcrstreamError, ReasonCode
 
@@ -97,12 +97,14 @@ def inspect(data: bytes, filename: str, *, max_pages: int, max_page_pixels: int)
         doc = open_pdf(data)
         try:
             n = doc.page_count
+        except Exception as exc:  # e.g. RuntimeError "Invalid number of pages" from a lying /Count
+            raise OcrstreamError(ReasonCode.CORRUPT_DOCUMENT, f"PDF page tree cannot be read: {exc}") from None
         finally:
             doc.close()
         kind: Kind = "pdf"
     else:
         with open_image(data, max_page_pixels) as img:
-            n = getattr(img, "n_frames", 1) if fmt == "tiff" else 1
+            n = _count_frames(img, max_pages) if fmt == "tiff" else 1
         kind = "image"
     if n < 1:
         raise OcrstreamError(ReasonCode.NO_PAGES, "the document has no pages")
@@ -122,7 +124,12 @@ def open_pdf(data: bytes) -> pymupdf.Document:
         doc = pymupdf.open(stream=data, filetype="pdf")
     except Exception as exc:  # pymupdf raises FileDataError, RuntimeError, ValueError...
         raise OcrstreamError(ReasonCode.CORRUPT_DOCUMENT, f"PDF cannot be parsed: {exc}") from None
-    if doc.needs_pass:
+    try:
+        needs_pass = doc.needs_pass
+    except Exception as exc:
+        doc.close()
+        raise OcrstreamError(ReasonCode.CORRUPT_DOCUMENT, f"PDF cannot be parsed: {exc}") from None
+    if needs_pass:
         doc.close()
         raise OcrstreamError(ReasonCode.ENCRYPTED_DOCUMENT, "PDF is password-protected")
     return doc
@@ -140,8 +147,10 @@ def open_image(data: bytes, max_page_pixels: int) -> Image.Image:
             img = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise OcrstreamError(ReasonCode.PAGE_TOO_LARGE, f"image refused as a decompression bomb: {exc}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise OcrstreamError(ReasonCode.CORRUPT_DOCUMENT, f"image cannot be decoded: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, OSError, SyntaxError, ValueError,
+        # and from malformed headers also TypeError, KeyError, struct.error, ZeroDivisionError...
+        raise OcrstreamError(ReasonCode.CORRUPT_DOCUMENT,
+                             f"image cannot be decoded: {type(exc).__name__}: {exc}") from None
     w, h = img.size
     if w * h > max_page_pixels:
         img.close()
@@ -201,9 +210,35 @@ def decode_image_page(data: bytes, page_number: int, max_page_pixels: int) -> np
             rgb = _to_rgb8(frame)
         except OcrstreamError:
             raise
-        except (EOFError, OSError, ValueError, SyntaxError) as exc:
-            raise OcrstreamError(ReasonCode.CORRUPT_DOCUMENT, f"image frame {page_number} cannot be decoded: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - EOFError, OSError, ValueError, SyntaxError, and from
+            # corrupt IFDs/EXIF also TypeError ("Missing dimensions"), KeyError, struct.error...
+            raise OcrstreamError(ReasonCode.CORRUPT_DOCUMENT,
+                                 f"image frame {page_number} cannot be decoded: {type(exc).__name__}: {exc}") from None
     return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def _count_frames(img: Image.Image, max_pages: int) -> int:
+    """Frames of a multi-frame image, counting at most ``max_pages + 1`` (enough to refuse
+    ``too_many_pages`` without walking a hostile file's whole IFD chain).
+
+    Raises:
+        OcrstreamError: ``corrupt_document`` when a frame header cannot be read (e.g. a
+            next-IFD pointer into garbage makes Pillow raise ``TypeError``).
+    """
+    n = 0
+    try:
+        while n <= max_pages:
+            try:
+                img.seek(n)
+            except EOFError:
+                break
+            n += 1
+        if n > 0:
+            img.seek(0)
+    except Exception as exc:  # noqa: BLE001 - Pillow raises TypeError, ValueError, OSError, struct.error...
+        raise OcrstreamError(ReasonCode.CORRUPT_DOCUMENT,
+                             f"image frame {n + 1} cannot be read: {type(exc).__name__}: {exc}") from None
+    return n
 
 
 def _to_rgb8(img: Image.Image) -> np.ndarray:

@@ -122,11 +122,38 @@ class Settings(BaseSettings):
     batch_max_wait_ms: int = Field(200, ge=0, description="micro-batch: longest wait for more pages")
     max_inflight_pages: int = Field(32, ge=1, description="pages fetched ahead; partitions pause beyond")
     prepare_threads: int = Field(2, ge=1, description="download/render threads")
-    page_timeout_s: float = Field(300.0, description="engine time budget per page (seconds)")
+    page_timeout_s: float = Field(
+        300.0, gt=0, description="engine time budget per page (seconds); a batch over budget is retried page by page "
+                                 "in a restarted worker, a single page over budget fails with engine_timeout")
+    download_timeout_s: float = Field(
+        120.0, gt=0, description="time budget of one page's download (seconds): beyond it the page fails with "
+                                 "storage_timeout")
+    render_timeout_s: float = Field(
+        120.0, gt=0, description="time budget of one page's render/decode (seconds): beyond it the page fails "
+                                 "with render_timeout")
+    max_page_attempts: int = Field(
+        3, ge=1, description="engine attempts per page that may end the worker process (crash, kill, engine "
+                             "timeout) before the page fails with worker_crash")
+    engine_plugin: str | None = Field(
+        None, description="`module:factory` called with the settings to build the engine; overrides "
+                          "OCRSTREAM_ENGINE (custom engines; the failure tests load their fault engines this way)")
+
+    # --- Assembler ---------------------------------------------------------------
+    document_deadline_s: float = Field(
+        900.0, gt=0, description="a document missing pages this long after its last page result, with no "
+                                 "backlog upstream, gets a failed result with code incomplete (seconds)")
 
     # --- Observability ---------------------------------------------------------
-    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
-                           description="this process in metrics and transactional.id (default host-pid)")
+    worker_id: str = Field(default_factory=socket.gethostname,
+                           description="this instance in metrics and in transactional.id; must be stable across "
+                                       "restarts and unique per stage instance (default: the host/pod name; "
+                                       "`ocrstream run` sets one per child)")
+    liveness_timeout_s: float = Field(
+        120.0, gt=0, description="/healthz answers 503 when the stage loop has not advanced this long while work "
+                                 "waits (seconds)")
+    fault_point: str | None = Field(
+        None, description="testing only: SIGKILL the process at this named point (`name[:N]`, N-th pass), "
+                          "see ocrstream/streaming/faults.py")
     metrics_interval_s: float = Field(10.0, description="metrics sample period (seconds)")
     http_port: int = Field(0, description="/metrics, /healthz, /readyz port; 0 = off")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")

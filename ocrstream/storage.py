@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import posixpath
 import ssl
@@ -11,7 +12,8 @@ from dataclasses import dataclass
 import certifi
 import urllib3
 from minio import Minio
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error, ServerError
+from minio.helpers import check_bucket_name, check_object_name
 
 from .errors import OcrstreamError, ReasonCode
 from .settings import Settings
@@ -26,22 +28,59 @@ def validate_key(key: str, prefix: str = "") -> str:
     control characters are refused so that no tool that mirrors keys to a
     filesystem can be led outside its folder.
 
+    The key is checked as it is and returned unchanged: S3 compares keys byte for
+    byte, so a key in another Unicode normalization form (NFD file names from
+    macOS) names another object. Its NFC form is checked too, in case a tool that
+    normalizes keys mirrors it.
+
     Returns:
-        the key, NFC-normalized.
+        the key, unchanged.
 
     Raises:
         OcrstreamError: ``invalid_key``.
     """
-    norm = unicodedata.normalize("NFC", key)
-    if not norm or len(norm.encode()) > 1024:
-        raise OcrstreamError(ReasonCode.INVALID_KEY, "object key is empty or longer than 1024 bytes")
-    if norm.startswith("/") or "\\" in norm or any(ord(c) < 32 or ord(c) == 127 for c in norm):
-        raise OcrstreamError(ReasonCode.INVALID_KEY, f"object key {norm!r} is absolute or has control characters")
-    if any(part in ("..", ".") for part in norm.split("/")):
-        raise OcrstreamError(ReasonCode.INVALID_KEY, f"object key {norm!r} has a '.' or '..' segment")
-    if prefix and not posixpath.normpath(norm).startswith(prefix.rstrip("/")):
-        raise OcrstreamError(ReasonCode.INVALID_KEY, f"object key {norm!r} is outside prefix {prefix!r}")
-    return norm
+    if not isinstance(key, str):
+        raise OcrstreamError(ReasonCode.INVALID_KEY, f"object key is a {type(key).__name__}, not a string")
+    try:
+        size = len(key.encode())
+    except UnicodeEncodeError:
+        raise OcrstreamError(ReasonCode.INVALID_KEY, f"object key {key!r} is not valid UTF-8 (lone surrogate)") from None
+    if not key.strip() or size > 1024:
+        raise OcrstreamError(ReasonCode.INVALID_KEY, "object key is empty, blank or longer than 1024 bytes")
+    for form in {key, unicodedata.normalize("NFC", key)}:
+        if form.startswith("/") or "\\" in form or any(ord(c) < 32 or ord(c) == 127 for c in form):
+            raise OcrstreamError(ReasonCode.INVALID_KEY, f"object key {key!r} is absolute or has control characters")
+        if any(part in ("..", ".") for part in form.split("/")):
+            raise OcrstreamError(ReasonCode.INVALID_KEY, f"object key {key!r} has a '.' or '..' segment")
+    if prefix and not posixpath.normpath(key).startswith(prefix.rstrip("/")):
+        raise OcrstreamError(ReasonCode.INVALID_KEY, f"object key {key!r} is outside prefix {prefix!r}")
+    return key
+
+
+def validate_bucket(bucket: str) -> str:
+    """Check a bucket name taken from a message against the S3 naming rules the
+    client enforces (3-63 characters, lower-case letters, digits, ``.`` and ``-``,
+    not an IP address).
+
+    Returns:
+        the name, unchanged.
+
+    Raises:
+        OcrstreamError: ``invalid_bucket``.
+    """
+    try:
+        check_bucket_name(bucket)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise OcrstreamError(ReasonCode.INVALID_BUCKET, f"bucket name {bucket!r} is invalid: {exc}") from None
+    return bucket
+
+
+def _bare_etag(etag: str) -> str:
+    """An ETag without the weak prefix and quotes, lower-case: for comparisons only (stored
+    ETags keep their case, since document ids are derived from them)."""
+    etag = etag.strip()
+    etag = etag[2:] if etag[:2] in ("W/", "w/") else etag
+    return etag.strip('"').lower()
 
 
 @dataclass(frozen=True)
@@ -61,7 +100,10 @@ class ObjectStore:
 
     Transient network errors are retried by urllib3 (3 tries, backoff); a
     missing object raises ``object_not_found``; other failures raise
-    ``storage_error`` marked transient.
+    ``storage_error`` (transient for network errors and 5xx). No exception of
+    the minio client or urllib3 leaves the public methods: invalid bucket names
+    raise ``invalid_bucket``, invalid keys ``invalid_key``, anything unexpected
+    ``storage_error``.
     """
 
     def __init__(self, s: Settings):
@@ -83,79 +125,147 @@ class ObjectStore:
         )
 
     def ensure_bucket(self, bucket: str | None = None) -> None:
-        """Create the bucket if it does not exist."""
-        bucket = bucket or self.settings.bucket
+        """Create the bucket if it does not exist.
+
+        Raises:
+            OcrstreamError: ``invalid_bucket``, ``storage_error``.
+        """
+        bucket = validate_bucket(bucket or self.settings.bucket)
         try:
             if not self.client.bucket_exists(bucket):
                 self.client.make_bucket(bucket)
         except S3Error as exc:
             if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise self._error(exc, bucket, "") from None
+        except Exception as exc:  # noqa: BLE001 - nothing of the client escapes (see the class docstring)
+            raise self._error(exc, bucket, "", "create bucket") from None
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream",
                   bucket: str | None = None) -> ObjectInfo:
-        """Upload bytes; returns the stored object's ETag and version."""
-        bucket = bucket or self.settings.bucket
+        """Upload bytes; returns the stored object's ETag and version.
+
+        Raises:
+            OcrstreamError: ``invalid_bucket``, ``invalid_key``, ``storage_error``.
+        """
+        bucket = validate_bucket(bucket or self.settings.bucket)
+        self._check_key(key)
         try:
             res = self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
-        except S3Error as exc:
-            raise self._error(exc, bucket, key) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise OcrstreamError(ReasonCode.STORAGE_ERROR, f"upload failed: {type(exc).__name__}", transient=True) from None
+        except Exception as exc:  # noqa: BLE001 - nothing of the client escapes (see the class docstring)
+            raise self._error(exc, bucket, key, "upload") from None
         return ObjectInfo(bucket, key, len(data), res.etag, res.version_id, content_type)
 
     def stat(self, bucket: str, key: str, version_id: str | None = None) -> ObjectInfo:
         """Metadata of an object.
 
         Raises:
-            OcrstreamError: ``object_not_found``, ``storage_error`` (transient).
+            OcrstreamError: ``invalid_bucket``, ``invalid_key``, ``object_not_found``,
+                ``storage_error`` (transient for network errors and 5xx).
         """
+        validate_bucket(bucket)
+        self._check_key(key)
         try:
             st = self.client.stat_object(bucket, key, version_id=version_id)
-        except S3Error as exc:
-            raise self._error(exc, bucket, key) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise OcrstreamError(ReasonCode.STORAGE_ERROR, f"stat failed: {type(exc).__name__}", transient=True) from None
+        except Exception as exc:  # noqa: BLE001 - nothing of the client escapes (see the class docstring)
+            raise self._error(exc, bucket, key, "stat") from None
         return ObjectInfo(bucket, key, st.size or 0, (st.etag or "").strip('"'), st.version_id, st.content_type)
 
-    def get_bytes(self, bucket: str, key: str, max_bytes: int, version_id: str | None = None) -> bytes:
+    def get_bytes(self, bucket: str, key: str, max_bytes: int, version_id: str | None = None,
+                  etag: str | None = None) -> bytes:
         """Download a whole object, refusing objects over ``max_bytes``.
 
+        Args:
+            max_bytes: largest object accepted, bytes.
+            version_id: that version (versioned buckets); None: the current one.
+            etag: the ETag the reference was made with; when given, the download is
+                conditional (``If-Match``) and the ETag of what was read is checked, so an
+                object replaced since (unversioned buckets overwrite in place) is never
+                read as if it were the referenced one.
+
         Raises:
-            OcrstreamError: ``object_not_found``, ``object_too_large``, ``storage_error`` (transient).
+            OcrstreamError: ``invalid_bucket``, ``invalid_key``, ``object_not_found``,
+                ``object_changed`` (not transient: the referenced content is gone),
+                ``object_too_large``, ``storage_error`` (transient for network errors and 5xx).
         """
         info = self.stat(bucket, key, version_id)
+        if etag and _bare_etag(info.etag) != _bare_etag(etag):
+            raise self._changed(bucket, key, etag, info.etag)
         if info.size > max_bytes:
             raise OcrstreamError(ReasonCode.OBJECT_TOO_LARGE, f"object is {info.size} bytes, limit {max_bytes}")
+        # If-Match compares the entity tag exactly: quoted, as the server sent it (case kept).
+        headers = {"If-Match": '"' + etag.strip().removeprefix("W/").strip('"') + '"'} if etag else None
         try:
-            resp = self.client.get_object(bucket, key, version_id=version_id)
+            resp = self.client.get_object(bucket, key, version_id=version_id, request_headers=headers)
             try:
+                got = resp.headers.get("ETag")
                 data = resp.read(max_bytes + 1)
             finally:
                 resp.close()
                 resp.release_conn()
-        except S3Error as exc:
-            raise self._error(exc, bucket, key) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise OcrstreamError(ReasonCode.STORAGE_ERROR, f"download failed: {type(exc).__name__}", transient=True) from None
+        except Exception as exc:  # noqa: BLE001 - nothing of the client escapes (see the class docstring)
+            raise self._error(exc, bucket, key, "download") from None
+        if etag and got and _bare_etag(got) != _bare_etag(etag):
+            raise self._changed(bucket, key, etag, got)
         if len(data) > max_bytes:
             raise OcrstreamError(ReasonCode.OBJECT_TOO_LARGE, f"object is over {max_bytes} bytes")
         return data
 
     def list(self, prefix: str, bucket: str | None = None) -> list[ObjectInfo]:
-        """All objects under a prefix (recursive), with ETags."""
-        bucket = bucket or self.settings.bucket
+        """All objects under a prefix (recursive), with ETags.
+
+        Raises:
+            OcrstreamError: ``invalid_bucket``, ``object_not_found`` (no such bucket),
+                ``storage_error`` (transient for network errors and 5xx).
+        """
+        bucket = validate_bucket(bucket or self.settings.bucket)
         try:
             return [
                 ObjectInfo(bucket, o.object_name, o.size or 0, (o.etag or "").strip('"'), o.version_id, None)
                 for o in self.client.list_objects(bucket, prefix=prefix, recursive=True)
                 if not o.is_dir
             ]
-        except S3Error as exc:
-            raise self._error(exc, bucket, prefix) from None
+        except Exception as exc:  # noqa: BLE001 - nothing of the client escapes (see the class docstring)
+            raise self._error(exc, bucket, prefix, "list") from None
 
     @staticmethod
-    def _error(exc: S3Error, bucket: str, key: str) -> OcrstreamError:
-        if exc.code in _MISSING:
-            return OcrstreamError(ReasonCode.OBJECT_NOT_FOUND, f"s3://{bucket}/{key} does not exist ({exc.code})")
-        return OcrstreamError(ReasonCode.STORAGE_ERROR, f"s3://{bucket}/{key}: {exc.code}", transient=True)
+    def _check_key(key: str) -> None:
+        # What the client itself refuses with ValueError/TypeError (validate_key is stricter;
+        # callers that take keys from messages use it first).
+        try:
+            check_object_name(key)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise OcrstreamError(ReasonCode.INVALID_KEY, f"object key {key!r} is invalid: {exc or 'empty'}") from None
+
+    @staticmethod
+    def _changed(bucket: str, key: str, wanted: str, found: str) -> OcrstreamError:
+        return OcrstreamError(ReasonCode.OBJECT_CHANGED,
+                              f"s3://{bucket}/{key} was replaced: ETag {_bare_etag(found)!r}, "
+                              f"the reference has {_bare_etag(wanted)!r}")
+
+    @staticmethod
+    def _error(exc: BaseException, bucket: str, key: str, op: str = "request") -> OcrstreamError:
+        """The :class:`OcrstreamError` for anything the minio client or urllib3 raised."""
+        where = f"s3://{bucket}/{key}"
+        if isinstance(exc, OcrstreamError):
+            return exc
+        if isinstance(exc, S3Error):
+            if exc.code in _MISSING:
+                return OcrstreamError(ReasonCode.OBJECT_NOT_FOUND, f"{where} does not exist ({exc.code})")
+            if exc.code == "PreconditionFailed":
+                return OcrstreamError(ReasonCode.OBJECT_CHANGED, f"{where} was replaced (ETag no longer matches)")
+            if exc.code == "InvalidBucketName":
+                return OcrstreamError(ReasonCode.INVALID_BUCKET, f"bucket name {bucket!r} is invalid")
+            return OcrstreamError(ReasonCode.STORAGE_ERROR, f"{where}: {exc.code}", transient=True)
+        if isinstance(exc, (ServerError, InvalidResponseError)):
+            status = exc.status_code if isinstance(exc, ServerError) else getattr(exc, "_code", 0)
+            if status == 412:
+                return OcrstreamError(ReasonCode.OBJECT_CHANGED, f"{where} was replaced (HTTP 412)")
+            if status == 404:
+                return OcrstreamError(ReasonCode.OBJECT_NOT_FOUND, f"{where} does not exist (HTTP 404)")
+            return OcrstreamError(ReasonCode.STORAGE_ERROR, f"{op} {where} failed: HTTP {status}",
+                                  transient=status == 429 or status >= 500)
+        if isinstance(exc, (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)):
+            return OcrstreamError(ReasonCode.STORAGE_ERROR, f"{op} failed: {type(exc).__name__}", transient=True)
+        if isinstance(exc, (ValueError, TypeError)):
+            return OcrstreamError(ReasonCode.STORAGE_ERROR, f"{op} {where} refused by the S3 client: {exc}")
+        return OcrstreamError(ReasonCode.STORAGE_ERROR, f"{op} {where} failed: {type(exc).__name__}: {exc}")

@@ -13,6 +13,8 @@ The value is a ``DocumentRef`` (a reference, never the file's bytes), keyed by
 from __future__ import annotations
 
 import hashlib
+import json
+import time
 import uuid
 from pathlib import Path, PurePosixPath
 
@@ -24,15 +26,33 @@ from ocrstream.kafka import DeliveryTracker, producer_config
 from ocrstream.settings import Settings
 from ocrstream.storage import ObjectStore, validate_key
 from schemas import DocumentOptions, DocumentRef, ObjectRef, encode
-from consumers.common import now_ms
 
 
-def stable_document_id(bucket: str, key: str, etag: str, version_id: str | None = None) -> str:
-    """A document id derived from the object version: republishing the same
-    version yields the same id, so its result overwrites itself in the
-    compacted results topic. 32 hex chars (SHA-256 prefix)."""
-    digest = hashlib.sha256(f"{bucket}\0{key}\0{etag}\0{version_id or ''}".encode()).hexdigest()
-    return digest[:32]
+def now_ms() -> int:
+    """Wall-clock time in ms since the Unix epoch (``DocumentRef.submitted_at``).
+
+    Defined here, not imported from the stage runtime: a publishing program needs none of it, and
+    producers never import consumers (import-linter contract in pyproject.toml).
+    """
+    return int(time.time() * 1000)
+
+
+def stable_document_id(bucket: str, key: str, etag: str, version_id: str | None = None,
+                       options: DocumentOptions | None = None) -> str:
+    """A document id derived from the object version and the processing options:
+    republishing the same version with the same options yields the same id, so its
+    result overwrites itself in the compacted results topic (and the assembler's
+    done marker drops duplicate pages); the same version with other options (e.g.
+    another DPI) is another document. Options equal to :class:`DocumentOptions`'
+    defaults (what the drop-folder watcher publishes) leave the id as it was before
+    options were part of it. 32 hex chars (SHA-256 prefix)."""
+    material = f"{bucket}\0{key}\0{etag}\0{version_id or ''}"
+    if options is not None:
+        # Canonical JSON of the options that differ from the defaults (sorted keys, no spaces).
+        changed = options.model_dump(mode="json", exclude_defaults=True)
+        if changed:
+            material += "\0" + json.dumps(changed, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
 class PublishError(RuntimeError):
@@ -78,17 +98,22 @@ class DocumentPublisher:
                        document_id: str | None = None, dpi: int | None = None) -> str:
         """Publish a reference to an object that is already stored (stat'ed for ETag/size).
 
+        The document id (unless given) is :func:`stable_document_id` of the object version
+        and the options: the same version with the same options is the same document
+        (idempotent), with another ``dpi`` a new one.
+
         Raises:
-            OcrstreamError: ``invalid_key``, ``object_not_found``, ``storage_error``.
+            OcrstreamError: ``invalid_bucket``, ``invalid_key``, ``object_not_found``, ``storage_error``.
         """
         key = validate_key(key)
         info = self.store.stat(bucket, key)
+        options = DocumentOptions(dpi=dpi)
         ref = DocumentRef(
-            document_id=document_id or stable_document_id(bucket, key, info.etag, info.version_id),
+            document_id=document_id or stable_document_id(bucket, key, info.etag, info.version_id, options),
             source=ObjectRef(bucket=bucket, key=key, filename=filename or PurePosixPath(key).name,
                              etag=info.etag, version_id=info.version_id, size=info.size,
                              content_type=info.content_type),
-            submitted_at=now_ms(), options=DocumentOptions(dpi=dpi),
+            submitted_at=now_ms(), options=options,
         )
         return self.publish_ref(ref)
 

@@ -35,12 +35,12 @@ from pathlib import PurePosixPath
 import time
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from consumers.common import StopFlag, dead_letter, dead_letter_headers, now_ms
+from ocrstream.streaming import StopFlag, dead_letter, dead_letter_headers, now_ms
 from ocrstream import metrics as m
 from ocrstream.errors import OcrstreamError, ReasonCode
-from ocrstream.kafka import assign_all, consumer_config, producer_config, read_to_end
+from ocrstream.kafka import assign_all, consumer_config, producer_config, watermarks
 from ocrstream.settings import Settings
 from ocrstream.storage import ObjectInfo, ObjectStore, validate_key
 from schemas import DocumentRef, ObjectRef, encode
@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "watch"
 EVENT_BATCH = 100  # events per transaction: amortises the commit, bounds the work redone after an abort
+# Seconds without any record or end-of-partition report after which reading the checkpoint gives up.
+CHECKPOINT_READ_IDLE_TIMEOUT_S = 60.0
 
 
 class PublishedVersions:
@@ -130,22 +132,80 @@ class DropFolderWatcher:
         self.assigned -= {tp.partition for tp in partitions}
 
     def _load_checkpoint(self) -> PublishedVersions:
-        """Read the compacted checkpoint topic to its end."""
+        """Read the compacted checkpoint topic to its end.
+
+        The last record per checkpoint key wins; a tombstone (null value) removes its
+        key (that object version counts as not published); a record that is not a
+        checkpoint (not JSON, no ``etag``) is logged and skipped.
+
+        Raises:
+            TimeoutError: the end of some partition (its high watermark, or the last
+                stable offset under read_committed) was not reached because no record
+                arrived for ``CHECKPOINT_READ_IDLE_TIMEOUT_S`` seconds. A partial checkpoint
+                would make the watcher publish again what it already published, so the
+                stage stops instead and its restart reads the checkpoint again.
+            KafkaException: the topic does not exist, or a consumer error.
+        """
         conf = consumer_config(self.s, f"{self.s.group('watch-loader')}-{uuid.uuid4().hex[:8]}",
                                **{"enable.partition.eof": True})
         consumer = Consumer(conf)
-        seen = PublishedVersions()
+        # checkpoint key -> (ckey, etag, version_id), in the order of each key's last write.
+        latest: dict[str, tuple[str, str, str | None]] = {}
         try:
-            for msg in read_to_end(consumer, assign_all(consumer, self.state_topic, "beginning")):
-                state = orjson.loads(msg.value())
-                version_id = state.get("version_id")
-                key = msg.key().decode()
-                ckey = key.removesuffix(f"?versionId={version_id}") if version_id else key
-                seen.add(ckey, state["etag"], version_id)
+            assignment = assign_all(consumer, self.state_topic, "beginning")
+            # Where each partition ends now; a partition whose start is its end is complete.
+            ends = {tp.partition: watermarks(consumer, tp)[1] for tp in assignment}
+            pending = {tp.partition for tp in assignment if ends[tp.partition] > tp.offset}
+            idle_s = CHECKPOINT_READ_IDLE_TIMEOUT_S
+            deadline = time.monotonic() + idle_s
+            while pending and time.monotonic() < deadline:
+                msg = consumer.poll(min(0.2, max(0.0, deadline - time.monotonic())))
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(msg.partition())
+                        continue
+                    if err.fatal():
+                        raise KafkaException(err)
+                    log.warning("checkpoint read: %s", err)  # transient (broker away): keep polling
+                    continue
+                deadline = time.monotonic() + idle_s  # progress: the timeout is on silence, not on size
+                if msg.offset() + 1 >= ends.get(msg.partition(), 0):
+                    pending.discard(msg.partition())
+                self._apply_checkpoint_record(msg, latest)
+            if pending:
+                raise TimeoutError(
+                    f"drop-folder checkpoint {self.state_topic}: partitions {sorted(pending)} not read to their "
+                    f"end (no record for {idle_s:g}s); refusing to start with a partial checkpoint")
         finally:
             consumer.close()
+        seen = PublishedVersions()
+        for ckey, etag, version_id in latest.values():
+            seen.add(ckey, etag, version_id)
         log.info("drop-folder checkpoint: %d object versions already published", len(seen))
         return seen
+
+    @staticmethod
+    def _apply_checkpoint_record(msg: Message, latest: dict[str, tuple[str, str, str | None]]) -> None:
+        """Fold one checkpoint record into ``latest`` (see :meth:`_load_checkpoint`)."""
+        if msg.key() is None:
+            log.warning("checkpoint record without a key at offset %d: skipped", msg.offset())
+            return
+        key = msg.key().decode(errors="replace")
+        latest.pop(key, None)  # re-inserted below: dict order follows each key's last write
+        if msg.value() is None:
+            return  # tombstone: the object (version) is no longer checkpointed
+        try:
+            state = orjson.loads(msg.value())
+            etag = state["etag"]
+            version_id = state.get("version_id")
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("checkpoint record %r at offset %d is not a checkpoint (%s): skipped", key, msg.offset(), exc)
+            return
+        ckey = key.removesuffix(f"?versionId={version_id}") if version_id else key
+        latest[key] = (ckey, etag, version_id)
 
     def _wanted(self, key: str) -> bool:
         return key.startswith(self.s.inbox_prefix) and not key.endswith("/")

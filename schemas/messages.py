@@ -1,9 +1,21 @@
 """Message contracts (schema version 1).
 
-Each message is a JSON object with ``schema`` (its name) and ``schema_version``.
-The JSON Schema files in ``schemas/json/`` are generated from these models
-(``ocrstream schemas export``) and a test keeps them in step, so downstream
-consumers in any language can validate what they read.
+Each message is a JSON object with ``schema`` (its name) and ``schema_version``
+(the integer *major* version). The JSON Schema files in ``schemas/json/`` are
+generated from these models (``ocrstream schemas export``) and a test keeps them
+in step, so downstream consumers in any language can validate what they read.
+
+Evolution (see ``schemas/README.md``): adding an optional field is a compatible
+change and keeps ``schema_version``. Readers are tolerant, writers are strict:
+
+- reading (``schemas.decode``, which validates with :data:`TOLERANT_CONTEXT`)
+  accepts unknown fields at any nesting level, validates the known ones and
+  keeps the unknown ones on the model (``model_extra``), so ``encode`` re-emits
+  them and an object passed through into a new message (e.g. ``ref.source``
+  into a ``PageTask``) carries them along;
+- writing (constructing a model in code, or ``model_validate`` without that
+  context) refuses unknown fields with a ``ValidationError`` (``extra_forbidden``),
+  and assigning an unknown attribute raises ``ValueError``.
 
 Coordinates: every ``polygon`` is 4 ``[x, y]`` points in pixels of the image
 that was OCR'd (``width`` x ``height``), top-left origin, clockwise from the
@@ -12,17 +24,89 @@ top-left corner. Times are milliseconds since the Unix epoch (UTC).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, ValidationInfo, model_validator
+from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION = 1
 
 Point = Annotated[list[float], Field(min_length=2, max_length=2)]
 
 
+TOLERATE_UNKNOWN_FIELDS = "tolerate_unknown_fields"
+"""Validation-context key: when true, unknown fields are kept instead of refused."""
+
+TOLERANT_CONTEXT: dict[str, Any] = {TOLERATE_UNKNOWN_FIELDS: True}
+"""The context ``decode`` validates with: ``Model.model_validate(obj, context=TOLERANT_CONTEXT)``."""
+
+
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    """Base of every contract model: tolerant when reading, strict when writing.
+
+    ``extra="allow"`` makes pydantic keep unknown fields (``model_extra``), emit
+    them again on ``model_dump``/``encode`` and mark the JSON Schema
+    ``additionalProperties: true`` (the consumers' view). The wrap validator
+    below takes that tolerance back for every validation of raw input (a dict
+    of keyword arguments or a JSON object) whose context does not carry
+    :data:`TOLERATE_UNKNOWN_FIELDS`, so code that builds messages stays strict.
+    """
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _refuse_unknown_fields_unless_tolerant(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Any], info: ValidationInfo
+    ) -> Any:
+        """Validate, then refuse fields the model does not declare unless reading tolerantly.
+
+        A model instance given as a field value (e.g. a decoded ``ObjectRef``
+        passed to ``PageTask(source=...)``) is not raw input: it is kept as is,
+        unknown fields included (pass-through).
+
+        Raises:
+            PydanticCustomError: ``extra_forbidden`` (reported in the
+                ``ValidationError``) when raw input has fields the model does not
+                declare and the validation context does not tolerate them.
+        """
+        model = handler(data)
+        if isinstance(data, BaseModel) or (info.context or {}).get(TOLERATE_UNKNOWN_FIELDS):
+            return model
+        extra = getattr(model, "__pydantic_extra__", None)
+        if extra:
+            raise PydanticCustomError(
+                "extra_forbidden", "Extra inputs are not permitted: {fields}",
+                {"fields": ", ".join(sorted(extra))},
+            )
+        return model
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Set a declared field (or an unknown field the message was decoded with).
+
+        Raises:
+            ValueError: ``name`` is neither a field of the model nor one of its
+                decoded unknown fields (a typo in producer code).
+        """
+        if (not name.startswith("_") and name not in type(self).model_fields
+                and name not in (self.__pydantic_extra__ or {})
+                and not isinstance(getattr(type(self), name, None), property)):
+            raise ValueError(f'"{type(self).__name__}" object has no field "{name}"')
+        super().__setattr__(name, value)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with ``update`` applied (not validated); decoded unknown fields are kept.
+
+        Raises:
+            ValueError: an ``update`` key is neither a field name of the model
+                nor one of its decoded unknown fields (a typo in producer code).
+        """
+        extra = self.__pydantic_extra__ or {}
+        unknown = sorted(k for k in update or {} if k not in type(self).model_fields and k not in extra)
+        if unknown:
+            raise ValueError(f'"{type(self).__name__}" object has no field(s) {", ".join(unknown)}')
+        return super().model_copy(update=update, deep=deep)
 
 
 class ObjectRef(_Message):
@@ -60,8 +144,6 @@ class DocumentRef(_Message):
     submitted_at: int = Field(description="ms since epoch")
     options: DocumentOptions = Field(default_factory=DocumentOptions)
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
 
 class PageTask(_Message):
     """Pages topic value: one page of a document to OCR. Key: ``document_id/page_number``."""
@@ -75,8 +157,6 @@ class PageTask(_Message):
     kind: Literal["pdf", "image"]
     dpi: int | None = Field(None, description="render DPI for PDFs; null for images")
     submitted_at: int
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class Detection(_Message):
@@ -123,8 +203,6 @@ class PageResult(Page):
     submitted_at: int
     completed_at: int
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
 
 class DocumentResult(_Message):
     """Document-results topic value (compacted). Key: ``document_id``."""
@@ -143,8 +221,6 @@ class DocumentResult(_Message):
     )
     submitted_at: int | None = None
     completed_at: int
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     def text(self) -> str:
         """All recognized text, pages separated by a form feed, lines by newlines."""
@@ -169,8 +245,6 @@ class DeadLetter(_Message):
     value: str | None = Field(None, description="the original value as text, truncated")
     value_truncated: bool = False
     failed_at: int
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class GpuSample(_Message):
@@ -210,8 +284,6 @@ class WorkerMetrics(_Message):
     batch_latency_ms_p95: float | None
     errors: dict[str, int] = Field(default_factory=dict, description="by reason code")
     lag: dict[str, int] = Field(default_factory=dict, description="'topic/partition' -> messages")
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 ALL_MESSAGES: dict[str, type[_Message]] = {

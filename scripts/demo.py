@@ -18,9 +18,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from devtools.stack import Stack  # noqa: E402
 from ocrstream.kafka import make_admin  # noqa: E402
 from ocrstream.settings import get_settings  # noqa: E402
-from ocrstream.stack import Stack  # noqa: E402
 from topology import apply_topics, topic_specs  # noqa: E402
 
 SCANS = REPO.parent / "shared" / "data" / "scans-dev"
@@ -78,7 +78,7 @@ def main() -> int:
                                     stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO, env=env)
         pid_file.write_text(str(proc.pid))
 
-    from ocrstream.samples import make_samples
+    from devtools.samples import make_samples
 
     sample_dir = Path(s.stack_dir).resolve() / "samples"
     docs = [str(p) for p in make_samples(sample_dir)]

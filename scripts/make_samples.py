@@ -1,7 +1,7 @@
 """Write the sample documents (PDFs and scan-like images) with ground-truth sidecars.
 
 Usage: ``python scripts/make_samples.py OUTDIR [--seed N]``. The logic lives in
-:mod:`ocrstream.samples` so tests and ``make demo`` can import it.
+:mod:`devtools.samples` so tests and ``make demo`` can import it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ocrstream.samples import make_samples, truth_path  # noqa: E402
+from devtools.samples import make_samples, truth_path  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

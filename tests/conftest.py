@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.stack import Stack
 from ocrstream.kafka import make_admin
 from ocrstream.settings import Settings
-from ocrstream.stack import Stack
 from ocrstream.storage import ObjectStore
 from topology import apply_topics, topic_specs
 
@@ -243,7 +243,7 @@ def minio(settings, tmp_path):
 
     from minio.notificationconfig import NotificationConfig, PrefixFilterRule, QueueConfig
 
-    from ocrstream.stack import port_open
+    from devtools.stack import port_open
 
     if not MINIO_BIN.exists():
         pytest.skip(f"{MINIO_BIN} is absent: run `make minio`")

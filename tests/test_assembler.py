@@ -14,7 +14,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from consumers.assembler import (STATE_TOPIC, Assembler, assemble, done_key, ensure_state_topic, page_key,
                                  without_detections)
-from consumers.common import StopFlag
+from ocrstream.streaming import StopFlag
 from ocrstream.kafka import consumer_config, make_admin, producer_config
 from schemas import DeadLetter, Detection, DocumentResult, EngineInfo, Error, ObjectRef, PageResult, decode, encode
 

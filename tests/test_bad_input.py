@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Producer
 from PIL import Image
 
-from consumers.common import StopFlag, now_ms
+from ocrstream.streaming import StopFlag, now_ms
 from consumers.splitter import Splitter
 from consumers.worker import OcrWorker
 from ocrstream.engine.null import NullEngine

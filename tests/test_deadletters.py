@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumers.common import StopFlag, now_ms
+from ocrstream.streaming import StopFlag, now_ms
 from consumers.deadletters import list_dead_letters, replay_dead_letters
 from consumers.splitter import Splitter
 from schemas import DocumentRef, DocumentResult, ObjectRef, PageTask, decode, encode

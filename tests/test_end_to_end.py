@@ -8,8 +8,8 @@ import sys
 import orjson
 import pytest
 
-from ocrstream.samples import make_samples, read_truth
-from ocrstream.textmetrics import word_prf
+from devtools.samples import make_samples, read_truth
+from devtools.textmetrics import word_prf
 
 from conftest import REPO, settings_env, shared_data
 

@@ -12,12 +12,12 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from consumers.common import StopFlag
+from ocrstream.streaming import StopFlag
 from consumers.splitter import Splitter
 from consumers.worker import OcrWorker
 from ocrstream.engine.null import NullEngine
 from producers.publish import DocumentPublisher
-from consumers.common import now_ms
+from ocrstream.streaming import now_ms
 from ocrstream.kafka import producer_config
 from schemas import ObjectRef, PageTask, WorkerMetrics, decode, encode
 

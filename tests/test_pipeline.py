@@ -7,7 +7,7 @@ import time
 import orjson
 import pytest
 
-from consumers.common import StopFlag
+from ocrstream.streaming import StopFlag
 from consumers.splitter import Splitter
 from consumers.worker import OcrWorker
 from ocrstream.engine.null import NullEngine

@@ -9,8 +9,8 @@ import pymupdf
 import pytest
 from PIL import Image, ImageSequence
 
-from ocrstream.samples import SCAN_DPI, make_samples, read_truth, truth_path
-from ocrstream.textmetrics import cer, normalize_whitespace
+from devtools.samples import SCAN_DPI, make_samples, read_truth, truth_path
+from devtools.textmetrics import cer, normalize_whitespace
 
 NAMES = ["invoice.pdf", "letter.pdf", "memo-scan.jpg", "notice-scan.png", "report-scan.tif"]
 PAGES = {"invoice.pdf": 2, "letter.pdf": 3, "memo-scan.jpg": 1, "notice-scan.png": 1, "report-scan.tif": 2}

@@ -16,10 +16,10 @@ import pytest
 from pydantic import SecretStr
 from confluent_kafka import Consumer, KafkaError, KafkaException
 
-from consumers.common import StopFlag
+from ocrstream.streaming import StopFlag
 from consumers.splitter import Splitter
+from devtools.stack import KafkaService
 from ocrstream.kafka import consumer_config, make_admin
-from ocrstream.stack import KafkaService
 from producers.publish import DocumentPublisher
 from schemas import PageTask, decode
 from topology import apply_topics, topic_specs

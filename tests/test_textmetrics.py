@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ocrstream.textmetrics import (
+from devtools.textmetrics import (
     WordCounts, cer, load_sroie_truth, micro_prf, normalize_whitespace, prf, word_counts, word_prf, words,
 )
 
@@ -127,7 +127,7 @@ def test_cer_of_whitespace_variants_is_zero(s):
 
 
 def test_diagnostic_tokenizers_separate_spacing_from_reading_errors():
-    from ocrstream.textmetrics import char_tokens, colon_tokens
+    from devtools.textmetrics import char_tokens, colon_tokens
 
     read, truth = "TEL:03-3271 TAXINVOICE", "TEL : 03-3271\nTAX INVOICE"
     assert word_counts(read, truth) == WordCounts(matched=0, predicted=2, truth=5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumers.common import StopFlag
+from ocrstream.streaming import StopFlag
 from producers.publish import DocumentPublisher, stable_document_id
 from producers.watch import DropFolderWatcher
 from schemas import DocumentRef, decode

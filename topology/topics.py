@@ -14,10 +14,18 @@ Keys (why they are what they are):
 - ``metrics``: key ``worker_id``.
 - ``object-events``: written by the object store (MinIO keys it ``bucket/object``); it must
   exist before the store's first event, because MinIO's Kafka target does not create topics.
+- ``watch-state``: the drop-folder watcher's checkpoint, key ``bucket/key[?versionId=v]``.
+- ``assembler-state``: the assembler's changelog, partition *p* = the state of ``page-results``
+  partition *p* (so it has exactly as many partitions). ``compact`` only, no time retention:
+  an open document is never dropped by retention; the assembler itself tombstones pages of
+  finished documents and, after the page-results retention, the done markers.
+- ``page-attempts``: the OCR worker's in-flight marks (poison-page accounting), key
+  ``<pages partition>/<offset>``, partition = the page task's ``pages`` partition.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 DAY_MS = 24 * 3600 * 1000
@@ -70,4 +78,18 @@ def topic_specs(replication_factor: int = 1, partitions_scale: int = 1) -> list[
         TopicSpec("watch-state", 1, rf,
                   {**common, "cleanup.policy": "compact"},
                   "drop-folder checkpoint: object key -> last published ETag/version"),
+        TopicSpec("assembler-state", 6 * partitions_scale, rf,
+                  {**common, "cleanup.policy": "compact", "max.message.bytes": str(8388608 + 1024 * 1024),
+                   "segment.ms": str(DAY_MS)},
+                  "assembler changelog: page results of open documents, done markers (partitioned like page-results)"),
+        TopicSpec("page-attempts", 12 * partitions_scale, rf,
+                  {**common, "cleanup.policy": "compact,delete", "retention.ms": str(7 * DAY_MS),
+                   "segment.ms": str(DAY_MS)},
+                  "OCR worker in-flight marks: engine attempts per page task (partitioned like pages)"),
     ]
+
+
+def page_partition(document_id: str, page_number: int, partitions: int) -> int:
+    """Partition of ``pages`` for page ``page_number`` (1-based) of ``document_id``:
+    ``(crc32(document_id) + page_number - 1) mod partitions`` (consecutive per document)."""
+    return (zlib.crc32(document_id.encode()) + page_number - 1) % partitions

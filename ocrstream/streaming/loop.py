@@ -1,0 +1,408 @@
+"""The stage runtime: one consume loop skeleton and one failure policy for every stage.
+
+A stage owns a :class:`StageRuntime` and calls it from its own explicit loop (as in
+confluent-kafka-python's ``examples/eos-transactions.py``)::
+
+    rt = StageRuntime(s, "splitter", [s.topic("ingest")], stop=stop)
+    rt.start()
+    try:
+        while not rt.stop.is_set():
+            msg = rt.poll(0.5)                     # Kafka errors handled here
+            if msg is None:
+                continue
+            outputs = rt.guard(msg, self.handle)   # any exception -> dead letter (+ failed result)
+            rt.publish(outputs, [next offset])     # the one commit policy
+    finally:
+        rt.close()
+
+The policy, decided here and nowhere else:
+
+- **Handling a record**: an :class:`~ocrstream.errors.OcrstreamError` is the input's fault
+  (its reason code); any other exception is a bug, reason ``internal_error`` with the
+  error class. Both become a dead letter (topic/partition/offset/stage) and, where the
+  document id is known, a ``failed`` document result; the offset moves on, so one record
+  never stops its partition nor crash-loops the process.
+- **Consumer errors**: ``_PARTITION_EOF`` is ignored; a fatal client error raises
+  :class:`FatalKafkaError`; the rest are transient (librdkafka retries them itself), counted
+  in ``ocrstream_kafka_errors_total`` and logged.
+- **Publishing** (:meth:`publish`): at-least-once delivery failures are retried with
+  exponential backoff and full jitter (outputs are keyed and the producer idempotent, so
+  re-producing is safe), then the process exits; an offset commit refused because the
+  partitions moved to another member is dropped (the new owner replays); an aborted
+  transaction rewinds the stage to its committed offsets (:meth:`rewind`).
+- **Fatal errors** (fenced transactional producer, fatal client error, a transaction commit
+  that timed out twice, retries exhausted): :func:`run_stage` exits the process with
+  :data:`EXIT_FATAL` so the supervisor (``ocrstream run``, Kubernetes) restarts it.
+
+Liveness (``/healthz``, ``ocrstream_loop_stalled``): unhealthy when the loop thread has not
+come back from a Kafka call for ``OCRSTREAM_LIVENESS_TIMEOUT_S``, or when work waits (records
+behind the high watermark on an assigned partition, or the stage says it is busy) and the
+loop has made no progress (consumed, published or committed; the OCR worker also counts an
+engine batch still within its budget) for that long. Readiness (``/readyz``): partitions
+assigned and the stage's own condition (state restored, engine loaded).
+
+Back-pressure is generic too: :meth:`pause` / :meth:`resume` pause every assigned partition,
+and a newly assigned partition gets the current flag explicitly (librdkafka keeps a partition's
+pause flag through revoke/lost and re-assignment, librdkafka #1849: a partition paused when the
+session was lost came back paused and was never fetched again).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
+
+from ocrstream import metrics as m
+from ocrstream.errors import OcrstreamError, ReasonCode
+from ocrstream.kafka import make_consumer
+from ocrstream.settings import Settings
+
+from .deadletters import failure_outputs
+from .delivery import Delivery, DeliveryError, FatalKafkaError, Output, TransactionAborted
+from .health import serve_if_configured
+from .signals import StopFlag
+
+log = logging.getLogger(__name__)
+
+EXIT_FATAL = 2  # process exit status after a FatalKafkaError: restart me
+PUBLISH_ATTEMPTS = 6  # at-least-once publish attempts before the process gives up (about 30 s of backoff)
+# Commit refusals that mean "these partitions are no longer yours": the new owner replays them.
+_MOVED = {KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS,
+          KafkaError.FENCED_INSTANCE_ID, KafkaError._ASSIGNMENT_LOST, KafkaError.STALE_MEMBER_EPOCH}
+
+
+@dataclass
+class RecordContext:
+    """What a handler has learned about its record so far; the failure policy uses it for the
+    ``failed`` document result (``document_id`` is otherwise read from the raw value)."""
+
+    document_id: str | None = None
+    source: Any = None  # schemas.ObjectRef
+    submitted_at: int | None = None
+    attempts: int = 1
+
+
+Partitions = list[TopicPartition]
+
+
+class StageRuntime:
+    """Consumer, delivery, rebalance bookkeeping, failure policy and probes of one stage.
+
+    Args:
+        s: settings.
+        stage: stage name: consumer group ``<prefix><stage>``, metric label, dead-letter ``stage``.
+        topics: input topics to subscribe to.
+        stop: stop flag (default: SIGTERM/SIGINT handlers when in the main thread).
+        on_assign: ``(partitions)`` called before they are assigned (restore state here; the
+            records of these partitions are not fetched before it returns).
+        on_revoke: ``(partitions)`` called before they are unassigned (finish and commit here).
+        on_lost: ``(partitions)`` called when they were lost (drop state, commit nothing).
+        on_rewind: ``(partitions)`` called before they are sought back to the committed offsets
+            (drop or rebuild in-memory state of records that were not committed).
+        ready: the stage's own readiness condition (with partitions assigned: ``/readyz``).
+        busy: True while the stage holds work of its own (liveness: work waiting).
+        results_topic: where failed document results go (None: the stage has no document).
+        transactional: override the delivery mode (the drop-folder watcher is always transactional).
+        tid: override the transactional id.
+        consumer_extra: extra librdkafka consumer settings.
+
+    Raises:
+        FatalKafkaError: the transactional producer could not be initialised.
+    """
+
+    def __init__(self, s: Settings, stage: str, topics: list[str], *, stop: StopFlag | None = None,
+                 on_assign: Callable[[Partitions], None] | None = None,
+                 on_revoke: Callable[[Partitions], None] | None = None,
+                 on_lost: Callable[[Partitions], None] | None = None,
+                 on_rewind: Callable[[Partitions], None] | None = None,
+                 ready: Callable[[], bool] | None = None, busy: Callable[[], bool] | None = None,
+                 results_topic: str | None = "document-results", transactional: bool | None = None,
+                 tid: str | None = None, consumer_extra: dict[str, Any] | None = None):
+        self.s, self.stage, self.topics = s, stage, topics
+        self.stop = stop or StopFlag()
+        self._on_assign, self._on_revoke, self._on_lost, self._on_rewind = on_assign, on_revoke, on_lost, on_rewind
+        self._ready, self._busy = ready, busy
+        self.dead_letter_topic = s.topic("dead-letters")
+        self.results_topic = s.topic(results_topic) if results_topic else None
+        self.lag: dict[str, int] = {}  # "topic/partition" -> records behind (librdkafka statistics)
+        self._behind: dict[tuple[str, int], int] = {}  # records not yet handed to this stage
+        self.consumer = make_consumer(s, s.group(stage), **{
+            "statistics.interval.ms": int(min(s.metrics_interval_s, s.liveness_timeout_s / 4) * 1000),
+            "stats_cb": self._on_stats, **(consumer_extra or {})})
+        self.delivery = Delivery(s, self.consumer, stage, transactional=transactional, tid=tid)
+        self.assigned: set[tuple[str, int]] = set()  # kept by the callbacks: probes never call into the client
+        self.paused = False
+        self.http = None
+        self._last_beat = self._last_progress = time.monotonic()
+
+    # --- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        """Subscribe and serve the probes (``OCRSTREAM_HTTP_PORT``)."""
+        self.consumer.subscribe(self.topics, on_assign=self._assign, on_revoke=self._revoke, on_lost=self._lost)
+        self.http = serve_if_configured(self.s.http_port, self.ready, self.alive)
+        log.info("%s consuming %s (group %s, delivery %s)", self.stage, self.topics, self.s.group(self.stage),
+                 "exactly-once" if self.delivery.transactional else "at-least-once")
+
+    def close(self) -> None:
+        """Deliver what is queued, leave the group (revoke callbacks run), stop the probes."""
+        try:
+            self.delivery.close()
+            self.consumer.close()
+        finally:
+            if self.http:
+                self.http.close()
+
+    # --- rebalance callbacks (inside poll()/consume(), on the loop thread) -----------------
+    def _assign(self, consumer, partitions: Partitions) -> None:
+        self.beat()
+        if self._on_assign:
+            self._on_assign(partitions)
+        consumer.incremental_assign(partitions)
+        self.assigned |= {(p.topic, p.partition) for p in partitions}
+        # Set the pause flag explicitly: librdkafka keeps it through revoke/lost and re-assignment.
+        (consumer.pause if self.paused else consumer.resume)(partitions)
+        log.info("%s: assigned %s", self.stage, sorted(p.partition for p in partitions))
+
+    def _revoke(self, consumer, partitions: Partitions) -> None:
+        self.beat()
+        if self._on_revoke:
+            self._on_revoke(partitions)
+        self._forget(partitions)
+        consumer.incremental_unassign(partitions)
+        log.info("%s: revoked %s", self.stage, sorted(p.partition for p in partitions))
+
+    def _lost(self, consumer, partitions: Partitions) -> None:
+        self.beat()
+        if self._on_lost:
+            self._on_lost(partitions)
+        self._forget(partitions)
+        consumer.incremental_unassign(partitions)
+        log.warning("%s: lost %s", self.stage, sorted(p.partition for p in partitions))
+
+    def _forget(self, partitions: Partitions) -> None:
+        gone = {(p.topic, p.partition) for p in partitions}
+        self.assigned -= gone
+        for topic, partition in gone:  # another member reports their lag now
+            self._behind.pop((topic, partition), None)
+            try:
+                m.CONSUMER_LAG.remove(topic, str(partition))
+            except KeyError:
+                pass
+
+    # --- consuming ------------------------------------------------------------------
+    def poll(self, timeout_s: float) -> Message | None:
+        """One record, or None (nothing, or a consumer error handled by the policy).
+
+        Raises:
+            FatalKafkaError: a fatal consumer error.
+        """
+        self.beat()
+        msg = self.consumer.poll(timeout_s)
+        self.beat()
+        if msg is None or not self._usable(msg):
+            return None
+        m.MESSAGES_CONSUMED.labels(self.stage).inc()
+        self.progress()
+        return msg
+
+    def consume(self, max_records: int, timeout_s: float) -> list[Message]:
+        """Up to ``max_records`` records (errors removed by the policy).
+
+        Raises:
+            FatalKafkaError: a fatal consumer error.
+        """
+        self.beat()
+        msgs = [msg for msg in self.consumer.consume(max_records, timeout_s) if self._usable(msg)]
+        self.beat()
+        if msgs:
+            m.MESSAGES_CONSUMED.labels(self.stage).inc(len(msgs))
+            self.progress()
+        return msgs
+
+    def _usable(self, msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return True
+        if err.code() == KafkaError._PARTITION_EOF:
+            return False
+        m.KAFKA_ERRORS.labels(self.stage, "fatal" if err.fatal() else "transient").inc()
+        if err.fatal():
+            raise FatalKafkaError(f"{self.stage}: fatal consumer error: {err}")
+        log.warning("%s: consumer error (librdkafka retries): %s", self.stage, err)
+        return False
+
+    # --- the failure policy --------------------------------------------------------------
+    def guard(self, msg: Message, handler: Callable[[Message, RecordContext], list[Output]]) -> list[Output]:
+        """``handler(msg, ctx)``'s outputs, or the failure outputs when it raises (see module docstring)."""
+        ctx = RecordContext()
+        try:
+            return handler(msg, ctx)
+        except OcrstreamError as exc:
+            log.warning("%s: %s[%d]@%d refused: %s", self.stage, msg.topic(), msg.partition(), msg.offset(), exc)
+            return self.failure(msg, exc, ctx)
+        except Exception as exc:  # noqa: BLE001 - the policy: a bug in one record must not stop the partition
+            m.STAGE_ERRORS.labels(self.stage).inc()
+            log.exception("%s: unexpected error on %s[%d]@%d", self.stage, msg.topic(), msg.partition(), msg.offset())
+            return self.failure(msg, exc, ctx)
+
+    def failure(self, msg: Message, exc: BaseException, ctx: RecordContext | None = None) -> list[Output]:
+        """Dead letter (+ ``failed`` document result) for ``msg`` (reason ``internal_error``
+        for exceptions that carry no reason code)."""
+        ctx = ctx or RecordContext()
+        return failure_outputs(self.dead_letter_topic, self.results_topic, msg, exc, self.stage,
+                               document_id=ctx.document_id, source=ctx.source, submitted_at=ctx.submitted_at,
+                               attempts=getattr(exc, "attempts", ctx.attempts), default=ReasonCode.INTERNAL_ERROR)
+
+    # --- publishing (the commit policy's failure handling) ------------------------------
+    def publish(self, outputs: list[Output], offsets: Partitions) -> bool:
+        """Publish ``outputs`` and commit ``offsets`` (see :mod:`.delivery`).
+
+        Returns:
+            True when outputs and offsets are durable. False when the offsets were not
+            committed: the partitions moved to another member (it replays them), or the
+            transaction was aborted and the stage was rewound (:meth:`rewind`).
+
+        Raises:
+            FatalKafkaError: fenced, fatal, or still failing after ``PUBLISH_ATTEMPTS``.
+        """
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                self.delivery.publish(outputs, offsets)
+            except TransactionAborted as exc:
+                log.warning("%s: %s: rewinding to the committed offsets", self.stage, exc)
+                self.rewind()
+                return False
+            except DeliveryError as exc:
+                m.KAFKA_ERRORS.labels(self.stage, "delivery").inc()
+                if attempt == PUBLISH_ATTEMPTS:
+                    raise FatalKafkaError(f"{self.stage}: outputs not acknowledged after {attempt} attempts: {exc}")
+                self._backoff(attempt, exc)
+                continue
+            except KafkaException as exc:  # the offset commit (at-least-once); the outputs are durable
+                err: KafkaError = exc.args[0]
+                if err.fatal():
+                    raise FatalKafkaError(f"{self.stage}: commit failed fatally: {err}") from exc
+                if err.code() in _MOVED:
+                    log.warning("%s: commit refused (%s): the partitions moved, their new owner replays", self.stage, err)
+                    return False
+                if attempt == PUBLISH_ATTEMPTS:
+                    raise FatalKafkaError(f"{self.stage}: commit failed after {attempt} attempts: {err}") from exc
+                self._backoff(attempt, exc)
+                outputs = []  # already acknowledged: only the commit is retried
+                continue
+            for out in outputs:
+                m.MESSAGES_PRODUCED.labels(self.stage, out.topic).inc()
+            self.progress()
+            return True
+        raise AssertionError("unreachable")
+
+    def _backoff(self, attempt: int, exc: BaseException) -> None:
+        # Full jitter (AWS Architecture Blog, "Exponential Backoff And Jitter", 2015).
+        delay = random.uniform(0, min(10.0, 0.5 * 2 ** attempt))
+        log.warning("%s: publish attempt %d failed (%s): retrying in %.1fs", self.stage, attempt, exc, delay)
+        self.beat()
+        time.sleep(delay)
+
+    def rewind(self, partitions: Partitions | None = None) -> None:
+        """Seek ``partitions`` (default: all assigned) back to their committed offsets, after the
+        stage's ``on_rewind`` dropped what it held of the uncommitted records.
+
+        Raises:
+            FatalKafkaError: the committed offsets cannot be read or the seek fails: reading on
+                past an aborted batch would skip its records, so restart instead.
+        """
+        tps = partitions if partitions is not None else [TopicPartition(t, p) for t, p in sorted(self.assigned)]
+        if not tps:
+            return
+        try:
+            committed = self.consumer.committed(tps, timeout=30)
+            if self._on_rewind:
+                self._on_rewind(tps)
+            for tp in committed:
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition,
+                                                  tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+        except KafkaException as exc:
+            raise FatalKafkaError(f"{self.stage}: could not rewind to the committed offsets: {exc}") from exc
+        log.info("%s: rewound %s to the committed offsets", self.stage, sorted(tp.partition for tp in tps))
+
+    # --- back-pressure --------------------------------------------------------------------
+    def pause(self) -> None:
+        """Stop fetching every assigned partition (and those assigned later, until :meth:`resume`)."""
+        if not self.paused:
+            self.paused = True
+            if self.assigned:
+                self.consumer.pause([TopicPartition(t, p) for t, p in self.assigned])
+
+    def resume(self) -> None:
+        """Fetch again."""
+        if self.paused:
+            self.paused = False
+            if self.assigned:
+                self.consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
+
+    # --- probes -----------------------------------------------------------------------------
+    def beat(self) -> None:
+        """The loop thread is alive (called around every Kafka call)."""
+        self._last_beat = time.monotonic()
+
+    def progress(self) -> None:
+        """The stage advanced: consumed, published or committed (or its engine works within budget)."""
+        self._last_progress = self._last_beat = time.monotonic()
+        m.LOOP_PROGRESS.labels(self.stage).set(time.time())
+
+    def work_waiting(self) -> bool:
+        """Records wait on an assigned partition, or the stage holds work of its own."""
+        return any(n > 0 for n in self._behind.values()) or bool(self._busy and self._busy())
+
+    def alive(self) -> bool:
+        """Liveness (``/healthz``), see the module docstring; also sets ``ocrstream_loop_stalled``."""
+        now, limit = time.monotonic(), self.s.liveness_timeout_s
+        stalled = now - self._last_beat > limit or (self.work_waiting() and now - self._last_progress > limit)
+        m.LOOP_STALLED.labels(self.stage).set(1 if stalled else 0)
+        if stalled:
+            log.error("%s: the loop has not advanced for %.0fs with work waiting", self.stage,
+                      now - min(self._last_beat, self._last_progress))
+        return not stalled
+
+    def ready(self) -> bool:
+        """Readiness (``/readyz``): partitions assigned and the stage's own condition."""
+        return bool(self.assigned) and (self._ready is None or self._ready())
+
+    def _on_stats(self, stats_json: str) -> None:
+        # Runs inside poll() on the loop thread. Records behind = high watermark (last stable
+        # offset under read_committed) - the next offset handed to the stage (committed offset
+        # before the first record). Not librdkafka's consumer_lag: offsets committed inside a
+        # transaction do not update it, so an idle exactly-once stage would look behind forever.
+        self.lag = m.parse_lag(stats_json)
+        behind: dict[tuple[str, int], int] = {}
+        for topic, t in orjson.loads(stats_json).get("topics", {}).items():
+            for pid, p in t.get("partitions", {}).items():
+                key = (topic, int(pid))
+                if key not in self.assigned:
+                    continue
+                end = p.get("ls_offset", -1) if p.get("ls_offset", -1) >= 0 else p.get("hi_offset", -1)
+                pos = p.get("app_offset", -1) if p.get("app_offset", -1) >= 0 else p.get("committed_offset", -1)
+                if end >= 0 and pos >= 0:
+                    behind[key] = max(0, end - pos)
+        self._behind = behind
+
+
+def run_stage(build: Callable[[], Any]) -> int:
+    """Build a stage and run it until stopped.
+
+    Returns:
+        0 after a graceful stop; :data:`EXIT_FATAL` after a :class:`FatalKafkaError`, so the
+        supervisor restarts the process (the restart fences this instance's transactional id).
+    """
+    try:
+        build().run()
+    except FatalKafkaError as exc:
+        log.critical("fatal Kafka error, exiting for a restart: %s", exc)
+        return EXIT_FATAL
+    return 0
