@@ -38,9 +38,24 @@ beginning (read_committed) before its records are processed. Keys:
   once the document result is acknowledged; the page records are then
   tombstoned.
 
-The topic is ``cleanup.policy=compact,delete`` with the retention of
-``page-results`` (7 days): a marker only has to outlive the page results that
-could be replayed, and a document still incomplete after 7 days is dropped.
+The topic is ``cleanup.policy=compact`` with no time retention, so no setting can drop an
+open document silently. A marker only has to outlive the page results that could be
+replayed: after the retention of ``page-results`` (7 days) the assembler tombstones it.
+
+Every document gets a result
+----------------------------
+A document still missing pages ``OCRSTREAM_DOCUMENT_DEADLINE_S`` after its last page result
+(``completed_at`` of the newest page, so the deadline survives restarts and rebalances: it
+comes back with the page records) gets a ``failed`` result with code ``incomplete`` and the
+pages that did arrive, and an ``inc/<document_id>`` marker in the state topic so it is
+published once. A backlog must not cause false ``incomplete`` results, so the deadline is
+only acted on when nothing upstream still holds work for the document: this assembler's
+input partition is read to its end (position = high watermark), and the OCR worker group's
+committed offsets on the ``pages`` partitions of the missing pages (placement:
+:func:`topology.page_partition`) are at their high watermarks. While either has lag the
+document waits, however long. A page that arrives after ``incomplete`` is stored as usual;
+when it completes the document, the complete result replaces the incomplete one (last value
+per key in ``document-results``).
 
 Idempotence
 -----------
@@ -58,8 +73,9 @@ Idempotence
 - Exactly-once (``OCRSTREAM_DELIVERY=exactly-once``): outputs, markers,
   tombstones and input offsets go in one Kafka transaction.
 
-Any failed delivery or commit rewinds: state is rebuilt from the changelog and
-the partitions are sought to their committed offsets.
+Failures follow the stage runtime's policy (:mod:`ocrstream.streaming.loop`): an aborted
+transaction rewinds (state is rebuilt from the changelog and the partitions are sought to
+their committed offsets), a record that cannot be handled becomes a dead letter.
 
 A partition is restored inside the rebalance callback, before its first record
 is processed (about 1 s plus the time to read its changelog). Memory: the page
@@ -92,18 +108,19 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import NewTopic
+from confluent_kafka import ConsumerGroupTopicPartitions
 
 from ocrstream import metrics as m
 from ocrstream.errors import OcrstreamError, ReasonCode
-from ocrstream.kafka import consumer_config, make_admin, make_consumer, topic_partitions
+from ocrstream.kafka import make_admin, topic_partitions
 from ocrstream.settings import Settings
+from ocrstream.streaming import Output, StageRuntime, StopFlag, now_ms, run_stage
+from ocrstream.streaming.changelog import read_partitions
+from ocrstream.streaming.loop import RecordContext
 from schemas import DocumentResult, Error, Page, PageResult, decode, encode
-from topology import topic_specs
-
-from .common import StopFlag, dead_letter, dead_letter_headers, guess_document_id, now_ms
-from .delivery import Delivery, DeliveryError, Output
+from topology import page_partition, topic_specs
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +128,12 @@ STAGE = "assembler"
 STATE_TOPIC = "assembler-state"  # logical name; full name is s.topic(STATE_TOPIC)
 BATCH_MAX = 500  # records per consume() call, published and committed together
 CONSUME_WAIT_S = 0.1  # consume() waits this long for a full batch: bounds the latency it adds
-RESTORE_IDLE_TIMEOUT_S = 60.0  # restore gives up when the changelog sends nothing for this long
-PRUNE_INTERVAL_S = 600.0  # how often expired done markers are dropped from memory
+PRUNE_INTERVAL_S = 600.0  # how often expired done markers are tombstoned
 
 _SPECS = {t.name: t for t in topic_specs()}
-# Done markers must outlive the page results that could be replayed (same retention).
+# Done markers must outlive the page results that could be replayed (same retention); the
+# assembler tombstones them after that. The state topic itself has no time retention.
 STATE_RETENTION_MS = int(_SPECS["page-results"].config["retention.ms"])
-# A page record is a page result as received, plus a key.
-STATE_MAX_MESSAGE_BYTES = int(_SPECS["page-results"].config["max.message.bytes"]) + 1024 * 1024
 MAX_RESULT_BYTES = int(_SPECS["document-results"].config["max.message.bytes"])
 
 
@@ -191,10 +206,12 @@ def done_key(document_id: str) -> str:
 # --- state topic ---------------------------------------------------------------------------
 
 def ensure_state_topic(s: Settings, timeout_s: float = 30.0) -> int:
-    """Create the state topic when missing; returns its partition count.
+    """Create the state topic when missing (``ocrstream topics apply`` normally has: it is in
+    :mod:`topology`); returns its partition count.
 
     It gets the partition count and replication factor of ``page-results``
-    (state partition *p* holds the state of input partition *p*).
+    (state partition *p* holds the state of input partition *p*) and the configs of its
+    topology spec.
 
     Raises:
         RuntimeError: ``page-results`` does not exist after ``timeout_s`` seconds, or the state topic exists
@@ -214,13 +231,7 @@ def ensure_state_topic(s: Settings, timeout_s: float = 30.0) -> int:
     want = len(partitions)
     if state not in md.topics or md.topics[state].error is not None:
         rf = len(partitions[0].replicas)
-        config = {
-            "cleanup.policy": "compact,delete",
-            "retention.ms": str(STATE_RETENTION_MS),
-            "min.insync.replicas": str(min(2, rf)),
-            "max.message.bytes": str(STATE_MAX_MESSAGE_BYTES),
-            "segment.ms": str(24 * 3600 * 1000),  # roll daily, so compaction can run
-        }
+        config = {**_SPECS[STATE_TOPIC].config, "min.insync.replicas": str(min(2, rf))}
         future = admin.create_topics([NewTopic(state, want, rf, config=config)],
                                      operation_timeout=timeout_s)[state]
         try:
@@ -245,6 +256,7 @@ class _PartitionState:
 
     pages: dict[str, dict[int, PageResult]] = field(default_factory=dict)  # doc -> page number -> result
     done: dict[str, int] = field(default_factory=dict)  # doc -> completed_at (ms)
+    incomplete: set[str] = field(default_factory=set)  # docs given an `incomplete` result, still open
 
 
 @dataclass
@@ -257,11 +269,16 @@ class _Batch:
         return bool(self.outputs or self.finals or self.offsets)
 
 
+def incomplete_key(document_id: str) -> str:
+    """State-topic key of the marker of a document given an ``incomplete`` result."""
+    return f"inc/{document_id}"
+
+
 class Assembler:
-    """The assembler loop (see module docstring).
+    """The assembler stage (see module docstring), on the shared stage runtime.
 
     Args:
-        s: settings (``delivery`` selects at-least-once or transactions).
+        s: settings (``delivery``, ``document_deadline_s``).
         stop: stop flag (default: installs SIGTERM/SIGINT handlers when in the main thread).
 
     Raises:
@@ -271,69 +288,50 @@ class Assembler:
 
     def __init__(self, s: Settings, stop: StopFlag | None = None):
         self.s = s
-        self.stop = stop or StopFlag()
         self.source_topic = s.topic("page-results")
         self.state_topic = s.topic(STATE_TOPIC)
         self.partitions = ensure_state_topic(s)
-        self.consumer = make_consumer(s, s.group(STAGE))
-        self.delivery = Delivery(s, self.consumer, STAGE)
+        self.rt = StageRuntime(s, STAGE, [self.source_topic], stop=stop, on_assign=self._on_assign,
+                               on_revoke=self._drop, on_lost=self._drop, on_rewind=self._on_rewind,
+                               ready=lambda: bool(self.states))
+        self.stop = self.rt.stop
         self.states: dict[int, _PartitionState] = {}
         self.ready: list[tuple[int, str]] = []  # (partition, doc) complete after a restore, not yet published
         self.cleanup: list[Output] = []  # tombstones for leftovers found during a restore
         self.needs_rewind = False
         self.next_prune = time.monotonic() + PRUNE_INTERVAL_S
+        self.next_sweep = time.monotonic() + self._sweep_interval()
         self.completed = 0  # documents published by this instance
+        self.admin = make_admin(s)
+
+    def _sweep_interval(self) -> float:
+        return min(30.0, max(0.5, self.s.document_deadline_s / 10))
 
     # --- restore ------------------------------------------------------------------
     def restore(self, partitions: list[int]) -> None:
         """Rebuild the state of ``partitions`` from the state topic (replacing what is in memory).
 
         Raises:
-            OcrstreamError: ``storage_error`` (transient) when the changelog stops
-                answering for ``RESTORE_IDLE_TIMEOUT_S`` seconds.
+            OcrstreamError: ``storage_error`` (transient) when the changelog stops answering.
         """
         if not partitions:
             return
         started = time.monotonic()
         fresh = {p: _PartitionState() for p in partitions}
-        conf = consumer_config(self.s, f"{self.s.group(STAGE)}-restore",
-                               **{"enable.partition.eof": True, "fetch.wait.max.ms": 50})
-        conf.pop("group.instance.id", None)  # assign() only: never joins a group
-        consumer = Consumer(conf)
         records = 0
-        try:
-            consumer.assign([TopicPartition(self.state_topic, p, OFFSET_BEGINNING) for p in partitions])
-            pending = set(partitions)
-            deadline = time.monotonic() + RESTORE_IDLE_TIMEOUT_S
-            while pending:
-                msgs = consumer.consume(1000, 0.1)
-                if not msgs and time.monotonic() > deadline:
-                    raise OcrstreamError(ReasonCode.STORAGE_ERROR, f"restore of {self.state_topic} "
-                                         f"partitions {sorted(pending)} stalled", transient=True)
-                for m in msgs:
-                    deadline = time.monotonic() + RESTORE_IDLE_TIMEOUT_S
-                    if m.error():
-                        if m.error().code() == KafkaError._PARTITION_EOF:
-                            pending.discard(m.partition())  # read_committed: EOF is the last stable offset
-                        else:
-                            log.warning("restore: %s", m.error())
-                        continue
-                    records += 1
-                    self._apply(fresh[m.partition()], m)
-        finally:
-            consumer.close()
-        cutoff = now_ms() - STATE_RETENTION_MS
+        for msg in read_partitions(self.s, self.state_topic, partitions):
+            records += 1
+            self._apply(fresh[msg.partition()], msg)
         for p, st in fresh.items():
             self.ready = [r for r in self.ready if r[0] != p]
-            st.done = {d: t for d, t in st.done.items() if t >= cutoff}
             for doc in list(st.pages):
                 pages = st.pages[doc]
                 if doc in st.done:  # crashed between marker and tombstones
                     st.pages.pop(doc)
-                    self.cleanup += [Output(self.state_topic, page_key(doc, n), None, partition=p)
-                                     for n in pages]
+                    self.cleanup += [Output(self.state_topic, page_key(doc, n), None, partition=p) for n in pages]
                 elif len(pages) == next(iter(pages.values())).page_count:
                     self.ready.append((p, doc))  # complete, result not acknowledged before the crash
+            st.incomplete &= set(st.pages)
             self.states[p] = st
         log.info("restored partitions %s from %d state records in %.2fs: %d documents in progress, %d done",
                  partitions, records, time.monotonic() - started,
@@ -354,6 +352,9 @@ class Assembler:
                 st.done.pop(doc, None)
             else:
                 st.done[doc] = int(orjson.loads(value).get("completed_at", 0))
+        elif key.startswith("inc/"):
+            doc = key[len("inc/"):]
+            (st.incomplete.discard if value is None else st.incomplete.add)(doc)
         elif key.startswith("page/"):
             doc, _, number = key[len("page/"):].rpartition("/")
             if value is None:
@@ -368,139 +369,108 @@ class Assembler:
             raise ValueError("unknown key prefix")
 
     # --- rebalance callbacks (inside consume(), on the poll thread) ---------------------
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, partitions: list[TopicPartition]) -> None:
         try:
             self.restore([p.partition for p in partitions])
         except (KafkaException, OcrstreamError) as exc:
             # Records of these partitions must not be processed on empty state: rewind first.
             log.error("restore of %s failed (%s): will retry", [p.partition for p in partitions], exc)
             self.needs_rewind = True
-        consumer.incremental_assign(partitions)
-        log.info("assigned %s", [p.partition for p in partitions])
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Each batch is published and committed before the next consume(), so nothing is pending.
-        self._drop(partitions)
-        consumer.incremental_unassign(partitions)
-        log.info("revoked %s", [p.partition for p in partitions])
-
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._drop(partitions)
-        consumer.incremental_unassign(partitions)
-        log.warning("lost %s", [p.partition for p in partitions])
 
     def _drop(self, partitions: list[TopicPartition]) -> None:
+        # Each batch is published and committed before the next consume(), so nothing is pending.
         gone = {p.partition for p in partitions}
         for p in gone:
             self.states.pop(p, None)
         self.ready = [r for r in self.ready if r[0] not in gone]
-        self.cleanup = [o for o in self.cleanup if getattr(o, "partition", None) not in gone]
+        self.cleanup = [o for o in self.cleanup if o.partition not in gone]
+
+    def _on_rewind(self, partitions: list[TopicPartition]) -> None:
+        self.restore([tp.partition for tp in partitions])
 
     # --- the loop ---------------------------------------------------------------------
     def run(self) -> None:
         """Consume, assemble, publish, commit until stopped; then leave the group.
 
         Raises:
-            KafkaException / DeliveryError: only from the final close; failures
-                while running are retried by rewinding.
+            FatalKafkaError: see :mod:`ocrstream.streaming.loop`.
         """
-        self.consumer.subscribe([self.source_topic], on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_lost)
-        log.info("assembler consuming %s (state in %s, delivery %s)", self.source_topic, self.state_topic,
-                 self.s.delivery)
-        http = m.serve_if_configured(self.s.http_port, lambda: bool(self.states))
+        self.rt.start()
         try:
             while not self.stop.is_set():
                 self.step()
         finally:
-            if http:
-                http.close()
-            self.consumer.close()  # revokes (drops state) and leaves the group
-            self.delivery.close()
+            self.rt.close()  # revokes (drops state) and leaves the group
 
     def step(self) -> None:
         """One iteration: rewind if needed, else consume a batch, assemble, publish and commit."""
         if self.needs_rewind:
-            self._rewind()
-            return
-        if time.monotonic() >= self.next_prune:
-            self._prune()
-        msgs = self.consumer.consume(BATCH_MAX, CONSUME_WAIT_S)
-        if self.needs_rewind or any(not m.error() and m.partition() not in self.states for m in msgs):
-            # A restore inside consume() failed: never process on empty state; the rewind re-reads these.
-            self.needs_rewind = True
+            try:
+                self.rt.rewind()
+                self.needs_rewind = False
+            except (OcrstreamError, KafkaException) as exc:
+                log.error("rewind failed (%s): retrying", exc)
+                self.stop.event.wait(2.0)
             return
         batch = _Batch(outputs=self.cleanup)
         self.cleanup = []
+        if time.monotonic() >= self.next_prune:
+            self._prune(batch)
+        msgs = self.rt.consume(BATCH_MAX, CONSUME_WAIT_S)
+        if self.needs_rewind or any(m.partition() not in self.states for m in msgs):
+            # A restore inside consume() failed: never process on empty state; the rewind re-reads these.
+            self.needs_rewind = True
+            return
         for p, doc in self.ready:
             if p in self.states and doc in self.states[p].pages:
                 self._complete(p, doc, batch)
         self.ready = []
         for msg in msgs:
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error: %s", msg.error())
-                continue
-            m.MESSAGES_CONSUMED.labels(STAGE).inc()
-            self._handle(msg, batch)
+            batch.outputs += self.rt.guard(msg, lambda msg, ctx: self._handle(msg, ctx, batch))
             batch.offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+        if time.monotonic() >= self.next_sweep:
+            self._expire(batch)
         if batch:
-            try:
-                self._publish(batch)
-            except (DeliveryError, KafkaException) as exc:
-                log.error("publishing a batch failed (%s): rewinding to the committed offsets", exc)
-                self.needs_rewind = True
+            self._publish(batch)
 
     def _publish(self, batch: _Batch) -> None:
         offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
-        if self.delivery.transactional:
-            self.delivery.publish(batch.outputs + batch.finals, offsets)
+        if self.rt.delivery.transactional:
+            ok = self.rt.publish(batch.outputs + batch.finals, offsets)
         elif batch.finals:
             # Markers only after the results they stand for are acknowledged (see module docstring).
-            self.delivery.publish(batch.outputs, [])
-            self.delivery.publish(batch.finals, offsets)
+            ok = self.rt.publish(batch.outputs, []) and self.rt.publish(batch.finals, offsets)
         else:
-            self.delivery.publish(batch.outputs, offsets)
+            ok = self.rt.publish(batch.outputs, offsets)
+        if not ok and not self.rt.delivery.transactional:
+            # Offsets of moved partitions were not committed: their new owner replays them.
+            log.warning("batch not committed: the partitions moved")
 
-    def _rewind(self) -> None:
-        """Rebuild the state of every assigned partition and seek them to their committed offsets."""
-        try:
-            assignment = self.consumer.assignment()
-            self.restore([tp.partition for tp in assignment])
-            for tp in self.consumer.committed(assignment, timeout=30):
-                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
-            self.needs_rewind = False
-            log.info("rewound %s to the committed offsets", [tp.partition for tp in assignment])
-        except (KafkaException, OcrstreamError) as exc:
-            log.error("rewind failed (%s): retrying", exc)
-            self.stop.event.wait(2.0)
-
-    def _prune(self) -> None:
+    def _prune(self, batch: _Batch) -> None:
+        """Tombstone done markers older than the page-results retention (no page result that
+        could be replayed is older), so the compacted state topic does not grow forever."""
         cutoff = now_ms() - STATE_RETENTION_MS
-        for st in self.states.values():
-            st.done = {d: t for d, t in st.done.items() if t >= cutoff}
+        for p, st in self.states.items():
+            for doc in [d for d, t in st.done.items() if t < cutoff]:
+                st.done.pop(doc)
+                batch.outputs.append(Output(self.state_topic, done_key(doc), None, partition=p))
         self.next_prune = time.monotonic() + PRUNE_INTERVAL_S
 
     # --- one record ------------------------------------------------------------------
-    def _handle(self, msg: Message, batch: _Batch) -> None:
-        try:
-            result = decode(msg.value(), PageResult)
-            key = msg.key().decode("utf-8", "replace") if msg.key() is not None else None
-            if key != result.document_id:
-                raise OcrstreamError(ReasonCode.INVALID_KEY, f"key {key!r} is not the document_id "
-                                     f"{result.document_id!r} (pages of a document must share a partition)")
-            if result.page_number > result.page_count:
-                raise OcrstreamError(ReasonCode.SCHEMA_VIOLATION,
-                                     f"page_number {result.page_number} exceeds page_count {result.page_count}")
-            self._accept(msg, result, batch)
-        except Exception as exc:  # noqa: BLE001 - bad input (or a bug) must not stop the partition
-            if not isinstance(exc, OcrstreamError):
-                log.exception("unexpected error on %s[%d]@%d", msg.topic(), msg.partition(), msg.offset())
-            log.warning("page result %s[%d]@%d refused: %s", msg.topic(), msg.partition(), msg.offset(), exc)
-            dl = dead_letter(msg, exc, STAGE, document_id=guess_document_id(msg.value()))
-            m.DEAD_LETTERS.labels(STAGE, dl.reason).inc()
-            batch.outputs.append(Output(self.s.topic("dead-letters"), dl.key, encode(dl), dead_letter_headers(dl)))
+    def _handle(self, msg: Message, ctx: RecordContext, batch: _Batch) -> list[Output]:
+        """Store one page result (and complete its document); returns nothing of its own: the
+        outputs go to ``batch``. Raises what the runtime turns into a dead letter."""
+        result = decode(msg.value(), PageResult)
+        ctx.document_id = result.document_id
+        key = msg.key().decode("utf-8", "replace") if msg.key() is not None else None
+        if key != result.document_id:
+            raise OcrstreamError(ReasonCode.INVALID_KEY, f"key {key!r} is not the document_id "
+                                 f"{result.document_id!r} (pages of a document must share a partition)")
+        if result.page_number > result.page_count:
+            raise OcrstreamError(ReasonCode.SCHEMA_VIOLATION,
+                                 f"page_number {result.page_number} exceeds page_count {result.page_count}")
+        self._accept(msg, result, batch)
+        return []
 
     def _accept(self, msg: Message, result: PageResult, batch: _Batch) -> None:
         p, doc, number = msg.partition(), result.document_id, result.page_number
@@ -541,9 +511,74 @@ class Assembler:
         marker = orjson.dumps({"status": result.status, "completed_at": completed_at})
         batch.finals.append(Output(self.state_topic, done_key(doc), marker, partition=p))
         batch.finals += [Output(self.state_topic, page_key(doc, n), None, partition=p) for n in pages]
+        if doc in st.incomplete:  # the complete result replaces the incomplete one
+            st.incomplete.discard(doc)
+            batch.finals.append(Output(self.state_topic, incomplete_key(doc), None, partition=p))
         self.completed += 1
         log.info("document %s %s (%d pages, %d ms end to end)", doc, result.status, result.page_count,
                  int(result.timings_ms["end_to_end_ms"]))
+
+    # --- the deadline ------------------------------------------------------------------
+    def _expire(self, batch: _Batch) -> None:
+        """Give documents past the deadline an ``incomplete`` result (see module docstring)."""
+        self.next_sweep = time.monotonic() + self._sweep_interval()
+        cutoff = now_ms() - int(self.s.document_deadline_s * 1000)
+        due = [(p, doc, pages) for p, st in self.states.items() for doc, pages in st.pages.items()
+               if doc not in st.incomplete and max(r.completed_at for r in pages.values()) < cutoff]
+        if not due:
+            return
+        try:
+            caught_up = self._inputs_caught_up({p for p, _, _ in due})
+            idle_pages = self._idle_pages_partitions()
+        except KafkaException as exc:
+            log.warning("deadline check postponed: lag unknown (%s)", exc)
+            return
+        n_pages = len(idle_pages[1])
+        for p, doc, pages in due:
+            page_count = next(iter(pages.values())).page_count
+            missing = [n for n in range(1, page_count + 1) if n not in pages]
+            upstream = {page_partition(doc, n, idle_pages[0]) for n in missing} if idle_pages[0] else set()
+            if p not in caught_up or (n_pages and not upstream <= idle_pages[1]):
+                continue  # a backlog still holds work for this document: no false `incomplete`
+            self._incomplete(p, doc, pages, missing, batch)
+
+    def _incomplete(self, p: int, doc: str, pages: dict[int, PageResult], missing: list[int], batch: _Batch) -> None:
+        result = assemble(pages.values(), now_ms())
+        first_missing = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        result = result.model_copy(update={"status": "failed", "error": Error(
+            code=ReasonCode.INCOMPLETE.value,
+            message=f"pages {first_missing} missing {self.s.document_deadline_s:.0f}s after the last page result")})
+        batch.outputs.append(Output(self.s.topic("document-results"), doc, encode(result)))
+        batch.finals.append(Output(self.state_topic, incomplete_key(doc), b"{}", partition=p))
+        self.states[p].incomplete.add(doc)
+        m.DOCUMENTS_INCOMPLETE.inc()
+        log.warning("document %s incomplete: pages %s missing", doc, first_missing)
+
+    def _inputs_caught_up(self, partitions: set[int]) -> set[int]:
+        """Those of ``partitions`` whose page results this assembler has all read."""
+        tps = [TopicPartition(self.source_topic, p) for p in partitions]
+        out = set()
+        for tp in self.rt.consumer.position(tps):
+            low, high = self.rt.consumer.get_watermark_offsets(tp, timeout=10)
+            if tp.offset >= high or (tp.offset < 0 and high == low):
+                out.add(tp.partition)
+        return out
+
+    def _idle_pages_partitions(self) -> tuple[int, set[int]]:
+        """``(partition count of pages, the pages partitions where the worker group has committed
+        everything)``: pages there are all OCR'd and their results published."""
+        pages_topic = self.s.topic("pages")
+        parts = topic_partitions(self.admin, pages_topic, 10)
+        tps = [TopicPartition(pages_topic, p) for p in parts]
+        request = ConsumerGroupTopicPartitions(self.s.group("worker"), tps)
+        committed = self.admin.list_consumer_group_offsets([request])[self.s.group("worker")].result(10)
+        offsets = {tp.partition: tp.offset for tp in committed.topic_partitions}
+        idle = set()
+        for tp in tps:
+            low, high = self.rt.consumer.get_watermark_offsets(tp, timeout=10)
+            if high == low or offsets.get(tp.partition, -1) >= high:
+                idle.add(tp.partition)
+        return len(parts), idle
 
 
 def build_app(s: Settings, stop: StopFlag | None = None) -> Assembler:
@@ -555,14 +590,6 @@ def build_app(s: Settings, stop: StopFlag | None = None) -> Assembler:
     return Assembler(s, stop)
 
 
-def run_assembler(s: Settings, stop: StopFlag | None = None) -> None:
-    """Run the assembler stage until SIGTERM/SIGINT (or ``stop``); blocking."""
-    Assembler(s, stop).run()
-
-
-if __name__ == "__main__":  # `ocrstream assembler` is the usual entry point
-    from ocrstream.settings import get_settings
-
-    logging.basicConfig(level=get_settings().log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
-    run_assembler(get_settings())
+def run_assembler(s: Settings, stop: StopFlag | None = None) -> int:
+    """Run the assembler stage until SIGTERM/SIGINT (or ``stop``); returns the exit status."""
+    return run_stage(lambda: Assembler(s, stop))
