@@ -188,7 +188,7 @@ class ObjectStore:
                 ``object_too_large``, ``storage_error`` (transient for network errors and 5xx).
         """
         info = self.stat(bucket, key, version_id)
-        if etag and _bare_etag(info.etag) != _bare_etag(etag):
+        if etag and info.etag and _bare_etag(info.etag) != _bare_etag(etag):
             raise self._changed(bucket, key, etag, info.etag)
         if info.size > max_bytes:
             raise OcrstreamError(ReasonCode.OBJECT_TOO_LARGE, f"object is {info.size} bytes, limit {max_bytes}")

@@ -26,15 +26,20 @@ SHARED = REPO.parent / "shared" / "data"
 TEST_STACK_DIR = Path(os.environ.get("OCRSTREAM_TEST_STACK_DIR", REPO / ".ocrstream-test-stack"))
 
 
+# Ports of the test stack; OCRSTREAM_TEST_PORT_OFFSET moves them all, so two checkouts (or two
+# sessions) can run the suite side by side.
+_OFFSET = int(os.environ.get("OCRSTREAM_TEST_PORT_OFFSET", "0"))
+
+
 def base_settings(**overrides) -> Settings:
     """Settings pointing at the test stack (independent of the developer's env)."""
     values = dict(
-        kafka_bootstrap_servers="127.0.0.1:29092",
-        kafka_port=29092,
-        kafka_controller_port=29093,
-        s3_endpoint="127.0.0.1:28333",
-        s3_port=28333,
-        stack_port_base=37000,
+        kafka_bootstrap_servers=f"127.0.0.1:{29092 + _OFFSET}",
+        kafka_port=29092 + _OFFSET,
+        kafka_controller_port=29093 + _OFFSET,
+        s3_endpoint=f"127.0.0.1:{28333 + _OFFSET}",
+        s3_port=28333 + _OFFSET,
+        stack_port_base=37000 + _OFFSET,
         stack_dir=TEST_STACK_DIR,
         kafka_libs=REPO / "deploy" / "kafka" / "libs",
         s3_access_key="ocrstream",

@@ -196,8 +196,9 @@ def test_invalid_bucket_is_a_reason_code(settings, store, bucket):
         lambda: store.list("inbox/", bucket=bucket),
         lambda: store.put_bytes("k.pdf", b"x", bucket=bucket),
         lambda: store.ensure_bucket(bucket),
-        lambda: SourceCache(store, settings).get(_task(bucket, "k.pdf")),
     ]
+    if 3 <= len(bucket) <= 63:  # what the message schema lets through to the worker
+        calls.append(lambda: SourceCache(store, settings).get(_task(bucket, "k.pdf")))
     for call in calls:
         with pytest.raises(OcrstreamError) as e:
             call()

@@ -1,0 +1,210 @@
+"""The stage runtime's failure policy against the real broker and object store.
+
+Each hostile record must end as a dead letter and/or a ``failed`` result with its reason
+code, and 20 valid documents published right after it must all complete: one bad record
+never stops the pipeline.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from consumers.assembler import Assembler
+from consumers.splitter import Splitter
+from consumers.worker import OcrWorker
+from ocrstream.engine.null import NullEngine
+from ocrstream.streaming import StopFlag
+from producers.publish import DocumentPublisher
+from producers.results import read_latest_results
+from schemas import DeadLetter, DocumentRef, ObjectRef, decode
+
+from conftest import consume_all
+from fault_engines import MARKER_SIZE
+
+pytestmark = pytest.mark.integration
+
+TESTS = Path(__file__).resolve().parent
+N_VALID = 20
+
+
+def _png(size=(200, 80), text_color=0) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", size, 255 - text_color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _corrupt_tiff() -> bytes:
+    """A 2-page TIFF whose first IFD's next-IFD pointer points past the end of the file."""
+    buf = io.BytesIO()
+    Image.new("L", (64, 64), 255).save(buf, "TIFF", save_all=True, append_images=[Image.new("L", (64, 64), 0)])
+    data = bytearray(buf.getvalue())
+    assert data[:2] == b"II"
+    first = int.from_bytes(data[4:8], "little")
+    entries = int.from_bytes(data[first:first + 2], "little")
+    at = first + 2 + 12 * entries
+    data[at:at + 4] = (len(data) + 10_000).to_bytes(4, "little")
+    return bytes(data)
+
+
+def _publish_valid(s, store, n: int = N_VALID) -> set[str]:
+    ids = set()
+    with DocumentPublisher(s) as pub:
+        for i in range(n):
+            key = f"uploads/valid-{i}.png"
+            store.client.put_object(s.bucket, key, io.BytesIO(_png()), len(_png()))
+            ids.add(pub.publish_object(s.bucket, key))
+    return ids
+
+
+def _wait_results(s, ids: set[str], timeout_s: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    latest: dict = {}
+    while time.monotonic() < deadline:
+        latest = read_latest_results(s, timeout_s=15)
+        if ids <= latest.keys():
+            return latest
+        time.sleep(1)
+    pytest.fail(f"{len(ids - latest.keys())} of {len(ids)} documents got no result within {timeout_s}s")
+
+
+def _dead_letters(s, count: int, timeout_s: float = 60.0) -> list[DeadLetter]:
+    msgs = consume_all(s, s.topic("dead-letters"), count, timeout_s)
+    assert len(msgs) >= count, f"expected {count} dead letters, got {len(msgs)}"
+    return [decode(m.value(), DeadLetter) for m in msgs]
+
+
+def _threads_pipeline(s, stages):
+    flag = lambda: StopFlag(install_signals=False)  # noqa: E731
+    stages.start(Splitter(s, flag()))
+    stages.start(OcrWorker(s, engine=NullEngine(), stop=flag()))
+    stages.start(Assembler(s, flag()))
+
+
+def test_invalid_bucket_record_is_dead_lettered_and_valid_documents_complete(settings, store, stages):
+    s = settings
+    with DocumentPublisher(s) as pub:
+        bad = pub.publish_ref(DocumentRef(document_id="bad-bucket-doc", submitted_at=int(time.time() * 1000),
+                                          source=ObjectRef(bucket="Bad_Bucket!", key="uploads/x.pdf",
+                                                           filename="x.pdf")))
+    ids = _publish_valid(s, store)
+    _threads_pipeline(s, stages)
+    results = _wait_results(s, ids | {bad})
+    assert results[bad].status == "failed" and results[bad].error.code == "invalid_bucket"
+    assert all(results[d].status == "succeeded" for d in ids)
+    (dl,) = [d for d in _dead_letters(s, 1) if d.document_id == bad]
+    assert dl.stage == "splitter" and dl.reason == "invalid_bucket"
+    assert not stages.errors, stages.errors
+
+
+def test_corrupt_tiff_fails_with_its_code_and_valid_documents_complete(settings, store, stages):
+    s = settings
+    data = _corrupt_tiff()
+    store.client.put_object(s.bucket, "uploads/corrupt.tif", io.BytesIO(data), len(data))
+    with DocumentPublisher(s) as pub:
+        bad = pub.publish_object(s.bucket, "uploads/corrupt.tif")
+    ids = _publish_valid(s, store)
+    _threads_pipeline(s, stages)
+    results = _wait_results(s, ids | {bad})
+    assert results[bad].status == "failed" and results[bad].error.code == "corrupt_document"
+    assert all(results[d].status == "succeeded" for d in ids)
+    assert not stages.errors, stages.errors
+
+
+def test_unexpected_exception_becomes_internal_error_and_the_partition_moves_on(settings, store, stages, monkeypatch):
+    """A bug (an exception that is no OcrstreamError) in one record's handling: dead letter with
+    reason internal_error and the error class, a failed result, no crash loop."""
+    import consumers.splitter as splitter_module
+
+    real_inspect = splitter_module.inspect
+
+    def buggy_inspect(data, filename, **kw):
+        if filename == "trigger.png":
+            raise KeyError("a bug")
+        return real_inspect(data, filename, **kw)
+
+    monkeypatch.setattr(splitter_module, "inspect", buggy_inspect)
+    s = settings
+    store.client.put_object(s.bucket, "uploads/trigger.png", io.BytesIO(_png()), len(_png()))
+    with DocumentPublisher(s) as pub:
+        bad = pub.publish_object(s.bucket, "uploads/trigger.png")
+    ids = _publish_valid(s, store)
+    _threads_pipeline(s, stages)
+    results = _wait_results(s, ids | {bad})
+    assert results[bad].status == "failed" and results[bad].error.code == "internal_error"
+    assert "KeyError" in results[bad].error.message
+    (dl,) = [d for d in _dead_letters(s, 1) if d.document_id == bad]
+    assert dl.reason == "internal_error" and dl.error_class == "KeyError" and dl.stage == "splitter"
+    assert all(results[d].status == "succeeded" for d in ids)
+    assert not stages.errors, stages.errors
+
+
+def test_consumers_read_a_newer_minor_version_with_an_added_field(settings, store, stages):
+    """Schema evolution: an ingest record with a field today's consumers do not know is processed."""
+    import orjson
+    from confluent_kafka import Producer
+
+    from ocrstream.kafka import producer_config
+
+    s = settings
+    store.client.put_object(s.bucket, "uploads/newer.png", io.BytesIO(_png()), len(_png()))
+    ref = {"schema": "document_ref", "schema_version": 1, "document_id": "newer-doc", "submitted_at": 1,
+           "priority": "high",  # added by a newer producer
+           "source": {"bucket": s.bucket, "key": "uploads/newer.png", "filename": "newer.png", "region": "eu"}}
+    p = Producer(producer_config(s))
+    p.produce(s.topic("ingest"), orjson.dumps(ref), "newer-doc")
+    assert p.flush(10) == 0
+    _threads_pipeline(s, stages)
+    results = _wait_results(s, {"newer-doc"})
+    assert results["newer-doc"].status == "succeeded"
+    assert results["newer-doc"].source.model_extra.get("region") == "eu"  # passed through, not dropped
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("factory,signal_name", [("kill_on_marker", "sigkill"), ("segfault_on_marker", "sigsegv")])
+def test_poison_page_fails_with_worker_crash_after_max_attempts(settings, store, stages, processes, tmp_path,
+                                                                factory, signal_name):
+    """A page whose OCR kills the worker process is attempted OCRSTREAM_MAX_PAGE_ATTEMPTS times
+    (its later attempts alone), then fails with worker_crash; the pages that shared its first
+    batch and 20 valid documents after it complete."""
+    s = settings.model_copy(update={"max_page_attempts": 3, "batch_max_pages": 8, "batch_max_wait_ms": 500})
+    fault_log = tmp_path / "faults.log"
+    marker = _png(MARKER_SIZE)
+    store.client.put_object(s.bucket, "uploads/poison.png", io.BytesIO(marker), len(marker))
+    with DocumentPublisher(s) as pub:
+        poison = pub.publish_object(s.bucket, "uploads/poison.png")
+    ids = _publish_valid(s, store)
+    flag = lambda: StopFlag(install_signals=False)  # noqa: E731
+    stages.start(Splitter(s, flag()))
+    stages.start(Assembler(s, flag()))
+    env = {"OCRSTREAM_ENGINE_PLUGIN": f"fault_engines:{factory}", "FAULT_LOG": str(fault_log),
+           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+           "OCRSTREAM_GROUP_INSTANCE_ID": "poison-worker"}  # static membership: a restart rejoins at once
+    worker = processes.start(s, "worker", **env)
+    deadline = time.monotonic() + 240
+    exits = []
+    latest: dict = {}
+    while time.monotonic() < deadline:  # the supervisor: restart the worker whenever it dies (bounded)
+        if worker.poll() is not None:
+            exits.append(worker.returncode)
+            assert len(exits) <= 5, f"worker died {len(exits)} times: {exits}"
+            worker = processes.start(s, "worker", **env)
+        latest = read_latest_results(s, timeout_s=5)
+        if (ids | {poison}) <= latest.keys():
+            break
+        time.sleep(1)
+    assert (ids | {poison}) <= latest.keys(), f"missing: {len((ids | {poison}) - latest.keys())}; exits {exits}"
+    faults = fault_log.read_text().splitlines()
+    assert len(faults) == 3, faults  # exactly max_page_attempts fatal attempts
+    assert all(line.split()[1] == signal_name for line in faults)
+    assert all(line.endswith("batch=1") for line in faults[1:]), faults  # retries ran alone
+    expected_rc = -9 if signal_name == "sigkill" else -11
+    assert exits[:3] == [expected_rc] * 3, exits
+    assert latest[poison].status == "failed" and latest[poison].error.code == "worker_crash"
+    assert all(latest[d].status == "succeeded" for d in ids), {d: latest[d].error for d in ids if latest[d].error}
+    assert not stages.errors, stages.errors
