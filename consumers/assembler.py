@@ -293,7 +293,10 @@ class Assembler:
         self.partitions = ensure_state_topic(s)
         self.rt = StageRuntime(s, STAGE, [self.source_topic], stop=stop, on_assign=self._on_assign,
                                on_revoke=self._drop, on_lost=self._drop, on_rewind=self._on_rewind,
-                               ready=lambda: bool(self.states))
+                               # A refused page result gets a dead letter only: a failed *document*
+                               # result could overwrite the good result of a finished document. Its
+                               # document gets `incomplete` at the deadline if the page never comes.
+                               ready=lambda: bool(self.states), results_topic=None)
         self.stop = self.rt.stop
         self.states: dict[int, _PartitionState] = {}
         self.ready: list[tuple[int, str]] = []  # (partition, doc) complete after a restore, not yet published

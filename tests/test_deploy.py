@@ -79,7 +79,10 @@ def serves_http(stage: str) -> bool:
     spec = importlib.util.find_spec(stage_modules()[stage])
     if spec is None or spec.origin is None:  # module not written yet: serves nothing
         return False
-    return re.search(r"\.http_port\b", Path(spec.origin).read_text()) is not None
+    origin = Path(spec.origin)
+    files = sorted(origin.parent.glob("*.py")) if origin.name == "__init__.py" else [origin]
+    # A stage on the stage runtime serves the probes (ocrstream/streaming/loop.py reads http_port).
+    return any(re.search(r"\.http_port\b|StageRuntime\(", f.read_text()) for f in files)
 
 
 def env_dict(env: Any) -> dict[str, str]:

@@ -161,4 +161,4 @@ def test_pages_of_a_document_go_to_consecutive_partitions(settings, store, stage
     assert n == 12 and len(set(placed.values())) == 7
     first = placed[1]
     assert placed == {page: (first + page - 1) % n for page in range(1, 8)}
-    assert first == PagePlacement(splitter.delivery.producer, settings.topic("pages")).partition(doc_id, 1)
+    assert first == PagePlacement(splitter.rt.delivery.producer, settings.topic("pages")).partition(doc_id, 1)

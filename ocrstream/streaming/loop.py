@@ -138,14 +138,14 @@ class StageRuntime:
         self.delivery = Delivery(s, self.consumer, stage, transactional=transactional, tid=tid)
         self.assigned: set[tuple[str, int]] = set()  # kept by the callbacks: probes never call into the client
         self.paused = False
-        self.http = None
         self._last_beat = self._last_progress = time.monotonic()
+        # Probes answer from construction on: /healthz while models load, /readyz 503 until assigned.
+        self.http = serve_if_configured(s.http_port, self.ready, self.alive)
 
     # --- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
-        """Subscribe and serve the probes (``OCRSTREAM_HTTP_PORT``)."""
+        """Subscribe (the probes already answer on ``OCRSTREAM_HTTP_PORT``)."""
         self.consumer.subscribe(self.topics, on_assign=self._assign, on_revoke=self._revoke, on_lost=self._lost)
-        self.http = serve_if_configured(self.s.http_port, self.ready, self.alive)
         log.info("%s consuming %s (group %s, delivery %s)", self.stage, self.topics, self.s.group(self.stage),
                  "exactly-once" if self.delivery.transactional else "at-least-once")
 
