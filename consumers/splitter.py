@@ -114,7 +114,8 @@ class Splitter:
         ctx.document_id, ctx.source, ctx.submitted_at = ref.document_id, ref.source, ref.submitted_at
         key = validate_key(ref.source.key)
         data = retry_transient(
-            lambda: self.store.get_bytes(ref.source.bucket, key, s.max_object_bytes, ref.source.version_id),
+            lambda: self.store.get_bytes(ref.source.bucket, key, s.max_object_bytes, ref.source.version_id,
+                                 etag=ref.source.etag),
             stop=self.stop.event,
         )
         info = inspect(data, ref.source.filename, max_pages=s.max_pages, max_page_pixels=s.max_page_pixels)

@@ -270,3 +270,66 @@ def test_complete_document_left_in_state_is_published_on_start(settings, assembl
     assert records[page_key("docX", 1)] is None and records[page_key("docX", 2)] is None
     assert records[page_key("docY", 1)] is None
     assert orjson.loads(records[done_key("docX")])["status"] == "succeeded"
+
+
+def _committed_offset(s, group: str, topic: str, partition: int) -> int:
+    c = Consumer(consumer_config(s, group))
+    try:
+        (tp,) = c.committed([TopicPartition(topic, partition)], timeout=10)
+        return tp.offset
+    finally:
+        c.close()
+
+
+def test_document_missing_pages_gets_incomplete_result_then_the_complete_one(settings, assembler_thread):
+    """Deadline: a document still missing pages gets a failed `incomplete` result with the pages that
+    arrived, but only once nothing upstream holds work for it (no false `incomplete` during a backlog);
+    the marker survives a restart; a late page replaces the result with the complete one."""
+    from topology import page_partition
+
+    s = settings.model_copy(update={"document_deadline_s": 2.0})
+    reader = Reader(s, s.topic("document-results"))
+    # Backlog: docLag's missing page 2 still waits in `pages` (the worker group has committed nothing).
+    pages_part = page_partition("docLag", 2, 12)
+    assert pages_part != page_partition("docInc", 2, 12)  # docInc's missing page has no backlog
+    p = Producer(producer_config(s))
+    p.produce(s.topic("pages"), b"{}", "docLag/2", partition=pages_part)
+    assert p.flush(10) == 0
+    ((part_i, off_i), (part_b, off_b)) = send(s, pages(page("docInc", 1, 2), page("docLag", 1, 2)))
+    app = assembler_thread(s)
+    first = results_of(reader.read(1, 60))
+    assert set(first) == {"docInc"}, first
+    r = first["docInc"]
+    assert r.status == "failed" and r.error.code == "incomplete" and "2" in r.error.message
+    assert [q.page_number for q in r.pages] == [1]
+    # docLag: the assembler has read past its page (committed) and several deadlines passed: still nothing.
+    deadline = time.monotonic() + 30
+    while _committed_offset(s, s.group("assembler"), s.topic("page-results"), part_b) <= off_b:
+        assert time.monotonic() < deadline, "assembler did not commit docLag's page"
+        time.sleep(0.5)
+    time.sleep(3 * s.document_deadline_s)
+    assert reader.read(1, 2) == [], "incomplete declared while the worker group still had docLag's page"
+    # The worker group catches up: docLag becomes incomplete too.
+    c = Consumer(consumer_config(s, s.group("worker")))
+    c.commit(offsets=[TopicPartition(s.topic("pages"), pages_part, 1)], asynchronous=False)
+    c.close()
+    late = results_of(reader.read(1, 60))
+    assert set(late) == {"docLag"} and late["docLag"].error.code == "incomplete"
+    # Restart: the `inc/` markers come back with the state, so no second incomplete result.
+    app.stop()
+    app = assembler_thread(s)
+    time.sleep(3 * s.document_deadline_s)
+    assert reader.read(1, 2) == [], "a restarted assembler published `incomplete` again"
+    # The late page completes docInc: the complete result replaces the incomplete one.
+    send(s, pages(page("docInc", 2, 2)))
+    done = results_of(reader.read(1, 60))
+    reader.close()
+    app.stop()
+    assert done["docInc"].status == "succeeded" and [q.page_number for q in done["docInc"].pages] == [1, 2]
+    assert m_incomplete_total() >= 2
+
+
+def m_incomplete_total() -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("ocrstream_documents_incomplete_total") or 0.0
