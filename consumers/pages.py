@@ -21,7 +21,7 @@ from ocrstream.settings import Settings
 from ocrstream.storage import ObjectStore, validate_key
 from schemas import PageTask
 
-from .common import retry_transient
+from ocrstream.streaming import retry_transient
 
 # MuPDF is not thread-safe (PyMuPDF docs, "Multiprocessing/Multithreading"): one render at a time.
 _MUPDF_LOCK = threading.Lock()

@@ -1,4 +1,5 @@
-"""Observability: Prometheus series, /metrics + /healthz + /readyz, NVML sampling, metrics-topic samples.
+"""Observability: Prometheus series, NVML sampling, metrics-topic samples (the HTTP endpoints are
+:mod:`ocrstream.streaming.health`).
 
 Prometheus series (prometheus-client, default registry):
 
@@ -18,13 +19,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 import orjson
 import psutil
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
 
 from schemas import GpuSample
 
@@ -149,49 +148,6 @@ def parse_lag(stats_json: str) -> dict[str, int]:
                 lag[f"{topic}/{pid}"] = value
                 CONSUMER_LAG.labels(topic, pid).set(value)
     return lag
-
-
-class HealthServer:
-    """Serves ``/metrics`` (Prometheus text format), ``/healthz`` (process alive) and
-    ``/readyz`` (200 once ``ready()`` is true: partitions assigned and engine loaded)."""
-
-    def __init__(self, port: int, ready: Callable[[], bool], host: str = "0.0.0.0"):
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's naming
-                if self.path.startswith("/metrics"):
-                    body, ctype, code = generate_latest(), CONTENT_TYPE_LATEST, 200
-                elif self.path.startswith("/healthz"):
-                    body, ctype, code = b"ok\n", "text/plain", 200
-                elif self.path.startswith("/readyz"):
-                    ok = outer.ready()
-                    body, ctype, code = (b"ready\n" if ok else b"not ready\n"), "text/plain", 200 if ok else 503
-                else:
-                    body, ctype, code = b"not found\n", "text/plain", 404
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):  # keep scrapes out of the logs
-                pass
-
-        self.ready = ready
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name="http")
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def serve_if_configured(port: int, ready: Callable[[], bool]) -> HealthServer | None:
-    """Start the health/metrics server when ``port`` (``OCRSTREAM_HTTP_PORT``) is non-zero."""
-    return HealthServer(port, ready) if port else None
 
 
 def hostname() -> str:

@@ -29,18 +29,20 @@ overwrites its own result in the compacted results topic.
 from __future__ import annotations
 
 import logging
-import uuid
 from pathlib import PurePosixPath
 
 import time
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Message, TopicPartition
 
-from ocrstream.streaming import StopFlag, dead_letter, dead_letter_headers, now_ms
 from ocrstream import metrics as m
 from ocrstream.errors import OcrstreamError, ReasonCode
-from ocrstream.kafka import assign_all, consumer_config, producer_config, watermarks
+from ocrstream.kafka import make_admin, topic_partitions
+from ocrstream.streaming import (Delivery, Output, StageRuntime, StopFlag, TransactionAborted, now_ms,
+                                 run_stage)
+from ocrstream.streaming.changelog import read_partitions
+from ocrstream.streaming.health import serve_if_configured
 from ocrstream.settings import Settings
 from ocrstream.storage import ObjectInfo, ObjectStore, validate_key
 from schemas import DocumentRef, ObjectRef, encode
@@ -111,25 +113,24 @@ class DropFolderWatcher:
 
     def __init__(self, s: Settings, stop: StopFlag | None = None):
         self.s = s
-        self.stop = stop or StopFlag()
         self.store = ObjectStore(s)
         self.state_topic = s.topic("watch-state")
+        # Stable per bucket/prefix: a second watcher on the same folder fences the first.
         tid = f"{s.group('watch')}-{s.bucket}-{s.inbox_prefix}".replace("/", "_")
-        self.producer = Producer(producer_config(s, transactional_id=tid))
-        self.producer.init_transactions(30)  # fences an older watcher and aborts its open transaction
-        self.seen = self._load_checkpoint()
-        self.consumer: Consumer | None = None
+        self.rt: StageRuntime | None = None
+        self.http = None
         if s.watch_mode == "events":
-            self.consumer = Consumer(consumer_config(s, s.group("watch")))
-            self.consumer.subscribe([s.topic("object-events")], on_assign=self._on_assign,
-                                    on_revoke=self._on_revoke, on_lost=self._on_revoke)
-        self.assigned: set[int] = set()  # kept by the callbacks: /readyz must not call into the consumer
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.assigned |= {tp.partition for tp in partitions}
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.assigned -= {tp.partition for tp in partitions}
+            # The stage runtime: consumer of the notifications, always transactional (the event
+            # offsets commit with the ingest and checkpoint records), probes, failure policy.
+            self.rt = StageRuntime(s, STAGE, [s.topic("object-events")], stop=stop, transactional=True, tid=tid,
+                                   results_topic=None)
+            self.stop, self.delivery = self.rt.stop, self.rt.delivery
+        else:
+            self.stop = stop or StopFlag()
+            self.delivery = Delivery(s, None, STAGE, transactional=True, tid=tid)
+            self.http = serve_if_configured(s.http_port, lambda: True)
+        # Fenced above (init_transactions) before reading: a zombie cannot write past what we read.
+        self.seen = self._load_checkpoint()
 
     def _load_checkpoint(self) -> PublishedVersions:
         """Read the compacted checkpoint topic to its end.
@@ -146,41 +147,15 @@ class DropFolderWatcher:
                 stage stops instead and its restart reads the checkpoint again.
             KafkaException: the topic does not exist, or a consumer error.
         """
-        conf = consumer_config(self.s, f"{self.s.group('watch-loader')}-{uuid.uuid4().hex[:8]}",
-                               **{"enable.partition.eof": True})
-        consumer = Consumer(conf)
         # checkpoint key -> (ckey, etag, version_id), in the order of each key's last write.
         latest: dict[str, tuple[str, str, str | None]] = {}
+        partitions = topic_partitions(make_admin(self.s), self.state_topic)
         try:
-            assignment = assign_all(consumer, self.state_topic, "beginning")
-            # Where each partition ends now; a partition whose start is its end is complete.
-            ends = {tp.partition: watermarks(consumer, tp)[1] for tp in assignment}
-            pending = {tp.partition for tp in assignment if ends[tp.partition] > tp.offset}
-            idle_s = CHECKPOINT_READ_IDLE_TIMEOUT_S
-            deadline = time.monotonic() + idle_s
-            while pending and time.monotonic() < deadline:
-                msg = consumer.poll(min(0.2, max(0.0, deadline - time.monotonic())))
-                if msg is None:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition())
-                        continue
-                    if err.fatal():
-                        raise KafkaException(err)
-                    log.warning("checkpoint read: %s", err)  # transient (broker away): keep polling
-                    continue
-                deadline = time.monotonic() + idle_s  # progress: the timeout is on silence, not on size
-                if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                    pending.discard(msg.partition())
+            for msg in read_partitions(self.s, self.state_topic, partitions, CHECKPOINT_READ_IDLE_TIMEOUT_S):
                 self._apply_checkpoint_record(msg, latest)
-            if pending:
-                raise TimeoutError(
-                    f"drop-folder checkpoint {self.state_topic}: partitions {sorted(pending)} not read to their "
-                    f"end (no record for {idle_s:g}s); refusing to start with a partial checkpoint")
-        finally:
-            consumer.close()
+        except OcrstreamError as exc:
+            raise TimeoutError(f"drop-folder checkpoint {self.state_topic} not read to its end ({exc}); "
+                               "refusing to start with a partial checkpoint") from exc
         seen = PublishedVersions()
         for ckey, etag, version_id in latest.values():
             seen.add(ckey, etag, version_id)
@@ -210,8 +185,8 @@ class DropFolderWatcher:
     def _wanted(self, key: str) -> bool:
         return key.startswith(self.s.inbox_prefix) and not key.endswith("/")
 
-    def _produce(self, info: ObjectInfo, ckey: str) -> str:
-        """Queue the DocumentRef and its checkpoint record in the open transaction."""
+    def _outputs(self, info: ObjectInfo, ckey: str) -> tuple[str, list[Output]]:
+        """``(document id, [DocumentRef record, checkpoint record])``: published in one transaction."""
         doc_id = stable_document_id(info.bucket, info.key, info.etag, info.version_id)
         ref = DocumentRef(
             document_id=doc_id,
@@ -221,10 +196,9 @@ class DropFolderWatcher:
         )
         state = orjson.dumps({"etag": info.etag, "version_id": info.version_id, "document_id": doc_id,
                               "published_at": now_ms()})
-        self.producer.produce(self.s.topic("ingest"), encode(ref), doc_id)
-        self.producer.produce(self.state_topic, state, PublishedVersions.checkpoint_key(ckey, info.version_id))
         log.info("publishing %s as %s", info.key, doc_id)
-        return doc_id
+        return doc_id, [Output(self.s.topic("ingest"), doc_id, encode(ref)),
+                        Output(self.state_topic, PublishedVersions.checkpoint_key(ckey, info.version_id), state)]
 
     def _valid(self, info: ObjectInfo, ckey: str, pending: PublishedVersions) -> bool:
         """False for keys the pipeline refuses; they are remembered so they are not retried."""
@@ -264,18 +238,17 @@ class DropFolderWatcher:
                     continue
             if not self._valid(info, ckey, self.seen):
                 continue
-            self.producer.begin_transaction()
+            doc_id, outputs = self._outputs(info, ckey)
             try:
-                doc_id = self._produce(info, ckey)
-                self.producer.commit_transaction(30)
-            except KafkaException:
-                self.producer.abort_transaction(30)
-                raise
+                self.delivery.publish(outputs, [])
+            except TransactionAborted as exc:
+                log.warning("publishing %s aborted (%s): tried again at the next listing", info.key, exc)
+                continue
             self.seen.add(ckey, info.etag, info.version_id)
             published.append(doc_id)
             m.WATCH_PUBLISHED.labels("scan").inc()
             m.MESSAGES_PRODUCED.labels(STAGE, self.s.topic("ingest")).inc()
-        if published and self.consumer is not None:
+        if published and self.rt is not None:
             log.warning("the fallback listing found %d object versions no event had announced yet "
                         "(events lost by the notifier, or still queued)", len(published))
         return published
@@ -295,46 +268,45 @@ class DropFolderWatcher:
                 transaction is aborted and the records will be read again.
             KafkaException: the transaction failed (aborted; records will be read again).
         """
-        assert self.consumer is not None, "events mode only"
-        msgs = [msg for msg in self.consumer.consume(EVENT_BATCH, timeout_s) if self._ok(msg)]
+        assert self.rt is not None, "events mode only"
+        rt = self.rt
+        msgs = rt.consume(EVENT_BATCH, timeout_s)
         if not msgs:
             return []
         pending = PublishedVersions()
         published: list[str] = []
-        self.producer.begin_transaction()
+        outputs: list[Output] = []
+
+        def handle(msg: Message, ctx) -> list[Output]:
+            doc_outputs = self._handle_event(msg, pending)
+            published.extend(doc_id for doc_id, _ in doc_outputs)
+            return [o for _, outs in doc_outputs for o in outs]
+
         try:
             for msg in msgs:
-                m.MESSAGES_CONSUMED.labels(STAGE).inc()
-                published += self._handle_event(msg, pending)
-            offsets = [tp for tp in self.consumer.position(self.consumer.assignment()) if tp.offset >= 0]
-            self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
-            self.producer.commit_transaction(30)
-        except (OcrstreamError, KafkaException):
-            self._abort_and_rewind()
-            raise
+                # Not an S3 event, or a bug: a dead letter. A transient storage failure (an
+                # object lookup) escapes: the whole batch is read again after a rewind.
+                outputs += rt.guard(msg, handle, reraise_transient=True)
+        except OcrstreamError as exc:
+            log.warning("object events not handled (%s): reading them again", exc)
+            rt.rewind()
+            return []
+        offsets = [tp for tp in rt.consumer.position([TopicPartition(t, p) for t, p in rt.assigned])
+                   if tp.offset >= 0]
+        if not rt.publish(outputs, offsets):
+            return []  # aborted and rewound: the events are read again
         self.seen.merge(pending)
         m.WATCH_PUBLISHED.labels("event").inc(len(published))
-        m.MESSAGES_PRODUCED.labels(STAGE, self.s.topic("ingest")).inc(len(published))
         return published
 
-    @staticmethod
-    def _ok(msg: Message) -> bool:
-        if msg.error():
-            log.warning("object-events consumer: %s", msg.error())
-            return False
-        return True
+    def _handle_event(self, msg: Message, pending: PublishedVersions) -> list[tuple[str, list[Output]]]:
+        """``[(document id, outputs)]`` for the created objects one notification record announces.
 
-    def _handle_event(self, msg: Message, pending: PublishedVersions) -> list[str]:
-        try:
-            events = parse_object_events(msg.value())
-        except OcrstreamError as exc:
-            dl = dead_letter(msg, exc, STAGE)
-            self.producer.produce(self.s.topic("dead-letters"), encode(dl), msg.key(),
-                                  headers=dead_letter_headers(dl))
-            m.DEAD_LETTERS.labels(STAGE, dl.reason).inc()
-            log.warning("object event at %s/%d@%d is not an S3 event: %s", msg.topic(), msg.partition(),
-                        msg.offset(), exc)
-            return []
+        Raises:
+            OcrstreamError: ``invalid_json`` / ``schema_violation`` (not an S3 event: dead letter),
+                or a transient ``storage_error`` from the object lookup.
+        """
+        events = parse_object_events(msg.value())
         published = []
         for ev in events:
             if not ev.created or ev.bucket != self.s.bucket or not self._wanted(ev.key):
@@ -353,69 +325,50 @@ class DropFolderWatcher:
                 continue
             if not self._valid(info, ckey, pending):
                 continue
-            published.append(self._produce(info, ckey))
+            published.append(self._outputs(info, ckey))
             pending.add(ckey, info.etag, info.version_id)
         return published
 
     def _covered(self, ckey: str, etag: str | None, version_id: str | None, pending: PublishedVersions) -> bool:
         return self.seen.covers(ckey, etag, version_id) or pending.covers(ckey, etag, version_id)
 
-    def _abort_and_rewind(self) -> None:
-        """Abort the open transaction and seek back to the committed offsets, so the
-        aborted batch's events are read again."""
-        try:
-            self.producer.abort_transaction(30)
-        except KafkaException as exc:
-            log.error("abort failed: %s", exc)
-            raise
-        try:
-            assignment = self.consumer.assignment()
-            for tp in self.consumer.committed(assignment, timeout=30) if assignment else []:
-                self.consumer.seek(TopicPartition(tp.topic, tp.partition,
-                                                  tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
-        except KafkaException as exc:
-            # Reading on past an aborted batch would skip its events: stop instead, and let the
-            # restart resume from the committed offsets.
-            raise RuntimeError(f"could not rewind the object-events consumer after an abort: {exc}") from exc
-
     def ready(self) -> bool:
         """For ``/readyz``: checkpoint loaded, and in events mode, event partitions assigned."""
-        return self.consumer is None or bool(self.assigned)
+        return self.rt is None or self.rt.ready()
 
     def run(self) -> None:
-        """Watch until stopped. Storage and transaction failures are logged and retried
-        (bounded by ``watch_interval_s`` between attempts); nothing is skipped."""
-        http = m.serve_if_configured(self.s.http_port, self.ready)
-        events = self.consumer is not None
+        """Watch until stopped. Listing failures are logged and retried every interval; nothing
+        is skipped.
+
+        Raises:
+            FatalKafkaError: fenced by a newer watcher on the same folder, or unrecoverable.
+        """
+        events = self.rt is not None
         interval = (self.s.watch_rescan_s or float("inf")) if events else self.s.watch_interval_s
         next_scan = 0.0
+        if events:
+            self.rt.start()
         try:
             while not self.stop.is_set():
                 if time.monotonic() >= next_scan:
                     try:
                         self.scan_once()
-                    except (OcrstreamError, KafkaException) as exc:
-                        if isinstance(exc, KafkaException) and exc.args[0].fatal():
-                            raise  # fenced by a newer watcher: this one must stop
+                    except OcrstreamError as exc:
                         log.warning("drop-folder listing failed (%s); retrying", exc)
                     next_scan = time.monotonic() + interval
                 if not events:
                     self.stop.event.wait(max(0.0, next_scan - time.monotonic()))
                     continue
-                try:
-                    self.consume_events_once(timeout_s=1.0)
-                except (OcrstreamError, KafkaException) as exc:
-                    if isinstance(exc, KafkaException) and exc.args[0].fatal():
-                        raise  # fenced by a newer watcher: this one must stop
-                    log.warning("object events not handled (%s); they will be read again", exc)
-                    self.stop.event.wait(self.s.watch_interval_s)
+                self.consume_events_once(timeout_s=1.0)
         finally:
-            if self.consumer is not None:
-                self.consumer.close()
-            if http:
-                http.close()
+            if self.rt is not None:
+                self.rt.close()
+            else:
+                self.delivery.close()
+                if self.http:
+                    self.http.close()
 
 
-def run_watcher(s: Settings, stop: StopFlag | None = None) -> None:
-    """Run the drop-folder watcher until SIGTERM/SIGINT (or ``stop``)."""
-    DropFolderWatcher(s, stop).run()
+def run_watcher(s: Settings, stop: StopFlag | None = None) -> int:
+    """Run the drop-folder watcher until SIGTERM/SIGINT (or ``stop``); returns the exit status."""
+    return run_stage(lambda: DropFolderWatcher(s, stop))

@@ -75,7 +75,7 @@ def stage_modules() -> dict[str, str]:
 
 def serves_http(stage: str) -> bool:
     """Whether the stage's code reads ``Settings.http_port``, i.e. starts the /metrics, /healthz,
-    /readyz server (:class:`ocrstream.metrics.HealthServer`) when OCRSTREAM_HTTP_PORT is set."""
+    /readyz server (:class:`ocrstream.streaming.health.HealthServer`) when OCRSTREAM_HTTP_PORT is set."""
     spec = importlib.util.find_spec(stage_modules()[stage])
     if spec is None or spec.origin is None:  # module not written yet: serves nothing
         return False

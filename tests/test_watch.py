@@ -130,9 +130,10 @@ def test_events_mode_publishes_each_created_object_version_once(minio, stages):
     w2 = stages.start(DropFolderWatcher(s, StopFlag(install_signals=False)))
     replay = DropFolderWatcher(s.model_copy(update={"group_prefix": s.group_prefix + "replay."}),
                                StopFlag(install_signals=False))
+    replay.rt.start()  # subscribe; its loop is driven by hand below
     _wait_for(lambda: replay.consume_events_once(2.0) == [] and replay.ready(), 30, "replay")
     stages.stop(w2)
-    replay.consumer.close()
+    replay.rt.close()
     assert len(_ingest(s, 4, timeout_s=8)) == 3
 
 

@@ -238,12 +238,20 @@ class StageRuntime:
         return False
 
     # --- the failure policy --------------------------------------------------------------
-    def guard(self, msg: Message, handler: Callable[[Message, RecordContext], list[Output]]) -> list[Output]:
-        """``handler(msg, ctx)``'s outputs, or the failure outputs when it raises (see module docstring)."""
+    def guard(self, msg: Message, handler: Callable[[Message, RecordContext], list[Output]], *,
+              reraise_transient: bool = False) -> list[Output]:
+        """``handler(msg, ctx)``'s outputs, or the failure outputs when it raises (see module docstring).
+
+        Args:
+            reraise_transient: let a transient :class:`OcrstreamError` (an outage, not the record's
+                fault) propagate, for a stage that rewinds and reads the record again instead.
+        """
         ctx = RecordContext()
         try:
             return handler(msg, ctx)
         except OcrstreamError as exc:
+            if reraise_transient and exc.transient:
+                raise
             log.warning("%s: %s[%d]@%d refused: %s", self.stage, msg.topic(), msg.partition(), msg.offset(), exc)
             return self.failure(msg, exc, ctx)
         except Exception as exc:  # noqa: BLE001 - the policy: a bug in one record must not stop the partition
