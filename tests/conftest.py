@@ -149,15 +149,20 @@ def stages():
     runner.stop_all()
 
 
-def consume_all(s: Settings, topic: str, count: int, timeout_s: float = 60.0, key_filter=None) -> list:
-    """Read ``count`` records from a topic from the beginning (read_committed), or fail after ``timeout_s``."""
+def consume_all(s: Settings, topic: str, count: int, timeout_s: float = 60.0, key_filter=None,
+                read_uncommitted: bool = False, up_to: bool = False) -> list:
+    """Read ``count`` records from a topic from the beginning (read_committed unless
+    ``read_uncommitted``); the test fails when fewer arrive within ``timeout_s`` (records were
+    expected). ``up_to=True``: ``count`` is only a bound, return what arrived (for "everything
+    there is" reads; a "nothing more arrives" check must first wait for the committed offsets)."""
     import time as _time
 
     from confluent_kafka import Consumer
 
     from ocrstream.kafka import consumer_config
 
-    c = Consumer(consumer_config(s, f"reader-{uuid.uuid4().hex[:8]}"))
+    extra = {"isolation.level": "read_uncommitted"} if read_uncommitted else {}
+    c = Consumer(consumer_config(s, f"reader-{uuid.uuid4().hex[:8]}", **extra))
     c.subscribe([topic])
     out = []
     deadline = _time.monotonic() + timeout_s
@@ -170,6 +175,8 @@ def consume_all(s: Settings, topic: str, count: int, timeout_s: float = 60.0, ke
                 out.append(m)
     finally:
         c.close()
+    if not up_to and len(out) < count:
+        pytest.fail(f"{len(out)} of {count} expected records on {topic} within {timeout_s}s")
     return out
 
 

@@ -67,10 +67,10 @@ def _wait_results(s, ids: dict[str, str], timeout_s: float) -> dict:
     missing = set(ids) - latest.keys()
     # Say where the missing documents stopped, so a rare failure can be told apart after the fact.
     tasks = {decode(m.value(), PageTask).document_id: (m.partition(), m.offset())
-             for m in consume_all(s, s.topic("pages"), 10 * len(ids), 10)}
-    pages = {decode(m.value(), PageResult).document_id for m in consume_all(s, s.topic("page-results"), 10 * len(ids), 10)}
+             for m in consume_all(s, s.topic("pages"), 10 * len(ids), 10, up_to=True)}
+    pages = {decode(m.value(), PageResult).document_id for m in consume_all(s, s.topic("page-results"), 10 * len(ids), 10, up_to=True)}
     ingest = {decode(m.value(), DocumentRef).document_id: (m.partition(), m.offset())
-              for m in consume_all(s, s.topic("ingest"), 10 * len(ids), 10)}
+              for m in consume_all(s, s.topic("ingest"), 10 * len(ids), 10, up_to=True)}
     c = Consumer(consumer_config(s, s.group("splitter")))
     try:
         committed = {tp.partition: tp.offset
@@ -92,7 +92,7 @@ def _check(results, ids, expected):
 
 
 def _raw_result_count(s, ids) -> int:
-    msgs = consume_all(s, s.topic("document-results"), 10 * len(ids), timeout_s=5)
+    msgs = consume_all(s, s.topic("document-results"), 10 * len(ids), timeout_s=5, up_to=True)
     return sum(1 for m in msgs if m.key().decode() in ids)
 
 
@@ -123,25 +123,44 @@ def test_worker_kill9_loses_nothing_and_duplicates_nothing(settings, processes, 
     assert _raw_result_count(s, ids) == len(ids)
 
 
-def test_exactly_once_mode_no_duplicate_page_results_under_kill9(settings, processes, tmp_path, corpus):
+@pytest.mark.parametrize("delivery", ["exactly-once", "at-least-once"])
+def test_kill_between_publish_and_commit(settings, processes, tmp_path, corpus, delivery):
+    """The exactly-once crash test, with every kill forced into the window between producing the
+    page results and committing (fault point ``worker.after_produce``: in exactly-once mode after
+    ``send_offsets_to_transaction``, before ``commit_transaction``; in at-least-once mode after the
+    flush, before the offset commit). Exactly-once: a read_committed reader sees each page result
+    once, and one document result per document even in the raw topic. The same test run with an
+    at-least-once worker must see duplicates, or the test would prove nothing."""
     docs, expected = corpus
-    s = _chaos_settings(settings, delivery="exactly-once")
+    s = _chaos_settings(settings, delivery=delivery)
     processes.start(s, "splitter")
     processes.start(s, "assembler")
     ids = _publish(s, docs, tmp_path)
-    rng = random.Random(11)
-    worker = processes.start(s, "worker", OCRSTREAM_WORKER_ID="eos-worker")
-    for _ in range(5):
-        time.sleep(rng.uniform(2.0, 4.0))
-        os.kill(worker.pid, signal.SIGKILL)
-        worker.wait(10)
-        # same transactional.id on restart: init_transactions fences the dead instance and aborts its transaction
-        worker = processes.start(s, "worker", OCRSTREAM_WORKER_ID="eos-worker")
+    kills = []
+    for nth in (2, 1, 3, 1, 2):  # bounded: 5 kills, each at the nth publish of a fresh process
+        worker = processes.start(s, "worker", OCRSTREAM_WORKER_ID=f"window-{delivery}",
+                                 OCRSTREAM_FAULT_POINT=f"worker.after_produce:{nth}")
+        rc = worker.wait(120)
+        log = open(worker.log_path).read()
+        assert rc == -signal.SIGKILL and "fault point worker.after_produce: SIGKILL" in log, log[-3000:]
+        kills.append(rc)
+    # same transactional.id on restart: init_transactions fences the dead instance and aborts its transaction
+    processes.start(s, "worker", OCRSTREAM_WORKER_ID=f"window-{delivery}")
     results = _wait_results(s, ids, 240)
     _check(results, ids, expected)
-    pages = [decode(m.value(), PageResult) for m in consume_all(s, s.topic("page-results"), 3 * N_DOCS, timeout_s=10)]
+    assert len(kills) == 5
+    pages = [decode(m.value(), PageResult) for m in consume_all(s, s.topic("page-results"), 3 * N_DOCS, timeout_s=10, up_to=True)]
     seen = [(p.document_id, p.page_number) for p in pages if p.document_id in ids]
-    assert len(seen) == len(set(seen)) == len(ids), "a read_committed consumer saw a duplicate page result"
+    assert set(seen) == {(d, 1) for d in ids}
+    if delivery == "exactly-once":
+        assert len(seen) == len(ids), "a read_committed consumer saw a duplicate page result"
+        assert _raw_result_count(s, ids) == len(ids)
+        # The kills did land inside transactions: the log holds aborted page results too.
+        raw = consume_all(s.model_copy(), s.topic("page-results"), 3 * N_DOCS, timeout_s=10, read_uncommitted=True,
+                          up_to=True)
+        assert len([m for m in raw if m.key().decode() in ids]) > len(ids), "no aborted output: kills missed the window"
+    else:
+        assert len(seen) > len(ids), "at-least-once without duplicates: the kills missed the window"
 
 
 def test_sigterm_during_batch_leaves_no_published_but_uncommitted_gap(settings, processes, tmp_path, corpus):
@@ -178,15 +197,21 @@ def test_sigterm_during_batch_leaves_no_published_but_uncommitted_gap(settings, 
 def test_broker_restart_mid_run_recovers_without_manual_steps(stack, settings, processes, tmp_path, corpus):
     docs, expected = corpus
     s = _chaos_settings(settings)
-    for stage in ("splitter", "assembler", "worker"):
-        processes.start(s, stage)
+    processes.start(s, "splitter")
+    processes.start(s, "assembler")
+    worker = processes.start(s, "worker")
     ids = _publish(s, docs, tmp_path)
     consume_all(s, s.topic("page-results"), 5, 120)
     stack.kafka.down()
-    time.sleep(3)
+    time.sleep(s.session_timeout_ms / 1000 + 4)  # longer than the session: the members lose their partitions
     stack.kafka.up()
     _check(_wait_results(s, ids, 300), ids, expected)
     assert _raw_result_count(s, ids) == len(ids)
+    # The fault did happen: the worker lost its partitions (or had them revoked) and got them back.
+    log = open(worker.log_path).read()
+    gone = max(log.rfind("worker: lost"), log.rfind("worker: revoked"))
+    assert gone >= 0, "the broker restart did not take the worker's partitions away: " + log[-3000:]
+    assert log.find("worker: assigned", gone) > gone, "partitions never came back: " + log[-3000:]
 
 
 def test_rebalance_storm_loses_and_duplicates_nothing(settings, processes, tmp_path, corpus):

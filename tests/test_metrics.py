@@ -84,7 +84,7 @@ def test_worker_publishes_samples_and_serves_prometheus(settings, store, stages,
     deadline = time.monotonic() + 60
     while (sum(x.pages for x in samples) < 4 or len(errors()) < 2 or not any(x.lag for x in samples)) \
             and time.monotonic() < deadline:
-        raw = [msg.value() for msg in consume_all(s, s.topic("metrics"), len(samples) + 1, 10)]
+        raw = [msg.value() for msg in consume_all(s, s.topic("metrics"), len(samples) + 1, 10, up_to=True)]
         samples = [decode(value, WorkerMetrics) for value in raw]
     assert errors() == {"object_not_found": 1, "invalid_json": 1}
     lagged = next(x for x in samples if x.lag)

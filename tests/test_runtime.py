@@ -208,3 +208,118 @@ def test_poison_page_fails_with_worker_crash_after_max_attempts(settings, store,
     assert latest[poison].status == "failed" and latest[poison].error.code == "worker_crash"
     assert all(latest[d].status == "succeeded" for d in ids), {d: latest[d].error for d in ids if latest[d].error}
     assert not stages.errors, stages.errors
+
+
+class _FakeMsg:
+    """The parts of a confluent_kafka.Message the worker reads."""
+
+    def __init__(self, topic, partition, offset, value):
+        self._t, self._p, self._o, self._v = topic, partition, offset, value
+
+    def topic(self):
+        return self._t
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+    def value(self):
+        return self._v
+
+    def key(self):
+        return b"k"
+
+    def error(self):
+        return None
+
+
+def test_batch_of_a_lost_partition_never_moves_its_commit_position(settings):
+    """A batch still in the engine when its partition is lost (and assigned again, with the same
+    offsets re-read) must not mark those offsets done: the commit would pass a record nobody OCR'd."""
+    from confluent_kafka import TopicPartition
+
+    from ocrstream.engine.base import PageOcr
+    from schemas import PageTask, encode
+
+    s = settings
+    w = OcrWorker(s, engine=NullEngine(), stop=StopFlag(install_signals=False))
+    w.engine.load()
+    topic = s.topic("pages")
+    tp = TopicPartition(topic, 0)
+    task = encode(PageTask(document_id="d", source=ObjectRef(bucket=s.bucket, key="uploads/d.png", filename="d.png"),
+                           page_number=1, page_count=1, kind="image", submitted_at=1))
+    w._on_assign([tp])
+    w.rt.assigned.add((topic, 0))
+    w._accept(_FakeMsg(topic, 0, 5, task))
+    stale = w.fetch.queue.popleft()  # this one went to the engine
+    w._on_lost([tp])  # the session was lost mid-batch ...
+    w._on_assign([tp])  # ... and the same partition came back: offset 5 is read again
+    w._accept(_FakeMsg(topic, 0, 5, task))
+    stale.future = None
+    stale.shape = (10, 10)
+    w._publish([stale], [PageOcr(lines=[], timings_ms={})])
+    assert w.tracker.committable() == [], "a result from before the loss moved the commit position"
+    fresh = w.fetch.queue.popleft()
+    fresh.future, fresh.shape = None, (10, 10)
+    w._publish([fresh], [PageOcr(lines=[], timings_ms={})])
+    (committed,) = w.rt.consumer.committed([tp], timeout=10)
+    assert committed.offset == 6  # only the re-read record's own result commits it
+    w.fetch.close()
+    w.rt.close()
+
+
+def test_liveness_fails_when_records_wait_and_the_loop_makes_no_progress(settings, store):
+    """A partition left paused while records wait (the broker-restart bug class) turns /healthz
+    unhealthy after OCRSTREAM_LIVENESS_TIMEOUT_S, and healthy again once the loop advances."""
+    import urllib.error
+    import urllib.request
+
+    from confluent_kafka import Producer
+
+    from ocrstream.kafka import producer_config
+    from ocrstream.streaming import StageRuntime
+
+    s = settings.model_copy(update={"liveness_timeout_s": 3.0, "http_port": 0, "metrics_interval_s": 0.5})
+    p = Producer(producer_config(s))
+    for i in range(5):
+        p.produce(s.topic("ingest"), b"x", f"k{i}", partition=0)
+    assert p.flush(10) == 0
+    rt = StageRuntime(s, "probe", [s.topic("ingest")], stop=StopFlag(install_signals=False))
+    from ocrstream.streaming.health import HealthServer
+
+    http = HealthServer(0, rt.ready, rt.alive)
+
+    def healthz() -> int:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{http.port}/healthz", timeout=5).status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        rt.pause()  # paused before assignment: assigned partitions come paused
+        rt.start()
+        deadline = time.monotonic() + 30
+        while not rt.assigned and time.monotonic() < deadline:
+            rt.poll(0.2)
+        assert rt.assigned and healthz() == 200
+        deadline = time.monotonic() + 30
+        while healthz() == 200 and time.monotonic() < deadline:
+            assert rt.poll(0.2) is None  # the loop runs, but fetches nothing
+        assert healthz() == 503 and rt.work_waiting()
+        rt.resume()
+        got = [m for m in (rt.poll(1.0) for _ in range(20)) if m is not None]
+        assert got and healthz() == 200
+    finally:
+        http.close()
+        rt.close()
+
+
+def test_transaction_timeout_over_the_brokers_limit_is_refused_with_what_to_change(settings):
+    from ocrstream.streaming import FatalKafkaError
+    from ocrstream.streaming.delivery import Delivery
+
+    s = settings.model_copy(update={"delivery": "exactly-once", "page_timeout_s": 3600.0})  # 2 h > 15 min
+    with pytest.raises(FatalKafkaError, match="transaction.max.timeout.ms"):
+        Delivery(s, None, "probe")

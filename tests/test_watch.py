@@ -14,8 +14,9 @@ from conftest import consume_all, make_pdf
 pytestmark = pytest.mark.integration
 
 
-def _ingest(settings, n, timeout_s=10):
-    return [decode(m.value(), DocumentRef) for m in consume_all(settings, settings.topic("ingest"), n, timeout_s)]
+def _ingest(settings, n, timeout_s=10, up_to=False):
+    return [decode(m.value(), DocumentRef)
+            for m in consume_all(settings, settings.topic("ingest"), n, timeout_s, up_to=up_to)]
 
 
 def test_each_object_version_is_published_once_across_restarts(settings, store):
@@ -134,7 +135,7 @@ def test_events_mode_publishes_each_created_object_version_once(minio, stages):
     _wait_for(lambda: replay.consume_events_once(2.0) == [] and replay.ready(), 30, "replay")
     stages.stop(w2)
     replay.rt.close()
-    assert len(_ingest(s, 4, timeout_s=8)) == 3
+    assert len(_ingest(s, 4, timeout_s=8, up_to=True)) == 3  # offsets committed to the end above
 
 
 def test_events_mode_dead_letters_a_record_that_is_not_an_s3_event(minio, stages):
@@ -222,5 +223,7 @@ def test_events_mode_kill9_publishes_every_object_exactly_once(minio, processes)
             watcher = processes.start(s, "watch")
     assert kills == 4
     assert len(_ingest(s, len(keys), timeout_s=60)) == len(keys), open(watcher.log_path).read()[-3000:]
-    refs = _ingest(s, len(keys) + 1, timeout_s=10)  # and nothing more arrives
+    # and nothing more arrives: checked once the watcher has committed every event
+    _wait_for(lambda: _committed_to_end(s, s.group("watch"), s.topic("object-events")), 60, "event offsets committed")
+    refs = _ingest(s, len(keys) + 1, timeout_s=10, up_to=True)
     assert sorted(r.source.key for r in refs) == keys

@@ -55,7 +55,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import orjson
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 
 from ocrstream import metrics as m
@@ -133,12 +132,13 @@ class StageRuntime:
         self.lag: dict[str, int] = {}  # "topic/partition" -> records behind (librdkafka statistics)
         self._behind: dict[tuple[str, int], int] = {}  # records not yet handed to this stage
         self.consumer = make_consumer(s, s.group(stage), **{
-            "statistics.interval.ms": int(min(s.metrics_interval_s, s.liveness_timeout_s / 4) * 1000),
+            "statistics.interval.ms": int(s.metrics_interval_s * 1000),
             "stats_cb": self._on_stats, **(consumer_extra or {})})
         self.delivery = Delivery(s, self.consumer, stage, transactional=transactional, tid=tid)
         self.assigned: set[tuple[str, int]] = set()  # kept by the callbacks: probes never call into the client
         self.paused = False
         self._last_beat = self._last_progress = time.monotonic()
+        self._next_backlog = 0.0
         # Probes answer from construction on: /healthz while models load, /readyz 503 until assigned.
         self.http = serve_if_configured(s.http_port, self.ready, self.alive)
 
@@ -205,6 +205,7 @@ class StageRuntime:
         self.beat()
         msg = self.consumer.poll(timeout_s)
         self.beat()
+        self._measure_backlog()
         if msg is None or not self._usable(msg):
             return None
         m.MESSAGES_CONSUMED.labels(self.stage).inc()
@@ -220,6 +221,7 @@ class StageRuntime:
         self.beat()
         msgs = [msg for msg in self.consumer.consume(max_records, timeout_s) if self._usable(msg)]
         self.beat()
+        self._measure_backlog()
         if msgs:
             m.MESSAGES_CONSUMED.labels(self.stage).inc(len(msgs))
             self.progress()
@@ -383,21 +385,29 @@ class StageRuntime:
         return bool(self.assigned) and (self._ready is None or self._ready())
 
     def _on_stats(self, stats_json: str) -> None:
-        # Runs inside poll() on the loop thread. Records behind = high watermark (last stable
-        # offset under read_committed) - the next offset handed to the stage (committed offset
-        # before the first record). Not librdkafka's consumer_lag: offsets committed inside a
-        # transaction do not update it, so an idle exactly-once stage would look behind forever.
-        self.lag = m.parse_lag(stats_json)
+        self.lag = m.parse_lag(stats_json)  # the gauges and the worker's metrics-topic sample
+
+    def _measure_backlog(self) -> None:
+        # On the loop thread, every liveness_timeout_s / 4: records behind = high watermark (the
+        # last stable offset under read_committed) - the fetch position (the low watermark before
+        # the first fetch, as auto.offset.reset=earliest would start). Not librdkafka's
+        # consumer_lag: offsets committed inside a transaction do not update it (an idle
+        # exactly-once stage would look behind forever), and a paused partition that never
+        # fetched reports no offsets at all (exactly the stall to catch).
+        now = time.monotonic()
+        if now < self._next_backlog or not self.assigned:
+            return
+        self._next_backlog = now + max(0.5, self.s.liveness_timeout_s / 4)
         behind: dict[tuple[str, int], int] = {}
-        for topic, t in orjson.loads(stats_json).get("topics", {}).items():
-            for pid, p in t.get("partitions", {}).items():
-                key = (topic, int(pid))
-                if key not in self.assigned:
-                    continue
-                end = p.get("ls_offset", -1) if p.get("ls_offset", -1) >= 0 else p.get("hi_offset", -1)
-                pos = p.get("app_offset", -1) if p.get("app_offset", -1) >= 0 else p.get("committed_offset", -1)
-                if end >= 0 and pos >= 0:
-                    behind[key] = max(0, end - pos)
+        try:
+            tps = [TopicPartition(t, p) for t, p in sorted(self.assigned)]
+            for tp in self.consumer.position(tps):
+                low, high = self.consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+                pos = tp.offset if tp.offset >= 0 else low
+                behind[(tp.topic, tp.partition)] = max(0, high - pos)
+        except KafkaException as exc:  # a broker away: keep the last figures
+            log.debug("%s: backlog not measured: %s", self.stage, exc)
+            return
         self._behind = behind
 
 
