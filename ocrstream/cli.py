@@ -191,14 +191,18 @@ def cmd_run(args, s: Settings) -> int:
 
 
 def cmd_dlq(args, s: Settings) -> int:
-    from consumers.deadletters import list_dead_letters, replay_dead_letters
+    from consumers.deadletters import ReplayError, list_dead_letters, replay_dead_letters
 
     if args.action == "list":
         for dl in list_dead_letters(s, limit=args.limit):
             print(f"{dl.failed_at} {dl.stage:9} {dl.reason:26} {dl.topic}[{dl.partition}]@{dl.offset} "
                   f"doc={dl.document_id or '-'} {dl.message[:100]}")
         return 0
-    n = replay_dead_letters(s, reason=args.reason, limit=args.limit)
+    try:
+        n = replay_dead_letters(s, reason=args.reason, limit=args.limit)
+    except ReplayError as exc:
+        print(f"replay stopped: {exc} (nothing after it was committed; run it again after the fix)", file=sys.stderr)
+        return 1
     print(f"replayed {n} dead letter(s)")
     return 0
 

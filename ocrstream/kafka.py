@@ -13,6 +13,7 @@ from typing import Any
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from .retry import retry_for
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -140,14 +141,7 @@ def watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) 
     Raises:
         KafkaException: still failing after ``timeout_s``.
     """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return consumer.get_watermark_offsets(tp, timeout=10)
-        except KafkaException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    return retry_for(lambda: consumer.get_watermark_offsets(tp, timeout=10), timeout_s=timeout_s, on=KafkaException)
 
 
 def topic_partitions(client: Consumer | Producer | AdminClient, topic: str, timeout_s: float = 30.0) -> list[int]:
@@ -158,14 +152,13 @@ def topic_partitions(client: Consumer | Producer | AdminClient, topic: str, time
     Raises:
         KafkaException: ``UNKNOWN_TOPIC_OR_PART`` when the topic is still missing after ``timeout_s``.
     """
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def lookup() -> list[int]:
         md = client.list_topics(topic, timeout=10).topics.get(topic)
         if md is not None and md.error is None and md.partitions:
             return sorted(md.partitions)
-        if time.monotonic() > deadline:
-            raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"topic {topic} not found"))
-        time.sleep(0.5)
+        raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"topic {topic} not found"))
+
+    return retry_for(lookup, timeout_s=timeout_s, on=KafkaException)
 
 
 def assign_all(consumer: Consumer, topic: str, start: str) -> list[TopicPartition]:

@@ -76,6 +76,7 @@ NEW_PARTITIONS = {1: [0, 1], 2: [2], 3: [3], 4: [4], 5: [5], 6: [6], 8: [7], 10:
 # record was processed (before faust's commit, so the next run replays: expected).
 STOP = {4: "kill", 9: "kill", 14: "kill", 7: "kill-early", 12: "kill-early", 17: "kill-early"}
 ROUND_TIMEOUT_S = 60.0
+LIVE_DELAY_S = 2.0  # after the worker logs "Ready", produce one live record per partition holding data
 STOP_TIMEOUT_S = 30.0
 
 
@@ -209,6 +210,24 @@ def main() -> int:
         proc.wait()
         return ("SIGTERM timed out, SIGKILL" if how == "kill-after-term" else "SIGKILL"), time.monotonic() - t0
 
+    def produce(r: int, what: list[tuple[int, str]], phase: str) -> list[str]:
+        delivered = []
+
+        def on_delivery(err, msg):
+            if err is not None:
+                raise RuntimeError(f"delivery failed: {err}")
+            delivered.append((msg.key().decode(), msg.partition(), msg.offset()))
+
+        for p, suffix in what:
+            rid = f"r{r:02d}-p{p:02d}-{suffix}"
+            producer.produce(topic, key=rid, value=json.dumps({"id": rid}).encode(), partition=p,
+                             on_delivery=on_delivery)
+        producer.flush(30)
+        assert len(delivered) == len(what), "not all records delivered"
+        for rid, p, o in delivered:
+            produced[rid] = {"p": p, "o": o, "round": r, "phase": phase}
+        return [rid for rid, _, _ in delivered]
+
     rounds: list[dict] = []
     lost_ids: dict[str, dict] = {}
     active: list[int] = []
@@ -222,22 +241,8 @@ def main() -> int:
         active = sorted(set(active) | set(plan["new"]))
 
         # 1. produce while the app is down
-        batch = []
-
-        def on_delivery(err, msg, _batch=batch):
-            if err is not None:
-                raise RuntimeError(f"delivery failed: {err}")
-            _batch.append((msg.key().decode(), msg.partition(), msg.offset()))
-
-        for p in plan["partitions"]:
-            for i in range(plan["per_partition"]):
-                rid = f"r{r:02d}-p{p:02d}-{i:03d}"
-                producer.produce(topic, key=rid, value=json.dumps({"id": rid}).encode(), partition=p,
-                                 on_delivery=on_delivery)
-        producer.flush(30)
-        assert len(batch) == len(plan["partitions"]) * plan["per_partition"], "not all records delivered"
-        for rid, p, o in batch:
-            produced[rid] = {"p": p, "o": o, "round": r}
+        batch = produce(r, [(p, f"{i:03d}") for p in plan["partitions"] for i in range(plan["per_partition"])],
+                        "backlog")
 
         c_before = committed()
         ends = end_offsets()
@@ -258,6 +263,8 @@ def main() -> int:
                                     start_new_session=True)
         reason = "timeout"
         caught_up_at = None
+        t_ready = None
+        live: list[str] = []
         t_all_seen = None
         commit_trace = []  # (seconds since start, committed offsets) whenever they change
         while time.monotonic() - t0 < ROUND_TIMEOUT_S:
@@ -266,6 +273,16 @@ def main() -> int:
             if proc.poll() is not None:
                 reason = f"app exited rc={proc.returncode}"
                 break
+            if not live:
+                # 2b. once the worker says it is ready, one more record to every partition holding data,
+                # so that a partition whose backlog was skipped gets a later record to process and commit
+                if t_ready is None and b"[^Worker]: Ready" in flog.read_bytes():
+                    t_ready = time.monotonic()
+                if t_ready is not None and time.monotonic() - t_ready >= LIVE_DELAY_S:
+                    live = produce(r, [(p, "live") for p in active], "live")
+                    outstanding |= set(live)
+                    ends = end_offsets()
+                continue
             seen_now = {e["id"] for e in events[n_events_before:]}
             all_seen = outstanding <= seen_now
             if all_seen and t_all_seen is None:
@@ -296,6 +313,7 @@ def main() -> int:
         per_id_run: dict[str, list[dict]] = defaultdict(list)
         for e in run_events:
             per_id_run[e["id"]].append(e)
+        skipped = sorted(rid for rid in outstanding if rid not in per_id_run)
         dup_in_run = sorted(rid for rid, es in per_id_run.items() if len(es) > 1)
         rep_comm, rep_unc = [], []
         for rid in per_id_run:
@@ -320,7 +338,10 @@ def main() -> int:
         row = {
             "round": r, "stop_mode": plan["stop"], "stopped_by": stop_desc, "stop_s": round(stop_s, 2),
             "wait_end": reason, "seconds": round(elapsed, 1),
-            "produced": len(batch), "produced_partitions": plan["partitions"], "new_partitions": plan["new"],
+            "produced": len(batch), "produced_live": len(live),
+            "skipped_by_run": len(skipped), "skipped_examples": skipped[:5],
+            "seconds_until_ready": None if t_ready is None else round(t_ready - t0, 1),
+            "produced_partitions": plan["partitions"], "new_partitions": plan["new"],
             "partitions_with_records_but_no_committed_offset_at_start": nocommit,
             "outstanding_at_start": len(outstanding),
             "processed_events": len(run_events), "processed_distinct": len(per_id_run),

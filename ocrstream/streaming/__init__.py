@@ -11,7 +11,7 @@ record or batch plus its own state; this package does the rest, once:
 - :mod:`.deadletters`: dead letters and failed document results, built and counted once.
 - :mod:`.offsets`: which offsets are safe to commit while records are in flight.
 - :mod:`.health`: ``/metrics`` (prometheus-client's WSGI app), ``/healthz``, ``/readyz``.
-- :mod:`.retry`: the one retry policy for transient storage failures.
+- :mod:`ocrstream.retry`: the one retry policy (tenacity), re-exported here.
 - :mod:`.signals`: SIGTERM/SIGINT as a stop flag.
 - :mod:`.faults`: named fault points for the failure tests (off unless ``OCRSTREAM_FAULT_POINT`` is set).
 """
@@ -20,7 +20,7 @@ from .deadletters import dead_letter, dead_letter_headers, error_of, failed_docu
 from .delivery import Delivery, DeliveryError, FatalKafkaError, Output, TransactionAborted
 from .loop import EXIT_FATAL, StageRuntime, run_stage
 from .offsets import OffsetTracker
-from .retry import retry_transient
+from ocrstream.retry import retry_transient
 from .signals import StopFlag
 
 __all__ = [

@@ -281,7 +281,7 @@ class StageRuntime:
         Raises:
             FatalKafkaError: fenced, fatal, or still failing after ``PUBLISH_ATTEMPTS``.
         """
-        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):  # explicit: each failure kind ends differently
             try:
                 self.delivery.publish(outputs, offsets)
             except TransactionAborted as exc:
@@ -313,7 +313,8 @@ class StageRuntime:
         raise AssertionError("unreachable")
 
     def _backoff(self, attempt: int, exc: BaseException) -> None:
-        # Full jitter (AWS Architecture Blog, "Exponential Backoff And Jitter", 2015).
+        # Full jitter, as ocrstream/retry.py (AWS Architecture Blog, "Exponential Backoff And Jitter",
+        # 2015); an explicit loop here because each failure kind of publish() ends differently.
         delay = random.uniform(0, min(10.0, 0.5 * 2 ** attempt))
         log.warning("%s: publish attempt %d failed (%s): retrying in %.1fs", self.stage, attempt, exc, delay)
         self.beat()
