@@ -143,10 +143,13 @@ class StageThreads:
 
 @pytest.fixture
 def stages():
-    """Start stages in threads with ``stages.start(obj)``; all are stopped after the test."""
+    """Start stages in threads with ``stages.start(obj)``; all are stopped after the test, and
+    an exception a stage's ``run()`` raised fails the test at teardown (a test that expects one
+    takes it out of ``stages.errors`` with ``pop``)."""
     runner = StageThreads()
     yield runner
     runner.stop_all()
+    assert not runner.errors, f"stage threads raised: {runner.errors}"
 
 
 def consume_all(s: Settings, topic: str, count: int, timeout_s: float = 60.0, key_filter=None,

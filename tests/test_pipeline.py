@@ -116,7 +116,7 @@ def test_engine_timeout_fails_the_page_commits_it_and_stops_the_worker(settings,
         time.sleep(0.1)
     assert worker.engine_stuck and worker.stop.is_set()
     stages.stop(worker)
-    assert type(stages.errors.get(id(worker))).__name__ == "EngineStuck"  # run() asks for a process restart
+    assert type(stages.errors.pop(id(worker))).__name__ == "EngineStuck"  # run() asks for a process restart
     # the timed-out page was committed: a restarted worker does not hang on it again
     (task,) = consume_all(s, s.topic("pages"), 1, 10)
     c = Consumer(consumer_config(s, s.group("worker")))

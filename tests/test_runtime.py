@@ -323,3 +323,86 @@ def test_transaction_timeout_over_the_brokers_limit_is_refused_with_what_to_chan
     s = settings.model_copy(update={"delivery": "exactly-once", "page_timeout_s": 3600.0})  # 2 h > 15 min
     with pytest.raises(FatalKafkaError, match="transaction.max.timeout.ms"):
         Delivery(s, None, "probe")
+
+
+def test_stuck_download_and_render_fail_only_their_page(settings, store, stages, monkeypatch):
+    """Time budgets: a download that hangs fails its page with storage_timeout, a render that
+    hangs with render_timeout; the partition and the other documents go on."""
+    import consumers.pages as pages_module
+    from ocrstream.storage import ObjectStore
+
+    s = settings.model_copy(update={"download_timeout_s": 1.0, "render_timeout_s": 1.0, "prepare_threads": 2})
+    real_get, real_decode = ObjectStore.get_bytes, pages_module.decode_image_page
+    release = __import__("threading").Event()
+
+    def slow_get(self, bucket, key, *a, **kw):
+        if key.endswith("hang-download.png") and __import__("threading").current_thread().name.startswith("prepare"):
+            release.wait(30)  # a download that never ends (bounded for the test's sake)
+        return real_get(self, bucket, key, *a, **kw)
+
+    def slow_decode(data, page_number, max_pixels):
+        image = real_decode(data, page_number, max_pixels)
+        if image.shape[:2] == (77, 177):
+            release.wait(30)
+        return image
+
+    monkeypatch.setattr(ObjectStore, "get_bytes", slow_get)
+    monkeypatch.setattr(pages_module, "decode_image_page", slow_decode)
+    with DocumentPublisher(s) as pub:
+        for name, data in (("hang-download.png", _png()), ("hang-render.png", _png((177, 77)))):
+            store.client.put_object(s.bucket, f"uploads/{name}", io.BytesIO(data), len(data))
+        stuck_download = pub.publish_object(s.bucket, "uploads/hang-download.png")
+        stuck_render = pub.publish_object(s.bucket, "uploads/hang-render.png")
+    ids = _publish_valid(s, store)
+    try:
+        _threads_pipeline(s, stages)
+        results = _wait_results(s, ids | {stuck_download, stuck_render})
+    finally:
+        release.set()
+    assert results[stuck_download].error.code == "storage_timeout", results[stuck_download].error
+    assert results[stuck_render].error.code == "render_timeout", results[stuck_render].error
+    assert all(results[d].status == "succeeded" for d in ids)
+
+
+class _HangOnMarker(NullEngine):
+    """Hangs (past the page budget) on the marker page, wherever it is in the batch."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+
+    def ocr_batch(self, images):
+        if any((img.shape[1], img.shape[0]) == MARKER_SIZE for img in images):
+            time.sleep(self.seconds)
+        return super().ocr_batch(images)
+
+
+def test_engine_timeout_in_a_batch_fails_only_the_page_that_hangs(settings, store, stages):
+    """A batch over its engine budget is not failed as a whole: the worker restarts, the batch's
+    pages run one by one, and only the page that hangs fails with engine_timeout."""
+    s = settings.model_copy(update={"page_timeout_s": 0.5, "batch_max_pages": 8, "batch_max_wait_ms": 1500})
+    marker = _png(MARKER_SIZE)
+    store.client.put_object(s.bucket, "uploads/hang.png", io.BytesIO(marker), len(marker))
+    with DocumentPublisher(s) as pub:
+        hang = pub.publish_object(s.bucket, "uploads/hang.png")
+    ids = _publish_valid(s, store, 7)  # with the marker: one batch of 8
+    flag = lambda: StopFlag(install_signals=False)  # noqa: E731
+    stages.start(Splitter(s, flag()))
+    stages.start(Assembler(s, flag()))
+    stuck = 0
+    latest: dict = {}
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (ids | {hang}) <= latest.keys():
+        worker = stages.start(OcrWorker(s, engine=_HangOnMarker(6.0), stop=flag()))  # > 8 x 0.5 s
+        while time.monotonic() < deadline and not worker.stop.is_set():
+            latest = read_latest_results(s, timeout_s=5)
+            if (ids | {hang}) <= latest.keys():
+                break
+        stages.stop(worker)
+        if stages.errors.pop(id(worker), None) is not None:
+            stuck += 1  # the engine overran: this process would exit and be restarted
+        assert stuck <= 4, "the hanging page was retried more than its attempts allow"
+    assert (ids | {hang}) <= latest.keys()
+    assert latest[hang].status == "failed" and latest[hang].error.code == "engine_timeout"
+    assert all(latest[d].status == "succeeded" for d in ids), {d: latest[d].error for d in ids}
+    assert stuck >= 2  # once in the batch of 8, once alone

@@ -14,16 +14,20 @@ What it does:
 2. Starts a separate single-node Kafka broker with devtools.stack.KafkaService on ports
    39092/39093 (data under /tmp/faust-exp-stack), so the test suites' brokers are untouched.
 3. Creates a topic with 12 partitions. For each of 18 rounds: while the app is DOWN it produces
-   a batch of records with unique ids (key = id, explicit partition; some rounds write the first
+   a batch of records with unique ids (key = id, explicit partition; 11 rounds write the first
    records ever to a partition, i.e. one without a committed offset), starts faust_app.py as a
-   subprocess, waits until the app's consumer group has committed up to the end of every
-   partition (or a timeout), then stops it with SIGTERM or SIGKILL (the schedule is in ROUNDS).
-   Some rounds SIGKILL the app as soon as the records are processed, before faust commits:
-   replays in the next round are then expected (at-least-once) and counted separately.
+   subprocess; 2 s after the worker logs "Ready" it produces one more ("live") record to every
+   partition holding data, so that a partition whose backlog the run skipped gets a later record
+   whose commit moves past the skipped ones. It then waits until the app's consumer group has
+   committed up to the end of every partition (or a timeout, 60 s from the start) and stops the
+   app with SIGTERM or SIGKILL (the schedule is in STOP). Some rounds SIGKILL the app as soon as
+   the records are processed, before faust commits: replays in the next round are then expected
+   (at-least-once) and counted separately.
 4. After each round compares the app's processing log (one line per processed record, written
    before the event is acked) with what was produced and with the group's committed offsets
    (confluent-kafka Consumer.committed) and prints a per-round table and a summary; writes
-   result.json and output.txt next to this script.
+   output.txt, result.json and, for rounds that skipped or lost records, the worker's log
+   (faust-logs/) next to this script. Stops the broker at the end.
 
 Counting, per round (one run of the app):
 - dup_in_run: ids processed more than once by that same process.
@@ -31,6 +35,8 @@ Counting, per round (one run of the app):
   offset when this run started, processed again (should never happen).
 - replay_uncommitted: ids processed in an earlier run but not committed before that run was
   killed, processed again (expected with at-least-once).
+- skipped: ids waiting for this run (its backlog and live records, leftovers of earlier runs)
+  that it did not process.
 - lost_new: ids never processed at all whose offset is below the group's committed offset
   after this run (faust will never read them again): silently lost.
 - pending: never processed, not yet committed past (would be read by a later run).
@@ -44,6 +50,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -231,8 +238,8 @@ def main() -> int:
     rounds: list[dict] = []
     lost_ids: dict[str, dict] = {}
     active: list[int] = []
-    hdr = (f"{'rnd':>3} {'stop':<10} {'prod':>4} {'new p':<6} {'nocommit p':<10} {'proc':>4} {'dup_run':>7} "
-           f"{'rep_comm':>8} {'rep_unc':>7} {'lost':>4} {'pend':>4} {'secs':>5}  end")
+    hdr = (f"{'rnd':>3} {'stop':<10} {'prod':>4} {'live':>4} {'new p':<6} {'nocommit p':<10} {'proc':>4} "
+           f"{'dup_run':>7} {'rep_comm':>8} {'rep_unc':>7} {'skip':>4} {'lost':>4} {'pend':>4} {'secs':>5}  end")
     log(hdr)
     log("-" * len(hdr))
 
@@ -364,10 +371,13 @@ def main() -> int:
             "examples": {"dup_in_run": dup_in_run[:5], "replay_committed": rep_comm[:5], "lost_new": lost_new[:5]},
         }
         rounds.append(row)
-        log(f"{r:>3} {plan['stop']:<10} {len(batch):>4} {','.join(map(str, plan['new'])) or '-':<6} "
+        if skipped or lost_new:  # keep the worker's log of the rounds that matter
+            (args.out / "faust-logs").mkdir(exist_ok=True)
+            shutil.copy(flog, args.out / "faust-logs" / flog.name)
+        log(f"{r:>3} {plan['stop']:<10} {len(batch):>4} {len(live):>4} {','.join(map(str, plan['new'])) or '-':<6} "
             f"{','.join(map(str, nocommit)) or '-':<10} {len(run_events):>4} {len(dup_in_run):>7} "
-            f"{len(rep_comm):>8} {len(rep_unc):>7} {len(lost_new):>4} {len(pending):>4} {elapsed:>5.1f}  "
-            f"{reason}; {stop_desc}")
+            f"{len(rep_comm):>8} {len(rep_unc):>7} {len(skipped):>4} {len(lost_new):>4} {len(pending):>4} "
+            f"{elapsed:>5.1f}  {reason}; {stop_desc}")
 
     checker.close()
     finished = dt.datetime.now(dt.timezone.utc)
@@ -384,6 +394,7 @@ def main() -> int:
     summary = {
         "rounds": len(rounds),
         "records_produced": len(produced),
+        "records_produced_live": sum(x["produced_live"] for x in rounds),
         "processing_events": len(events),
         "distinct_records_processed": len({e["id"] for e in events}),
         "rounds_with_dup_in_run": rounds_where("dup_in_run"),
@@ -393,6 +404,8 @@ def main() -> int:
         "rounds_with_replay_of_committed_records": rounds_where("replay_committed"),
         "rounds_with_replay_of_uncommitted_records (expected after kill-early)": rounds_where("replay_uncommitted"),
         "replay_uncommitted_total": sum(x["replay_uncommitted"] for x in rounds),
+        "rounds_with_records_skipped_by_the_run": rounds_where("skipped_by_run"),
+        "records_skipped_by_a_run_total": sum(x["skipped_by_run"] for x in rounds),
         "rounds_with_lost_records": rounds_where("lost_new"),
         "records_lost": len(lost_ids),
         "records_never_processed": len(never),
@@ -403,12 +416,14 @@ def main() -> int:
         "rounds_with_faust_errors_logged": [x["round"] for x in rounds if x["faust_log_errors"]],
     }
     log()
-    log("columns: prod = records produced while the app was down; new p = partitions receiving their first")
-    log("records; nocommit p = partitions holding records but without a committed offset when the app started;")
+    log("columns: prod = records produced while the app was down; live = records produced 2 s after the worker")
+    log("logged Ready (one per partition holding data); new p = partitions receiving their first records;")
+    log("nocommit p = partitions holding records but without a committed offset when the app started;")
     log("proc = records processed by this run (events); dup_run = ids processed twice by the same run;")
     log("rep_comm = already-committed ids processed again; rep_unc = ids processed again that the previous")
-    log("(killed) run had not committed (expected); lost = never processed although the committed offset moved")
-    log("past them; pend = not processed, not committed past.")
+    log("(killed) run had not committed (expected); skip = records waiting for this run (backlog, live, earlier")
+    log("leftovers) that it did not process; lost = never processed although the committed offset moved past")
+    log("them (new this round); pend = never processed so far, not committed past (a later run may read them).")
     log()
     log("summary:")
     for k, v in summary.items():
