@@ -183,7 +183,7 @@ def test_sigterm_during_batch_leaves_no_published_but_uncommitted_gap(settings, 
     tasks = consume_all(s, s.topic("pages"), len(ids), 30)
     covered = {(decode(m.value(), PageTask).document_id) for m in tasks if m.offset() < committed[m.partition()]}
     published = {decode(m.value(), PageResult).document_id
-                 for m in consume_all(s, s.topic("page-results"), len(ids), 10)}
+                 for m in consume_all(s, s.topic("page-results"), len(ids), 10, up_to=True)}
     assert covered, "nothing was committed before shutdown"
     # every committed page has a result (nothing lost) and every result is committed (no replay gap)
     assert covered == published

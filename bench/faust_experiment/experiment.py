@@ -439,6 +439,7 @@ def main() -> int:
               "partitions": PARTITIONS, "round_timeout_s": ROUND_TIMEOUT_S, "host": {"cpus": os.cpu_count()},
               "summary": summary, "lost": lost_ids, "rounds": rounds}
     (args.out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    del producer, admin, checker  # close the clients before the broker goes away (no reconnect noise)
     if not args.keep_broker:
         kafka.down()
     return 0
