@@ -164,6 +164,13 @@ class OcrWorker:
             return
         for it in batch:
             it.settle()
+        failed = [it for it in batch if it.failed()]  # finished (badly) since take_failed()
+        if failed:
+            self.fetch.remove(failed)
+            self._publish(failed, None)
+            batch = [it for it in batch if not it.failed()]
+            if not batch:
+                return
         try:
             self.attempts.mark([(*it.mark, it.task.document_id, it.task.page_number) for it in batch])
         except RuntimeError as exc:
