@@ -138,11 +138,11 @@ def test_worker_group_on_the_kip848_consumer_protocol(settings, store, stages, t
     assert sorted(r.page_number for r in results) == [1, 2, 3] and {r.document_id for r in results} == {doc_id}
     # the broker split the 12 pages partitions between the two members
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not all(w.assigned for w in workers):
+    while time.monotonic() < deadline and not all(w.rt.assigned for w in workers):
         time.sleep(0.2)
-    assert all(w.assigned for w in workers)
-    assert not (workers[0].assigned & workers[1].assigned)
-    assert len(workers[0].assigned | workers[1].assigned) == 12
+    assert all(w.rt.assigned for w in workers)
+    assert not (workers[0].rt.assigned & workers[1].rt.assigned)
+    assert len(workers[0].rt.assigned | workers[1].rt.assigned) == 12
 
 
 def test_pages_of_a_document_go_to_consecutive_partitions(settings, store, stages, tmp_path):

@@ -139,7 +139,7 @@ def main() -> int:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from devtools.stack import KafkaService
+    from devtools.stack import KafkaService, StackError
     from ocrstream.settings import Settings
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +153,17 @@ def main() -> int:
 
     versions = ensure_venv(log)
     kafka = KafkaService(Settings())
-    kafka.up()
+    for attempt in range(3):
+        # 39092/39093 lie in Linux's ephemeral port range: a client socket of another process can
+        # hold one for a moment, and the broker then fails to bind. Try again a little later.
+        try:
+            kafka.up()
+            break
+        except StackError as e:
+            if attempt == 2:
+                raise
+            log(f"broker did not start ({str(e).splitlines()[0][:120]}); retrying in 10 s")
+            time.sleep(10)
     broker = kafka.address
     kafka_jar = sorted(p.name for p in kafka.libs.glob("kafka_2.13-*.jar"))
     versions.update({"python": platform.python_version(), "confluent-kafka (driver)": importlib.metadata.version("confluent-kafka"),
