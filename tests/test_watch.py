@@ -38,7 +38,8 @@ def test_each_object_version_is_published_once_across_restarts(settings, store):
     second = w2.scan_once()
     assert len(second) == 1 and second[0] not in first
 
-    refs = _ingest(settings, 4, timeout_s=10)
+    # scan_once returns after its transactions committed: nothing else can still be on its way
+    refs = _ingest(settings, 4, timeout_s=10, up_to=True)
     assert len(refs) == 3, [r.source.key for r in refs]
     assert sorted(r.source.key for r in refs) == ["inbox/a.pdf", "inbox/a.pdf", "inbox/sub/ü b.pdf"]
     for r in refs:
