@@ -7,16 +7,16 @@ protocol level faust works against Apache Kafka 4.1: it joins the group,
 creates its changelog topics through the admin API and restores tables after a
 restart. But its recovery is racy: ``tables/recovery.py`` resumes the stream
 partitions (and the fetcher is already running) *before* it seeks them to their
-committed offsets. In a small experiment (a counter table, records produced
-while the worker was down, then a restart; 18 restarts) this gave:
+committed offsets. The experiment is ``bench/faust_experiment/`` (a counter table on
+12 partitions, 18 restarts per run with records produced while the app is down, SIGTERM
+and SIGKILL, partitions without a committed offset). Six runs on 2026-11-23 gave:
 
-- 4 restarts where records were processed twice (the seek rewinds records that
-  were already handed to the agent; faust-streaming issue #216), and
-- 2 restarts where a record was silently never processed: the first record of
-  a partition that had no committed offset yet (no error logged). This is
-  consistent with the same race: aiokafka's ``seek_to_committed`` skips
-  partitions without a committed offset, so a record fetched and dropped during
-  the race is never re-read, and later commits move past it.
+- 38 of 108 restarts where records were processed twice (the seek rewinds records that
+  were already handed to the agent), and
+- 2 of 108 restarts, both the first start after a SIGKILL, where records were silently
+  never processed although the committed offset moved past them (no error logged): once
+  the whole backlog of a partition without a committed offset, once a record right after a
+  committed offset. The experiment does not show which faust code path drops them.
 
 Duplicates would be harmless here (see "Idempotence"), but a lost page result
 means a document that never completes. So the stage is a plain confluent-kafka
@@ -26,8 +26,8 @@ partitioned like the input and backed by a compacted changelog topic.
 State and changelog
 -------------------
 State lives in memory, per input partition, and every change is written to the
-compacted topic ``<prefix>assembler-state`` (created by the stage when missing,
-with exactly as many partitions as ``page-results``). A change caused by a
+compacted topic ``<prefix>assembler-state`` (defined in :mod:`topology`; created by
+the stage when missing, with exactly as many partitions as ``page-results``). A change caused by a
 record of ``page-results`` partition *p* goes to state partition *p*, so a
 newly assigned partition is restored by reading state partition *p* from the
 beginning (read_committed) before its records are processed. Keys:
