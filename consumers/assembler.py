@@ -135,6 +135,7 @@ _SPECS = {t.name: t for t in topic_specs()}
 # assembler tombstones them after that. The state topic itself has no time retention.
 STATE_RETENTION_MS = int(_SPECS["page-results"].config["retention.ms"])
 MAX_RESULT_BYTES = int(_SPECS["document-results"].config["max.message.bytes"])
+RECORD_OVERHEAD_BYTES = 4096  # key, headers and record framing beside the value (librdkafka counts them all)
 
 
 # --- pure assembly -----------------------------------------------------------------------
@@ -504,7 +505,7 @@ class Assembler:
         completed_at = now_ms()
         result = assemble(pages.values(), completed_at)
         value = encode(result)
-        if len(value) > MAX_RESULT_BYTES:
+        if len(value) + len(doc) + RECORD_OVERHEAD_BYTES > MAX_RESULT_BYTES:
             log.warning("document %s: result is %d bytes (limit %d): publishing it without detections",
                         doc, len(value), MAX_RESULT_BYTES)
             result = without_detections(result)
@@ -531,8 +532,10 @@ class Assembler:
         if not due:
             return
         try:
-            caught_up = self._inputs_caught_up({p for p, _, _ in due})
+            # Upstream first, then our own input: a page result the workers commit between the two
+            # reads is then already in our partition's high watermark.
             idle_pages = self._idle_pages_partitions()
+            caught_up = self._inputs_caught_up({p for p, _, _ in due})
         except KafkaException as exc:
             log.warning("deadline check postponed: lag unknown (%s)", exc)
             return
@@ -560,10 +563,15 @@ class Assembler:
     def _inputs_caught_up(self, partitions: set[int]) -> set[int]:
         """Those of ``partitions`` whose page results this assembler has all read."""
         tps = [TopicPartition(self.source_topic, p) for p in partitions]
+        positions = self.rt.consumer.position(tps)
+        unknown = [tp for tp in positions if tp.offset < 0]  # nothing read since the assign or seek
+        committed = {tp.partition: tp.offset for tp in (self.rt.consumer.committed(unknown, timeout=10)
+                                                        if unknown else [])}
         out = set()
-        for tp in self.rt.consumer.position(tps):
+        for tp in positions:
             low, high = self.rt.consumer.get_watermark_offsets(tp, timeout=10)
-            if tp.offset >= high or (tp.offset < 0 and high == low):
+            pos = tp.offset if tp.offset >= 0 else committed.get(tp.partition, -1)
+            if pos >= high or (pos < 0 and high == low):
                 out.add(tp.partition)
         return out
 
@@ -576,10 +584,14 @@ class Assembler:
         request = ConsumerGroupTopicPartitions(self.s.group("worker"), tps)
         committed = self.admin.list_consumer_group_offsets([request])[self.s.group("worker")].result(10)
         offsets = {tp.partition: tp.offset for tp in committed.topic_partitions}
+        # In exactly-once mode the splitter writes `pages` in transactions, so a partition ends with
+        # a commit marker that no consumer ever reads: a worker that processed everything commits
+        # high - 1. (A mixed deployment with a non-transactional splitter would make this optimistic.)
+        slack = 1 if self.rt.delivery.transactional else 0
         idle = set()
         for tp in tps:
             low, high = self.rt.consumer.get_watermark_offsets(tp, timeout=10)
-            if high == low or offsets.get(tp.partition, -1) >= high:
+            if high == low or offsets.get(tp.partition, -1) >= high - slack:
                 idle.add(tp.partition)
         return len(parts), idle
 

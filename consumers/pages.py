@@ -171,8 +171,8 @@ def prepare_page(cache: SourceCache, task: PageTask, s: Settings, stop: threadin
     with cache.lease(task, stop) as (data, doc):
         t1 = time.perf_counter()
         if task.kind == "pdf":
+            phase("render")  # the wait for MuPDF counts against the render budget, not the download's
             with _MUPDF_LOCK:
-                phase("render")  # the budget starts once MuPDF is ours, not while queued behind another render
                 image = render_pdf_page(doc, task.page_number, task.dpi or s.render_dpi, s.max_page_pixels)
         else:
             phase("render")

@@ -54,7 +54,8 @@ def producer_config(s: Settings, transactional_id: str | None = None, **extra: A
     }
     if transactional_id:
         conf["transactional.id"] = transactional_id
-        # Sized for the longest batch: a transaction spans one micro-batch.
+        # A transaction spans one publish (outputs + offsets of a finished batch), so it is short;
+        # this only bounds how long a dead instance's open transaction can block readers.
         conf["transaction.timeout.ms"] = max(60_000, int(s.page_timeout_s * 1000 * 2))
     conf.update(extra)
     return conf

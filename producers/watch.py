@@ -288,8 +288,9 @@ class DropFolderWatcher:
                 # object lookup) escapes: the whole batch is read again after a rewind.
                 outputs += rt.guard(msg, handle, reraise_transient=True)
         except OcrstreamError as exc:
-            log.warning("object events not handled (%s): reading them again", exc)
+            log.warning("object events not handled (%s): reading them again in %.0fs", exc, self.s.watch_interval_s)
             rt.rewind()
+            self.stop.event.wait(self.s.watch_interval_s)  # the store is away: do not spin
             return []
         offsets = [tp for tp in rt.consumer.position([TopicPartition(t, p) for t, p in rt.assigned])
                    if tp.offset >= 0]

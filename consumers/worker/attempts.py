@@ -5,9 +5,9 @@ Kafka keeps no delivery count per record, and a page whose OCR kills the process
 re-read and kill every worker that gets it, forever. So before a batch goes to the engine
 the worker writes an *in-flight mark* per page to the compacted ``page-attempts`` topic:
 key ``<pages partition>/<offset>``, value ``{"attempts": n, ...}``, on the partition of the
-page task, and waits for the acknowledgement. After the page's result is committed the mark
-is tombstoned. A mark that is still there when the partition is assigned again means that
-many attempts ended without a result.
+page task, and waits for the acknowledgement. As soon as the engine returns (the attempt did
+not end the process) the mark is tombstoned, whatever then happens to the result. A mark that
+is still there when the partition is assigned again means that many attempts ended the process.
 
 Why a compacted topic and not the alternatives:
 

@@ -97,6 +97,12 @@ class EngineThread:
     def budget_s(self) -> float:
         return self.s.page_timeout_s * len(self.batch or [])
 
+    def remaining_s(self) -> float:
+        """Seconds left of the in-flight batch's budget (0 when none runs)."""
+        if self.future is None:
+            return 0.0
+        return max(0.0, self.budget_s() - (time.monotonic() - self.started))
+
     def over_budget(self) -> bool:
         """The batch in flight has run longer than ``page_timeout_s`` per page."""
         return (self.future is not None and not self.future.done()

@@ -43,6 +43,7 @@ class Prefetch:
         self.pool = ThreadPoolExecutor(s.prepare_threads, thread_name_prefix="prepare")
         self.queue: deque[WorkItem] = deque()
         self.stuck = 0  # abandoned threads of the current pool
+        self.renderer_stuck = False  # a PDF render over budget: it holds MuPDF's lock
 
     def accept(self, msg: Message, epoch: int, attempts: int) -> WorkItem:
         """Queue a record: decode it and start its download + render (unless it cannot run)."""
@@ -75,6 +76,8 @@ class Prefetch:
                 item.error = OcrstreamError(code, f"{item.phase} of page {item.task.page_number} exceeded {budget:.0f}s")
                 item.future = None
                 self.stuck += 1
+                if item.phase == "render" and item.task.kind == "pdf":
+                    self.renderer_stuck = True
         if self.stuck >= self.s.prepare_threads:
             log.error("all %d prepare threads are stuck: starting a fresh pool", self.stuck)
             old, self.pool, self.stuck = self.pool, ThreadPoolExecutor(self.s.prepare_threads,

@@ -48,7 +48,8 @@ class WorkItem:
 
     def on_phase(self, name: str) -> None:
         """Called by the prepare thread as the download and the render start."""
-        self.phase, self.phase_started = name, time.monotonic()
+        self.phase_started = time.monotonic()  # first: the poll thread reads phase, then phase_started
+        self.phase = name
 
     def ready(self) -> bool:
         return self.future is None or self.future.done()

@@ -59,7 +59,7 @@ def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None
             completed_at=now_ms(), timings_ms={**item.timings, **ocr.timings_ms},
         )
     value = encode(result)
-    if len(value) > MAX_RESULT_BYTES:
+    if len(value) + len(task.document_id) + 4096 > MAX_RESULT_BYTES:  # key + framing count too
         err = OcrstreamError(ReasonCode.RESULT_TOO_LARGE, f"page result is {len(value)} bytes")
         result = result.model_copy(update={"status": "failed", "error": error_of(err), "detections": []})
         value = encode(result)

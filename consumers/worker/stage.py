@@ -26,14 +26,14 @@ from __future__ import annotations
 import logging
 import os
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 
 from ocrstream import metrics as m
 from ocrstream.engine import Engine
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import make_producer
 from ocrstream.settings import Settings
-from ocrstream.streaming import OffsetTracker, StageRuntime, StopFlag, run_stage
+from ocrstream.streaming import FatalKafkaError, OffsetTracker, StageRuntime, StopFlag, run_stage
 from schemas import WorkerMetrics
 
 from .attempts import PageAttempts
@@ -61,7 +61,7 @@ class OcrWorker:
         self.s = s
         self.engine = EngineThread(s, engine)
         self.rt = StageRuntime(s, STAGE, [s.topic("pages")], stop=stop, on_assign=self._on_assign,
-                               on_revoke=self._on_revoke, on_lost=self._on_lost, on_rewind=self._on_lost,
+                               on_revoke=self._on_revoke, on_lost=self._on_lost, on_rewind=self._on_rewind,
                                ready=lambda: self.engine.engine is not None, busy=self._busy, results_topic=None)
         self.stop = self.rt.stop
         self.fetch = Prefetch(s, self.stop.event)
@@ -81,21 +81,39 @@ class OcrWorker:
             key = (p.topic, p.partition)
             self.epochs[key] = self.epochs.get(key, 0) + 1
         # Attempt counts first: a page must not run before we know whether it killed a process.
-        self.attempts.restore([p.partition for p in partitions])
+        try:
+            self.attempts.restore([p.partition for p in partitions])
+        except (OcrstreamError, KafkaException) as exc:
+            # Running without the counts could let a poison page kill workers forever: restart.
+            raise FatalKafkaError(f"in-flight marks of {[p.partition for p in partitions]} unreadable: {exc}") from exc
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
-        log.info("revoking %s: finishing the in-flight batch", [p.partition for p in partitions])
-        self._finish_batch(wait_s=max(0.0, self.engine.budget_s()) + 0.1)
-        self._publish(self.fetch.take_failed(), None)
+        if not self.stop.is_set() and not self.engine_stuck:
+            # Finish the batch within what is left of its budget, and never longer than a fraction of
+            # max.poll.interval.ms: a batch still running then is dropped (its new owner re-reads it).
+            wait_s = min(self.engine.remaining_s(), self.s.max_poll_interval_ms / 1000 / 4, 60.0)
+            log.info("revoking %s: finishing the in-flight batch (up to %.0fs)", [p.partition for p in partitions],
+                     wait_s)
+            self._check_engine_budget()
+            self._finish_batch(wait_s=max(0.0, wait_s))
+            self._publish(self.fetch.take_failed(), None)
         self._on_lost(partitions)
 
+    def _on_rewind(self, partitions: list[TopicPartition]) -> None:
+        """An aborted transaction: drop what was consumed after the committed offsets. The attempt
+        counts stay: they are durable and still true."""
+        self._forget(partitions)
+
     def _on_lost(self, partitions: list[TopicPartition]) -> None:
+        self._forget(partitions)
+        self.attempts.forget([p.partition for p in partitions])  # the next owner restores them
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
         for p in partitions:  # a batch still in the engine must not commit for these any more
             key = (p.topic, p.partition)
             self.epochs[key] = self.epochs.get(key, 0) + 1
         self.fetch.drop(partitions)
         self.tracker.forget(partitions)
-        self.attempts.forget([p.partition for p in partitions])
 
     # --- the loop ---------------------------------------------------------------------
     def run(self) -> None:
@@ -126,6 +144,14 @@ class OcrWorker:
         self._finish_batch()
         self.fetch.enforce_budgets()
         self._publish(self.fetch.take_failed(), None)
+        if self.fetch.renderer_stuck and not self.engine_stuck:
+            # A PDF render over budget holds MuPDF's lock for good: every later PDF page would wait
+            # on it. Its page was failed above; restart the process like a stuck engine.
+            log.error("a PDF render is stuck holding MuPDF: restarting")
+            self.engine_stuck = True
+            self.stop.set()
+        if self.stop.is_set():
+            return  # no new batch (and no new in-flight marks) once stopping
         self._maybe_start_batch()
         self._backpressure()
         if self.metrics.due():
@@ -173,7 +199,7 @@ class OcrWorker:
                 return
         try:
             self.attempts.mark([(*it.mark, it.task.document_id, it.task.page_number) for it in batch])
-        except RuntimeError as exc:
+        except (RuntimeError, KafkaException, BufferError) as exc:
             log.error("%s: batch postponed", exc)  # the pages stay queued; tried again next step
             return
         self.fetch.remove(batch)
@@ -208,6 +234,9 @@ class OcrWorker:
         m.BATCH_LATENCY.observe(seconds)
         for item in batch:
             item.image = None  # release pixels before publishing
+        # The engine returned: these attempts did not end the process, whatever happens to the
+        # results (a lost partition, a refused commit). The marks go now, not after the commit.
+        self.attempts.clear([it.mark for it in batch])
         self._publish(batch, results)
 
     def _publish(self, items: list[WorkItem], results: list | None) -> None:
@@ -220,7 +249,6 @@ class OcrWorker:
         offsets = self.tracker.committable()
         if self.rt.publish(outputs, offsets):
             self.tracker.mark_committed(offsets)
-            self.attempts.clear([it.mark for it in current])
 
     def publish_metrics(self) -> WorkerMetrics:
         """Publish a :class:`WorkerMetrics` sample (figures since the last one) to the metrics topic."""

@@ -53,6 +53,15 @@ class DeliveryError(RuntimeError):
     """Outputs were not acknowledged by the broker; the inputs were not committed."""
 
 
+class CommitFailed(RuntimeError):
+    """The outputs are durable but the offset commit failed (at-least-once); ``error`` is the
+    librdkafka error (e.g. the partitions moved to another member)."""
+
+    def __init__(self, error: KafkaError):
+        super().__init__(f"offset commit failed: {error}")
+        self.error = error
+
+
 class TransactionAborted(RuntimeError):
     """The transaction was aborted (abortable error): rewind to the committed offsets."""
 
@@ -133,11 +142,12 @@ class Delivery:
         """Produce ``outputs``, then commit ``offsets`` (next offsets to read).
 
         Raises:
-            DeliveryError: an output was not acknowledged; nothing was committed (at-least-once).
+            DeliveryError: an output was refused or not acknowledged; nothing was committed
+                (at-least-once), or the transaction was aborted (exactly-once).
+            CommitFailed: the outputs are durable, the offset commit failed (at-least-once), e.g.
+                the partitions were revoked meanwhile (the new owner replays them).
             TransactionAborted: the transaction was aborted (exactly-once): rewind.
             FatalKafkaError: fenced or otherwise unrecoverable: exit.
-            KafkaException: the offset commit failed (at-least-once), e.g. the partitions were
-                revoked meanwhile (the new owner replays them).
         """
         if self.transactional:
             self._publish_transaction(outputs, offsets, timeout_s)
@@ -153,14 +163,21 @@ class Delivery:
             raise DeliveryError(f"{remaining} undelivered, errors: {[str(e) for e in self.tracker.errors[:3]]}")
         faults.fault_point(f"{self.stage}.after_produce")
         if offsets:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                raise CommitFailed(exc.args[0]) from exc
         faults.fault_point(f"{self.stage}.after_commit")
 
     def _publish_transaction(self, outputs: list[Output], offsets: list[TopicPartition], timeout_s: float) -> None:
         try:
             self.producer.begin_transaction()
-            for out in outputs:
-                self._produce(out)
+            try:
+                for out in outputs:
+                    self._produce(out)
+            except DeliveryError:
+                self.producer.abort_transaction(timeout_s)  # nothing of this unit may be committed
+                raise
             if offsets:
                 self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), timeout_s)
             faults.fault_point(f"{self.stage}.after_produce")
@@ -194,6 +211,12 @@ class Delivery:
                 raise FatalKafkaError(f"commit_transaction failed twice: {exc2}") from exc2
 
     def _produce(self, out: Output) -> None:
+        """Queue one output.
+
+        Raises:
+            DeliveryError: the client refused it at once (too large, unknown topic or partition):
+                never mistaken for a commit failure, so the offsets are not committed.
+        """
         while True:
             try:
                 kwargs = {} if out.partition is None else {"partition": out.partition}
@@ -203,6 +226,8 @@ class Delivery:
             except BufferError:
                 # Local queue full: serve delivery reports, then try again.
                 self.producer.poll(0.1)
+            except KafkaException as exc:
+                raise DeliveryError(f"{out.topic}: record refused by the client: {exc.args[0]}") from exc
 
     def commit_offsets(self, offsets: list[TopicPartition]) -> None:
         """Commit offsets that need no outputs (in exactly-once mode: an empty transaction)."""

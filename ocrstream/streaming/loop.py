@@ -63,7 +63,7 @@ from ocrstream.kafka import make_consumer
 from ocrstream.settings import Settings
 
 from .deadletters import failure_outputs
-from .delivery import Delivery, DeliveryError, FatalKafkaError, Output, TransactionAborted
+from .delivery import CommitFailed, Delivery, DeliveryError, FatalKafkaError, Output, TransactionAborted
 from .health import serve_if_configured
 from .signals import StopFlag
 
@@ -139,6 +139,8 @@ class StageRuntime:
         self.paused = False
         self._last_beat = self._last_progress = time.monotonic()
         self._next_backlog = 0.0
+        self._started = False  # before start(): loading models etc., alive by definition
+        self._in_callback = False  # restores inside callbacks have their own idle timeout
         # Probes answer from construction on: /healthz while models load, /readyz 503 until assigned.
         self.http = serve_if_configured(s.http_port, self.ready, self.alive)
 
@@ -146,6 +148,8 @@ class StageRuntime:
     def start(self) -> None:
         """Subscribe (the probes already answer on ``OCRSTREAM_HTTP_PORT``)."""
         self.consumer.subscribe(self.topics, on_assign=self._assign, on_revoke=self._revoke, on_lost=self._lost)
+        self._started = True
+        self.progress()
         log.info("%s consuming %s (group %s, delivery %s)", self.stage, self.topics, self.s.group(self.stage),
                  "exactly-once" if self.delivery.transactional else "at-least-once")
 
@@ -162,7 +166,12 @@ class StageRuntime:
     def _assign(self, consumer, partitions: Partitions) -> None:
         self.beat()
         if self._on_assign:
-            self._on_assign(partitions)
+            self._in_callback = True
+            try:
+                self._on_assign(partitions)
+            finally:
+                self._in_callback = False
+                self.beat()
         consumer.incremental_assign(partitions)
         self.assigned |= {(p.topic, p.partition) for p in partitions}
         # Set the pause flag explicitly: librdkafka keeps it through revoke/lost and re-assignment.
@@ -172,7 +181,12 @@ class StageRuntime:
     def _revoke(self, consumer, partitions: Partitions) -> None:
         self.beat()
         if self._on_revoke:
-            self._on_revoke(partitions)
+            self._in_callback = True
+            try:
+                self._on_revoke(partitions)
+            finally:
+                self._in_callback = False
+                self.beat()
         self._forget(partitions)
         consumer.incremental_unassign(partitions)
         log.info("%s: revoked %s", self.stage, sorted(p.partition for p in partitions))
@@ -294,12 +308,14 @@ class StageRuntime:
                     raise FatalKafkaError(f"{self.stage}: outputs not acknowledged after {attempt} attempts: {exc}")
                 self._backoff(attempt, exc)
                 continue
-            except KafkaException as exc:  # the offset commit (at-least-once); the outputs are durable
-                err: KafkaError = exc.args[0]
+            except CommitFailed as exc:  # at-least-once: the outputs are durable, only the commit failed
+                err: KafkaError = exc.error
                 if err.fatal():
                     raise FatalKafkaError(f"{self.stage}: commit failed fatally: {err}") from exc
                 if err.code() in _MOVED:
-                    log.warning("%s: commit refused (%s): the partitions moved, their new owner replays", self.stage, err)
+                    # Under cooperative rebalancing the partitions may even stay ours: then the next
+                    # commit covers these offsets; otherwise the new owner replays (at-least-once).
+                    log.warning("%s: commit refused (%s): rebalance in progress or partitions moved", self.stage, err)
                     return False
                 if attempt == PUBLISH_ATTEMPTS:
                     raise FatalKafkaError(f"{self.stage}: commit failed after {attempt} attempts: {err}") from exc
@@ -374,6 +390,8 @@ class StageRuntime:
     def alive(self) -> bool:
         """Liveness (``/healthz``), see the module docstring; also sets ``ocrstream_loop_stalled``."""
         now, limit = time.monotonic(), self.s.liveness_timeout_s
+        if not self._started or self._in_callback:
+            return True  # loading (models, checkpoint) or restoring: bounded by their own timeouts
         stalled = now - self._last_beat > limit or (self.work_waiting() and now - self._last_progress > limit)
         m.LOOP_STALLED.labels(self.stage).set(1 if stalled else 0)
         if stalled:
@@ -390,8 +408,9 @@ class StageRuntime:
 
     def _measure_backlog(self) -> None:
         # On the loop thread, every liveness_timeout_s / 4: records behind = high watermark (the
-        # last stable offset under read_committed) - the fetch position (the low watermark before
-        # the first fetch, as auto.offset.reset=earliest would start). Not librdkafka's
+        # last stable offset under read_committed) - the fetch position (before the first fetch
+        # after an assign or seek: the committed offset, else the low watermark, where
+        # auto.offset.reset=earliest starts). Not librdkafka's
         # consumer_lag: offsets committed inside a transaction do not update it (an idle
         # exactly-once stage would look behind forever), and a paused partition that never
         # fetched reports no offsets at all (exactly the stall to catch).
@@ -402,9 +421,14 @@ class StageRuntime:
         behind: dict[tuple[str, int], int] = {}
         try:
             tps = [TopicPartition(t, p) for t, p in sorted(self.assigned)]
-            for tp in self.consumer.position(tps):
+            positions = self.consumer.position(tps)
+            unknown = [tp for tp in positions if tp.offset < 0]
+            committed = {(tp.topic, tp.partition): tp.offset
+                         for tp in (self.consumer.committed(unknown, timeout=2) if unknown else [])}
+            for tp in positions:
                 low, high = self.consumer.get_watermark_offsets(tp, timeout=2, cached=False)
-                pos = tp.offset if tp.offset >= 0 else low
+                pos = tp.offset if tp.offset >= 0 else committed.get((tp.topic, tp.partition), -1)
+                pos = pos if pos >= 0 else low
                 behind[(tp.topic, tp.partition)] = max(0, high - pos)
         except KafkaException as exc:  # a broker away: keep the last figures
             log.debug("%s: backlog not measured: %s", self.stage, exc)
