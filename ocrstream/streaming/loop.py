@@ -139,6 +139,7 @@ class StageRuntime:
         self.paused = False
         self._last_beat = self._last_progress = time.monotonic()
         self._next_backlog = 0.0
+        self._behind_at = 0.0  # time.monotonic() of the last backlog measurement
         self._started = False  # before start(): loading models etc., alive by definition
         self._in_callback = False  # restores inside callbacks have their own idle timeout
         # Probes answer from construction on: /healthz while models load, /readyz 503 until assigned.
@@ -384,8 +385,10 @@ class StageRuntime:
         m.LOOP_PROGRESS.labels(self.stage).set(time.time())
 
     def work_waiting(self) -> bool:
-        """Records wait on an assigned partition, or the stage holds work of its own."""
-        return any(n > 0 for n in self._behind.values()) or bool(self._busy and self._busy())
+        """Records wait on an assigned partition (measured after the last progress: an older
+        measurement proves nothing about now), or the stage holds work of its own."""
+        backlog = self._behind_at > self._last_progress and any(n > 0 for n in self._behind.values())
+        return backlog or bool(self._busy and self._busy())
 
     def alive(self) -> bool:
         """Liveness (``/healthz``), see the module docstring; also sets ``ocrstream_loop_stalled``."""
@@ -424,16 +427,16 @@ class StageRuntime:
             positions = self.consumer.position(tps)
             unknown = [tp for tp in positions if tp.offset < 0]
             committed = {(tp.topic, tp.partition): tp.offset
-                         for tp in (self.consumer.committed(unknown, timeout=2) if unknown else [])}
+                         for tp in (self.consumer.committed(unknown, timeout=5) if unknown else [])}
             for tp in positions:
-                low, high = self.consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+                low, high = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
                 pos = tp.offset if tp.offset >= 0 else committed.get((tp.topic, tp.partition), -1)
                 pos = pos if pos >= 0 else low
                 behind[(tp.topic, tp.partition)] = max(0, high - pos)
         except KafkaException as exc:  # a broker away: keep the last figures
             log.debug("%s: backlog not measured: %s", self.stage, exc)
             return
-        self._behind = behind
+        self._behind, self._behind_at = behind, time.monotonic()
 
 
 def run_stage(build: Callable[[], Any]) -> int:
