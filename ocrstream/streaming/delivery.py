@@ -229,11 +229,6 @@ class Delivery:
             except KafkaException as exc:
                 raise DeliveryError(f"{out.topic}: record refused by the client: {exc.args[0]}") from exc
 
-    def commit_offsets(self, offsets: list[TopicPartition]) -> None:
-        """Commit offsets that need no outputs (in exactly-once mode: an empty transaction)."""
-        if offsets:
-            self.publish([], offsets)
-
     def close(self, timeout_s: float = 10.0) -> None:
         """Deliver what is queued (bounded by ``timeout_s``)."""
         self.producer.flush(timeout_s)

@@ -164,15 +164,21 @@ class StageRuntime:
                 self.http.close()
 
     # --- rebalance callbacks (inside poll()/consume(), on the loop thread) -----------------
-    def _assign(self, consumer, partitions: Partitions) -> None:
+    def _run_hook(self, hook: Callable[[Partitions], None] | None, partitions: Partitions) -> None:
+        """Run a stage's rebalance hook; liveness holds while it runs (restores inside it are
+        bounded by their own idle timeout)."""
         self.beat()
-        if self._on_assign:
-            self._in_callback = True
-            try:
-                self._on_assign(partitions)
-            finally:
-                self._in_callback = False
-                self.beat()
+        if hook is None:
+            return
+        self._in_callback = True
+        try:
+            hook(partitions)
+        finally:
+            self._in_callback = False
+            self.beat()
+
+    def _assign(self, consumer, partitions: Partitions) -> None:
+        self._run_hook(self._on_assign, partitions)
         consumer.incremental_assign(partitions)
         self.assigned |= {(p.topic, p.partition) for p in partitions}
         # Set the pause flag explicitly: librdkafka keeps it through revoke/lost and re-assignment.
@@ -180,22 +186,13 @@ class StageRuntime:
         log.info("%s: assigned %s", self.stage, sorted(p.partition for p in partitions))
 
     def _revoke(self, consumer, partitions: Partitions) -> None:
-        self.beat()
-        if self._on_revoke:
-            self._in_callback = True
-            try:
-                self._on_revoke(partitions)
-            finally:
-                self._in_callback = False
-                self.beat()
+        self._run_hook(self._on_revoke, partitions)
         self._forget(partitions)
         consumer.incremental_unassign(partitions)
         log.info("%s: revoked %s", self.stage, sorted(p.partition for p in partitions))
 
     def _lost(self, consumer, partitions: Partitions) -> None:
-        self.beat()
-        if self._on_lost:
-            self._on_lost(partitions)
+        self._run_hook(self._on_lost, partitions)
         self._forget(partitions)
         consumer.incremental_unassign(partitions)
         log.warning("%s: lost %s", self.stage, sorted(p.partition for p in partitions))
