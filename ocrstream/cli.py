@@ -23,14 +23,44 @@ import sys
 import time
 from pathlib import Path
 
+from .preflight import ExitCode, PreflightError, check_kafka, check_store
 from .settings import Settings, get_settings
 
 log = logging.getLogger("ocrstream")
 
 
-def _setup_logging(s: Settings) -> None:
-    logging.basicConfig(level=s.log_level.upper(), stream=sys.stderr,
+def _setup_logging(s: Settings, debug: bool = False) -> None:
+    logging.basicConfig(level="DEBUG" if debug else s.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+
+
+def _settings_error(exc) -> str:
+    """One line per invalid ``OCRSTREAM_*`` value of a pydantic ``ValidationError``."""
+    lines = []
+    for e in exc.errors():
+        name = "OCRSTREAM_" + "_".join(str(part) for part in e["loc"]).upper()
+        value = os.environ.get(name, e.get("input"))
+        lines.append(f"ocrstream: {name}={value!r} is invalid: {e['msg']}. Fix or unset it "
+                     "(`ocrstream config` lists every setting)")
+    return "\n".join(lines)
+
+
+def _expected_failure(exc: BaseException) -> PreflightError | None:
+    """The one-line error for a failure the preflight could not foresee (a broker or store
+    that went away mid-command), or None for a bug (which keeps its traceback)."""
+    from confluent_kafka import KafkaException
+
+    from producers.publish import PublishError
+
+    from .errors import OcrstreamError, ReasonCode
+
+    if isinstance(exc, (KafkaException, PublishError)):
+        return PreflightError(ExitCode.KAFKA_UNREACHABLE, f"Kafka failed mid-command: {exc}. Check the brokers at "
+                                                          "OCRSTREAM_KAFKA_BOOTSTRAP_SERVERS and run the command again")
+    if isinstance(exc, OcrstreamError) and exc.code in (ReasonCode.STORAGE_ERROR, ReasonCode.STORAGE_TIMEOUT):
+        return PreflightError(ExitCode.STORE_UNREACHABLE, f"object store failed mid-command: {exc}. Check "
+                                                          "OCRSTREAM_S3_ENDPOINT and run the command again")
+    return None
 
 
 def cmd_stack(args, s: Settings) -> int:
@@ -63,6 +93,8 @@ def cmd_topics(args, s: Settings) -> int:
 
     from .kafka import make_admin
 
+    check_kafka(s, quiet=not args.debug)
+
     reports = apply_topics(make_admin(s), topic_specs(args.replication_factor), s.topic_prefix)
     for r in reports:
         print(f"{r.topic:32} {r.action:8} {'; '.join(r.drift)}")
@@ -71,6 +103,12 @@ def cmd_topics(args, s: Settings) -> int:
 
 def cmd_submit(args, s: Settings) -> int:
     from producers.submit import submit_files
+
+    for f in map(Path, args.files):
+        if not f.is_file():
+            raise PreflightError(ExitCode.NO_INPUT, f"no such file: {f}")
+    check_kafka(s, [s.topic("ingest"), *([s.topic("document-results")] if args.wait else [])], quiet=not args.debug)
+    check_store(s)
 
     return submit_files(s, [Path(f) for f in args.files], wait=args.wait, as_json=args.json,
                         timeout_s=args.timeout or None, dpi=args.dpi)
@@ -193,6 +231,8 @@ def cmd_run(args, s: Settings) -> int:
 def cmd_dlq(args, s: Settings) -> int:
     from consumers.deadletters import ReplayError, list_dead_letters, replay_dead_letters
 
+    check_kafka(s, [s.topic("dead-letters")], quiet=not args.debug)
+
     if args.action == "list":
         for dl in list_dead_letters(s, limit=args.limit):
             print(f"{dl.failed_at} {dl.stage:9} {dl.reason:26} {dl.topic}[{dl.partition}]@{dl.offset} "
@@ -218,6 +258,8 @@ def cmd_schemas(args, s: Settings) -> int:
 def cmd_top(args, s: Settings) -> int:
     from .top import run_top
 
+    check_kafka(s, [s.topic("metrics")], quiet=not args.debug)
+
     run_top(s, once=args.once)
     return 0
 
@@ -230,7 +272,9 @@ def cmd_config(args, s: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ocrstream", description="Streaming OCR on Kafka.")
+    p = argparse.ArgumentParser(prog="ocrstream", description="Streaming OCR on Kafka. Exit codes: "
+                                + ", ".join(f"{c.value} {c.name.lower()}" for c in ExitCode) + ".")
+    p.add_argument("--debug", action="store_true", help="log at DEBUG and show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
     st = sub.add_parser("stack", help="local Kafka broker + S3 object store (development only)")
     st.add_argument("action", choices=["up", "down", "status"])
@@ -274,10 +318,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ocrstream`` console script."""
+    from pydantic import ValidationError
+
     args = build_parser().parse_args(argv)
-    s = get_settings()
-    _setup_logging(s)
-    return args.fn(args, s)
+    try:
+        s = get_settings()
+    except ValidationError as exc:
+        if args.debug:
+            raise
+        print(_settings_error(exc), file=sys.stderr)
+        return ExitCode.BAD_SETTING
+    args.debug = args.debug or s.log_level.upper() == "DEBUG"
+    _setup_logging(s, args.debug)
+    try:
+        return args.fn(args, s)
+    except Exception as exc:  # noqa: BLE001 - expected failures become one line; bugs keep their traceback
+        failure = exc if isinstance(exc, PreflightError) else _expected_failure(exc)
+        if failure is None or args.debug:
+            raise
+        print(f"ocrstream {args.command}: {failure}", file=sys.stderr)
+        return failure.code
 
 
 if __name__ == "__main__":

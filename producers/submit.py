@@ -10,6 +10,7 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ocrstream.preflight import ExitCode, PreflightError
 from ocrstream.settings import Settings
 from schemas import DocumentResult
 
@@ -24,12 +25,14 @@ def submit_files(s: Settings, files: list[Path], *, wait: bool, as_json: bool, t
     Returns:
         exit code: 0 when every document succeeded (or ``wait`` is off), 1 when
         any failed, 2 on timeout.
+
+    Raises:
+        PreflightError: ``NO_INPUT`` when a file does not exist.
     """
     err = Console(stderr=True)
     for f in files:
         if not f.is_file():
-            err.print(f"[red]no such file:[/] {f}")
-            return 2
+            raise PreflightError(ExitCode.NO_INPUT, f"no such file: {f}")
     follower = ResultFollower(s) if wait else None  # positioned before publishing: no result slips past
     ids: dict[str, Path] = {}
     with DocumentPublisher(s) as pub:

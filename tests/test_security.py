@@ -107,3 +107,23 @@ def test_wrong_password_is_refused_and_not_logged(tls_broker, settings, caplog, 
         c.close()
     out, err = capfd.readouterr()
     assert "wrong-" + PASSWORD not in caplog.text + out + err
+
+
+def test_cli_reports_refused_credentials_in_one_line(tls_broker, settings):
+    """``ocrstream topics apply`` with a wrong SCRAM password: exit code KAFKA_REFUSED and one
+    line naming the settings to check, without the password (see tests/test_cli_errors.py)."""
+    import subprocess
+    import sys
+
+    from ocrstream.preflight import ExitCode
+
+    from conftest import REPO, settings_env
+
+    s = _secure(settings, tls_broker / "ca.pem", password="wrong-" + PASSWORD)
+    proc = subprocess.run([sys.executable, "-m", "ocrstream.cli", "topics", "apply"], env=settings_env(s),
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    err = proc.stderr.strip()
+    assert proc.returncode == ExitCode.KAFKA_REFUSED, (proc.returncode, err)
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"127.0.0.1:{SASL_PORT}" in err and "OCRSTREAM_KAFKA_SASL_PASSWORD" in err
+    assert PASSWORD not in err
