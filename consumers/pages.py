@@ -18,7 +18,8 @@ import numpy as np
 
 from ocrstream.documents import decode_image_page, open_pdf, render_pdf_page
 from ocrstream.settings import Settings
-from ocrstream.storage import ObjectStore, validate_key
+from ocrstream.sources import check_source
+from ocrstream.storage import ObjectStore
 from schemas import PageTask
 
 from ocrstream.streaming import retry_transient
@@ -101,7 +102,7 @@ class SourceCache:
                     entry.users += 1
                     return entry
             try:
-                obj_key = validate_key(src.key)
+                obj_key = check_source(self.s, src.bucket, src.key)  # a page task is no more trusted than ingest
                 data = retry_transient(lambda: self.store.get_bytes(src.bucket, obj_key, self.s.max_object_bytes,
                                                                     src.version_id, etag=src.etag), stop=stop)
                 doc = None

@@ -30,7 +30,8 @@ from confluent_kafka import KafkaException, Message, Producer, TopicPartition
 from ocrstream.documents import inspect
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.settings import Settings
-from ocrstream.storage import ObjectStore, validate_key
+from ocrstream.sources import check_source
+from ocrstream.storage import ObjectStore
 from ocrstream.streaming import Output, StageRuntime, StopFlag, retry_transient, run_stage
 from ocrstream.streaming.loop import RecordContext
 from schemas import DocumentRef, PageTask, decode, encode
@@ -112,7 +113,7 @@ class Splitter:
             raise OcrstreamError(ReasonCode.MESSAGE_TOO_LARGE, f"value is {size} bytes, limit {s.max_message_bytes}")
         ref = decode(msg.value(), DocumentRef)
         ctx.document_id, ctx.source, ctx.submitted_at = ref.document_id, ref.source, ref.submitted_at
-        key = validate_key(ref.source.key)
+        key = check_source(s, ref.source.bucket, ref.source.key)  # before any read: the trust boundary
         data = retry_transient(
             lambda: self.store.get_bytes(ref.source.bucket, key, s.max_object_bytes, ref.source.version_id,
                                  etag=ref.source.etag),

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from .preflight import ExitCode, PreflightError, check_kafka, check_store
+from .preflight import ExitCode, PreflightError, check_kafka, check_store, check_uploads_allowed
 from .settings import Settings, get_settings
 
 log = logging.getLogger("ocrstream")
@@ -107,6 +107,7 @@ def cmd_submit(args, s: Settings) -> int:
     for f in map(Path, args.files):
         if not f.is_file():
             raise PreflightError(ExitCode.NO_INPUT, f"no such file: {f}")
+    check_uploads_allowed(s)
     check_kafka(s, [s.topic("ingest"), *([s.topic("document-results")] if args.wait else [])], quiet=not args.debug)
     check_store(s)
 

@@ -165,3 +165,22 @@ def _root_cause(exc: BaseException) -> str:
     if "Errno" in text and "]" in text:
         text = text.split("]", 1)[1]
     return text.strip() or type(exc).__name__
+
+
+def check_uploads_allowed(s: Settings) -> None:
+    """``ocrstream submit`` uploads under ``OCRSTREAM_UPLOAD_PREFIX``: refuse to upload what the
+    splitter would then refuse (``forbidden_source``) because the allowed sources exclude it.
+
+    Raises:
+        PreflightError: ``BAD_SETTING``.
+    """
+    from .errors import OcrstreamError
+    from .sources import check_source
+
+    try:
+        check_source(s, s.bucket, f"{s.upload_prefix}probe")
+    except OcrstreamError as exc:
+        raise PreflightError(ExitCode.BAD_SETTING,
+                             f"uploads go to s3://{s.bucket}/{s.upload_prefix}, which the service may not read: "
+                             f"{exc.message}. Add it to OCRSTREAM_ALLOWED_SOURCES or change "
+                             "OCRSTREAM_BUCKET / OCRSTREAM_UPLOAD_PREFIX") from None

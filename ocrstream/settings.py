@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     bucket: str = Field("ocrstream", description="bucket for uploads and the drop folder")
     upload_prefix: str = Field("uploads/", description="where `ocrstream submit` uploads files")
     inbox_prefix: str = Field("inbox/", description="the drop folder watched by `ocrstream watch`")
+    allowed_sources: str = Field(
+        "", description="what the service may read: comma-separated `bucket/prefix/` pairs (`bucket/` = the whole "
+                        "bucket); a reference elsewhere fails with forbidden_source before any read. Empty = "
+                        "OCRSTREAM_BUCKET with OCRSTREAM_UPLOAD_PREFIX and OCRSTREAM_INBOX_PREFIX")
     watch_interval_s: float = Field(2.0, description="drop-folder listing interval in `poll` mode (seconds)")
     watch_mode: Literal["poll", "events"] = Field(
         "poll", description="`poll`: list the drop folder every watch_interval_s; `events`: consume S3 bucket "
@@ -166,6 +170,20 @@ class Settings(BaseSettings):
     metrics_interval_s: float = Field(10.0, description="metrics sample period (seconds)")
     http_port: int = Field(0, description="/metrics, /healthz, /readyz port; 0 = off")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+
+    @field_validator("upload_prefix", "inbox_prefix")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        # A prefix is a folder: "inbox" would also admit "inbox-private/...".
+        return value if not value or value.endswith("/") else value + "/"
+
+    @field_validator("allowed_sources")
+    @classmethod
+    def _sources(cls, value: str) -> str:
+        for entry in filter(None, (e.strip() for e in value.split(","))):
+            if not entry.partition("/")[0]:
+                raise ValueError(f"entry {entry!r} has no bucket (expected bucket/prefix/)")
+        return value
 
     @model_validator(mode="after")
     def _aws_fallback(self) -> "Settings":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import io
-import posixpath
 import ssl
 import unicodedata
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from .settings import Settings
 _MISSING = {"NoSuchKey", "NoSuchBucket", "NoSuchVersion"}
 
 
-def validate_key(key: str, prefix: str = "") -> str:
+def validate_key(key: str) -> str:
     """Check an object key taken from a message.
 
     Keys are opaque in S3, but ``..`` segments, absolute paths, backslashes and
@@ -52,8 +51,6 @@ def validate_key(key: str, prefix: str = "") -> str:
             raise OcrstreamError(ReasonCode.INVALID_KEY, f"object key {key!r} is absolute or has control characters")
         if any(part in ("..", ".") for part in form.split("/")):
             raise OcrstreamError(ReasonCode.INVALID_KEY, f"object key {key!r} has a '.' or '..' segment")
-    if prefix and not posixpath.normpath(key).startswith(prefix.rstrip("/")):
-        raise OcrstreamError(ReasonCode.INVALID_KEY, f"object key {key!r} is outside prefix {prefix!r}")
     return key
 
 

@@ -24,7 +24,8 @@ from ocrstream.documents import content_type_for
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import DeliveryTracker, producer_config
 from ocrstream.settings import Settings
-from ocrstream.storage import ObjectStore, validate_key
+from ocrstream.sources import check_source
+from ocrstream.storage import ObjectStore
 from schemas import DocumentOptions, DocumentRef, ObjectRef, encode
 
 
@@ -103,9 +104,10 @@ class DocumentPublisher:
         (idempotent), with another ``dpi`` a new one.
 
         Raises:
-            OcrstreamError: ``invalid_bucket``, ``invalid_key``, ``object_not_found``, ``storage_error``.
+            OcrstreamError: ``invalid_bucket``, ``invalid_key``, ``forbidden_source`` (outside
+                ``OCRSTREAM_ALLOWED_SOURCES``), ``object_not_found``, ``storage_error``.
         """
-        key = validate_key(key)
+        key = check_source(self.s, bucket, key)  # fail here, not as a dead letter later
         info = self.store.stat(bucket, key)
         options = DocumentOptions(dpi=dpi)
         ref = DocumentRef(

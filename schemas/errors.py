@@ -18,6 +18,7 @@ class ReasonCode(StrEnum):
     MESSAGE_TOO_LARGE = "message_too_large"
     INVALID_KEY = "invalid_key"
     INVALID_BUCKET = "invalid_bucket"  # bucket name the S3 naming rules refuse
+    FORBIDDEN_SOURCE = "forbidden_source"  # bucket/key outside OCRSTREAM_ALLOWED_SOURCES
     OBJECT_NOT_FOUND = "object_not_found"
     OBJECT_CHANGED = "object_changed"  # the object's ETag is no longer the referenced one (replaced)
     OBJECT_TOO_LARGE = "object_too_large"

@@ -106,3 +106,9 @@ def test_a_good_submission_still_works(settings, pdf):
     proc = ocrstream(settings, "submit", "--json", str(pdf))
     assert proc.returncode == 0, proc.stderr
     assert '"document_id"' in proc.stdout
+
+
+def test_uploads_outside_the_allowed_sources(settings, pdf):
+    """Uploading where the splitter may not read would only produce forbidden_source failures."""
+    proc = ocrstream(settings, "submit", str(pdf), OCRSTREAM_ALLOWED_SOURCES=f"{settings.bucket}/inbox/")
+    one_line(proc, ExitCode.BAD_SETTING, "OCRSTREAM_ALLOWED_SOURCES", f"s3://{settings.bucket}/uploads/")

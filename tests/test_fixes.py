@@ -65,7 +65,7 @@ def two_pdf_cache():
     b = make_pdf([["DOCUMENT B PAGE ONE"], ["DOCUMENT B PAGE TWO"]])
     store = _FakeStore({"a.pdf": a, "b.pdf": b})
     # Room for one of the two objects only: caching B evicts A.
-    cache = SourceCache(store, base_settings(), max_bytes=max(len(a), len(b)) + 1)
+    cache = SourceCache(store, base_settings(allowed_sources="bucket/"), max_bytes=max(len(a), len(b)) + 1)
     return cache, store
 
 
@@ -106,8 +106,8 @@ def test_prepare_page_threads_share_a_small_cache():
     from concurrent.futures import ThreadPoolExecutor
 
     pdfs = {f"{n}.pdf": make_pdf([[f"DOC {n} PAGE {p}"] for p in range(1, 4)]) for n in "xyz"}
-    cache = SourceCache(_FakeStore(pdfs), base_settings(), max_bytes=max(map(len, pdfs.values())) + 1)
-    s = base_settings()
+    s = base_settings(allowed_sources="bucket/")
+    cache = SourceCache(_FakeStore(pdfs), s, max_bytes=max(map(len, pdfs.values())) + 1)
     tasks = [_task("bucket", name, page=p, pages=3) for _ in range(10) for name in pdfs for p in (1, 2, 3)]
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda t: prepare_page(cache, t, s), tasks))
@@ -169,7 +169,7 @@ def test_get_bytes_refuses_replaced_object(settings, store):
         del store.stat
 
     # Through the page cache (the worker's path): the task carries the old ETag.
-    cache = SourceCache(store, settings)
+    cache = SourceCache(store, settings.model_copy(update={"allowed_sources": f"{settings.bucket}/in/"}))
     with pytest.raises(OcrstreamError) as e:
         cache.get(_task(settings.bucket, "in/doc.png", kind="image", etag=old.etag))
     assert _code(e) == ReasonCode.OBJECT_CHANGED
@@ -512,7 +512,7 @@ def test_publish_object_ids_follow_options(monkeypatch):
         def flush(self, timeout):
             return 0
 
-    s = base_settings()
+    s = base_settings(allowed_sources="bkt/scans/")
     pub = DocumentPublisher(s, producer=FakeProducer())
     monkeypatch.setattr(pub.store, "stat",
                         lambda bucket, key, version_id=None: ObjectInfo(bucket, key, 10, "etag1", None, "application/pdf"))

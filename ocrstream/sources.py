@@ -1,0 +1,79 @@
+"""Which objects the service may read: the trust boundary between publishers and the S3 credentials.
+
+Anything that can publish to an ingest topic names a bucket and a key; the service reads it
+with its own credentials. So a reference is checked against ``OCRSTREAM_ALLOWED_SOURCES``
+before any read (splitter) and again before the page is downloaded (worker: a page task is
+only as trusted as whoever can write the pages topic). A reference elsewhere fails with
+``forbidden_source``: dead letter and ``failed`` result, nothing is read.
+
+Prefixes are folders (they end with ``/``), and the key is compared as it is, byte for byte
+like S3 does, after :func:`~ocrstream.storage.validate_key` refused ``..`` segments: so
+``inbox/`` admits ``inbox/a.pdf`` but neither ``inbox-private/a.pdf`` nor ``inbox/../hr/a.pdf``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import OcrstreamError, ReasonCode
+from .settings import Settings
+from .storage import validate_bucket, validate_key
+
+
+@dataclass(frozen=True)
+class SourceRule:
+    """``bucket`` and a ``prefix`` (empty: the whole bucket, else ending with ``/``)."""
+
+    bucket: str
+    prefix: str
+
+    def admits(self, bucket: str, key: str) -> bool:
+        return bucket == self.bucket and key.startswith(self.prefix)
+
+    def __str__(self) -> str:
+        return f"{self.bucket}/{self.prefix}"
+
+
+def parse_rules(text: str) -> tuple[SourceRule, ...]:
+    """``"b1/uploads/, b2/"`` -> rules; a prefix without a trailing ``/`` gets one.
+
+    Raises:
+        ValueError: an entry has no bucket.
+    """
+    rules = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        bucket, _, prefix = entry.partition("/")
+        if not bucket:
+            raise ValueError(f"allowed source {entry!r} has no bucket (expected bucket/prefix/)")
+        rules.append(SourceRule(bucket, prefix if not prefix or prefix.endswith("/") else prefix + "/"))
+    return tuple(rules)
+
+
+def allowed_sources(s: Settings) -> tuple[SourceRule, ...]:
+    """The rules in force: ``OCRSTREAM_ALLOWED_SOURCES``, else the configured bucket with the
+    upload and drop-folder prefixes."""
+    if s.allowed_sources.strip():
+        return parse_rules(s.allowed_sources)
+    return tuple(dict.fromkeys(SourceRule(s.bucket, p) for p in (s.upload_prefix, s.inbox_prefix)))
+
+
+def check_source(s: Settings, bucket: str, key: str) -> str:
+    """Refuse a reference outside the allowed sources (see module docstring).
+
+    Returns:
+        the key, unchanged.
+
+    Raises:
+        OcrstreamError: ``invalid_bucket``, ``invalid_key`` (the more precise codes first: see
+            :func:`validate_bucket`, :func:`validate_key`), ``forbidden_source``.
+    """
+    validate_bucket(bucket)
+    key = validate_key(key)
+    rules = allowed_sources(s)
+    if not any(rule.admits(bucket, key) for rule in rules):
+        raise OcrstreamError(ReasonCode.FORBIDDEN_SOURCE,
+                             f"s3://{bucket}/{key} is outside the allowed sources "
+                             f"({', '.join(map(str, rules))}; OCRSTREAM_ALLOWED_SOURCES)")
+    return key
