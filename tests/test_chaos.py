@@ -80,6 +80,22 @@ def _wait_results(s, ids: dict[str, str], timeout_s: float, procs=None) -> dict:
     raise AssertionError(f"{len(missing)} documents without a result after {timeout_s}s: {where}{logs}")
 
 
+def _stage_text(path: str) -> str:
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+def _wait_for_log(proc, needle: str, timeout_s: float) -> None:
+    """Wait until a stage process logged ``needle``; fail when it does not within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if needle in _stage_text(proc.log_path):
+            return
+        assert proc.poll() is None, f"{proc.log_path}: exited with {proc.returncode} before logging {needle!r}"
+        time.sleep(0.1)
+    pytest.fail(f"{proc.log_path}: no {needle!r} within {timeout_s}s")
+
+
 def _stage_lines(path: str) -> list[str]:
     """A stage log's own lines (librdkafka debug lines stay in the file)."""
     with open(path, errors="replace") as f:
@@ -126,15 +142,21 @@ def test_worker_kill9_loses_nothing_and_duplicates_nothing(settings, processes, 
     # under the test's tmp_path: a missing page can then be traced to its partition's fetch state.
     debug = {"OCRSTREAM_WORKER_ID": "crashy", "OCRSTREAM_KAFKA_DEBUG": "topic,fetch", "OCRSTREAM_LOG_LEVEL": "DEBUG"}
     worker = processes.start(s, "worker", **debug)
-    for _ in range(6):  # bounded: 6 kills, each after 1.5-4 s of work
+    batches_before_kill = []
+    for _ in range(6):  # bounded: 6 kills, each 1.5-4 s after the worker got its partitions
+        _wait_for_log(worker, "worker: assigned", 60)  # a kill before that would prove nothing
         time.sleep(rng.uniform(1.5, 4.0))
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(10)
         kills += 1
+        batches_before_kill.append(_stage_text(worker.log_path).count("page results published"))
         worker = processes.start(s, "worker", **debug)
     results = _wait_results(s, ids, 240, processes)
     _check(results, ids, expected)
-    assert kills >= 5
+    assert kills == 6
+    # Kills landed while pages were being worked on: some after a batch was published (its
+    # successors in flight, uncommitted or not), and work remained for the next process each time.
+    assert any(n > 0 for n in batches_before_kill), batches_before_kill
     # the assembler's done-marker keeps even the raw (uncompacted) topic free of duplicates
     assert _raw_result_count(s, ids) == len(ids)
 

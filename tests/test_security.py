@@ -127,3 +127,64 @@ def test_cli_reports_refused_credentials_in_one_line(tls_broker, settings):
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert f"127.0.0.1:{SASL_PORT}" in err and "OCRSTREAM_KAFKA_SASL_PASSWORD" in err
     assert PASSWORD not in err
+
+
+def test_no_stage_leaks_a_secret(tls_broker, settings, store, processes, tmp_path):
+    """Every stage as a subprocess with the SASL password and S3 secret set, logging at DEBUG;
+    a failure driven through each (a missing object, a record that is not JSON, a forbidden
+    source, a corrupt PDF, a refused drop-folder key); then every stage log, dead letter,
+    result and metrics sample (values and headers) is scanned for both secrets."""
+    import signal
+
+    from confluent_kafka import Producer
+
+    from ocrstream.kafka import producer_config
+    from ocrstream.streaming import now_ms
+    from schemas import DocumentRef, DocumentResult, ObjectRef, encode
+
+    from conftest import read_topic
+
+    s = _secure(settings, tls_broker / "ca.pem")
+    secrets = [PASSWORD, s.s3_secret_key.get_secret_value()]
+    apply_topics(make_admin(s), topic_specs(), s.topic_prefix)
+    env = {"OCRSTREAM_LOG_LEVEL": "DEBUG", "OCRSTREAM_METRICS_INTERVAL_S": "1"}
+    procs = [processes.start(s, stage, **env) for stage in ("splitter", "worker", "assembler", "watch")]
+
+    store.put_bytes("uploads/ok.pdf", make_pdf([["VALID"]]), "application/pdf")
+    store.put_bytes("uploads/corrupt.pdf", b"%PDF-1.7\n" + b"\x00garbage" * 50, "application/pdf")
+    store.put_bytes("inbox/dropped.pdf", make_pdf([["DROPPED"]]), "application/pdf")
+    refs = {"ok": "uploads/ok.pdf", "missing": "uploads/missing.pdf", "corrupt": "uploads/corrupt.pdf",
+            "forbidden": "internal/payroll.pdf"}
+    p = Producer(producer_config(s))
+    for doc_id, key in refs.items():
+        ref = DocumentRef(document_id=doc_id, submitted_at=now_ms(),
+                          source=ObjectRef(bucket=s.bucket, key=key, filename=key.rsplit("/", 1)[-1]))
+        p.produce(s.topic("ingest"), encode(ref), doc_id)
+    p.produce(s.topic("ingest"), b"{not json", b"garbage")
+    assert p.flush(30) == 0
+
+    results = {m.key().decode(): decode(m.value(), DocumentResult)
+               for m in consume_all(s, s.topic("document-results"), len(refs) + 1, 180)}
+    assert results["ok"].status == "succeeded"
+    assert results["missing"].error.code == "object_not_found" and results["corrupt"].status == "failed"
+    assert results["forbidden"].error.code == "forbidden_source"
+    assert any(r.source.key == "inbox/dropped.pdf" for r in results.values())  # the watcher published it
+    consume_all(s, s.topic("metrics"), 1, 60)  # a worker sample exists
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        proc.wait(60)
+
+    scanned = 0
+    for topic in ("dead-letters", "document-results", "page-results", "metrics", "ingest", "pages"):
+        for m in read_topic(s, s.topic(topic)):
+            blob = (m.value() or b"") + b"".join(k.encode() + (v or b"") for k, v in (m.headers() or []))
+            scanned += 1
+            for secret in secrets:
+                assert secret.encode() not in blob, (topic, m.offset())
+    logs = {proc.log_path: open(proc.log_path, errors="replace").read() for proc in procs}
+    assert all("DEBUG" in text for text in logs.values())  # the stages did log at DEBUG
+    for path, text in logs.items():
+        for secret in secrets:
+            assert secret not in text, path
+    assert scanned >= 10

@@ -238,6 +238,8 @@ class OcrWorker:
         # results (a lost partition, a refused commit). The marks go now, not after the commit.
         self.attempts.clear([it.mark for it in batch])
         self._publish(batch, results)
+        log.debug("batch of %d pages in %.0f ms: page results published for %s", len(batch), seconds * 1000,
+                  [it.mark for it in batch])
 
     def _publish(self, items: list[WorkItem], results: list | None) -> None:
         if not items:
