@@ -68,7 +68,7 @@ class SourceCache:
         close a document handed out here); prefer :meth:`lease`, which releases it.
 
         Raises:
-            OcrstreamError: ``invalid_bucket``, ``invalid_key``, ``object_not_found``,
+            OcrstreamError: ``invalid_bucket``, ``invalid_key``, ``forbidden_source``, ``object_not_found``,
                 ``object_changed``, ``object_too_large``, ``storage_error`` (after retries),
                 ``corrupt_document``, ``encrypted_document``.
         """

@@ -20,6 +20,7 @@ A system tool is used only when a setting points at it: ``OCRSTREAM_JAVA_BIN``,
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import subprocess
@@ -97,15 +98,20 @@ def maven(s: Settings | None = None) -> str:
         try:
             with urllib.request.urlopen(MAVEN_URL, timeout=60) as resp, open(archive, "wb") as out:
                 shutil.copyfileobj(resp, out)
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             raise ToolchainError(f"downloading Maven from {MAVEN_URL} failed ({exc}); check the network or set "
                                  "OCRSTREAM_MAVEN_BIN to an installed mvn") from exc
         digest = hashlib.sha512(archive.read_bytes()).hexdigest()
         if digest != MAVEN_SHA512:
             raise ToolchainError(f"{MAVEN_URL}: SHA-512 {digest[:16]}... is not the pinned {MAVEN_SHA512[:16]}...")
         with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
-        os.replace(Path(tmp) / home.name, home)
+            # The "data" filter (no absolute paths, links out, devices) exists from Python 3.11.4.
+            tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        try:
+            os.replace(Path(tmp) / home.name, home)
+        except OSError:
+            if not mvn.exists():  # not another run that unpacked it first
+                raise
     return str(mvn)
 
 
@@ -156,9 +162,13 @@ def java_truststore() -> Path | None:
     data = bundle.read_bytes()
     store = TOOLS / f"truststore-{hashlib.sha256(data).hexdigest()[:16]}.p12"
     if not store.exists():
-        with warnings.catch_warnings():  # some bundles carry old roots with non-positive serials
-            warnings.simplefilter("ignore")
-            certs = x509.load_pem_x509_certificates(data)
+        try:
+            with warnings.catch_warnings():  # some bundles carry old roots with non-positive serials
+                warnings.simplefilter("ignore")
+                certs = x509.load_pem_x509_certificates(data)
+        except ValueError as exc:
+            print(f"warning: {bundle} is not a PEM bundle ({exc}): Maven uses the bundled Java's CAs", file=sys.stderr)
+            return None
         blob = pkcs12.serialize_java_truststore(
             [pkcs12.PKCS12Certificate(c, f"ca-{i}".encode()) for i, c in enumerate(certs)],
             BestAvailableEncryption(TRUSTSTORE_PASSWORD.encode()))
@@ -188,15 +198,21 @@ def run_maven(*args: str, s: Settings | None = None) -> None:
 
 
 def fetch_kafka_jars(libs: Path, s: Settings | None = None) -> None:
-    """Kafka's broker jars (``deploy/kafka/pom.xml``) into ``libs``, once.
+    """Kafka's broker jars (``deploy/kafka/pom.xml``) into ``libs``, again whenever the pom changes
+    (its SHA-256 is kept in ``libs/.pom-sha256``).
 
     Raises:
         ToolchainError: Maven failed.
     """
-    if libs.is_dir() and any(libs.glob("kafka_2.13-*.jar")):
+    stamp = libs / ".pom-sha256"
+    pom_hash = hashlib.sha256(KAFKA_POM.read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text().strip() == pom_hash and any(libs.glob("kafka_2.13-*.jar")):
         return
+    for old in libs.glob("*.jar"):  # another pom (e.g. a Kafka upgrade): no stale jars on the classpath
+        old.unlink()
     run_maven("-f", str(KAFKA_POM), f"{DEPENDENCY_PLUGIN}:copy-dependencies", f"-DoutputDirectory={libs}",
               "-DincludeScope=runtime", s=s)
+    stamp.write_text(pom_hash + "\n")
 
 
 def go_install(module: str, s: Settings | None = None) -> None:
@@ -205,13 +221,16 @@ def go_install(module: str, s: Settings | None = None) -> None:
     Raises:
         ToolchainError: the build failed.
     """
-    env = {**os.environ, "GOBIN": str(TOOLS / "bin"), "GOTOOLCHAIN": "auto", "GOFLAGS": "-trimpath"}
+    env = {k: v for k, v in os.environ.items() if k != "GOROOT"}  # an inherited GOROOT names another Go
+    env.update({"GOBIN": str(TOOLS / "bin"), "GOTOOLCHAIN": "auto", "GOFLAGS": "-trimpath"})
     proc = subprocess.run([go(s), "install", module], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ToolchainError(f"go install {module} failed:\n{proc.stderr[-3000:]}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m devtools.toolchain kafka-jars | go-install MODULE@VERSION | which``; 1 on a
+    :class:`ToolchainError` (its message on stderr), 2 on usage errors."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args[:1] == ["kafka-jars"]:

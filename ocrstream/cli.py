@@ -47,20 +47,40 @@ def _settings_error(exc) -> str:
 
 def _expected_failure(exc: BaseException) -> PreflightError | None:
     """The one-line error for a failure the preflight could not foresee (a broker or store
-    that went away mid-command), or None for a bug (which keeps its traceback)."""
-    from confluent_kafka import KafkaException
+    that went away mid-command), or None for anything else (which keeps its traceback)."""
+    from confluent_kafka import KafkaError, KafkaException
 
     from producers.publish import PublishError
 
     from .errors import OcrstreamError, ReasonCode
 
-    if isinstance(exc, (KafkaException, PublishError)):
-        return PreflightError(ExitCode.KAFKA_UNREACHABLE, f"Kafka failed mid-command: {exc}. Check the brokers at "
-                                                          "OCRSTREAM_KAFKA_BOOTSTRAP_SERVERS and run the command again")
+    if isinstance(exc, KafkaException):
+        err: KafkaError = exc.args[0]
+        if err.code() in _KAFKA_AWAY:
+            return PreflightError(ExitCode.KAFKA_UNREACHABLE, f"Kafka became unreachable mid-command ({err.str()}). "
+                                  "Check the brokers at OCRSTREAM_KAFKA_BOOTSTRAP_SERVERS and run it again")
+        if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
+                          KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+                          KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED):
+            return PreflightError(ExitCode.KAFKA_REFUSED, f"the Kafka broker refused: {err.str()}. Check the "
+                                  "credentials (OCRSTREAM_KAFKA_SASL_*) and the principal's ACLs")
+        return PreflightError(ExitCode.FAILED, f"Kafka refused the request: {err.str()}")
+    if isinstance(exc, PublishError):
+        return PreflightError(ExitCode.FAILED, str(exc))
     if isinstance(exc, OcrstreamError) and exc.code in (ReasonCode.STORAGE_ERROR, ReasonCode.STORAGE_TIMEOUT):
         return PreflightError(ExitCode.STORE_UNREACHABLE, f"object store failed mid-command: {exc}. Check "
                                                           "OCRSTREAM_S3_ENDPOINT and run the command again")
     return None
+
+
+def _kafka_away_codes() -> frozenset:
+    from confluent_kafka import KafkaError
+
+    return frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
+                      KafkaError._RESOLVE, KafkaError._MSG_TIMED_OUT, KafkaError.REQUEST_TIMED_OUT})
+
+
+_KAFKA_AWAY = _kafka_away_codes()
 
 
 def cmd_stack(args, s: Settings) -> int:
@@ -277,15 +297,22 @@ def build_parser() -> argparse.ArgumentParser:
                                 + ", ".join(f"{c.value} {c.name.lower()}" for c in ExitCode) + ".")
     p.add_argument("--debug", action="store_true", help="log at DEBUG and show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
-    st = sub.add_parser("stack", help="local Kafka broker + S3 object store (development only)")
+    # `--debug` after the subcommand too (SUPPRESS: absent there, the top-level value stands).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    def add(name: str, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)
+
+    st = add("stack", help="local Kafka broker + S3 object store (development only)")
     st.add_argument("action", choices=["up", "down", "status"])
     st.set_defaults(fn=cmd_stack)
-    tp = sub.add_parser("topics", help="create missing topics and report drift")
+    tp = add("topics", help="create missing topics and report drift")
     tp.add_argument("action", choices=["apply"])
     tp.add_argument("--replication-factor", type=int, default=1)
     tp.add_argument("--strict", action="store_true", help="exit 1 on drift")
     tp.set_defaults(fn=cmd_topics)
-    sm = sub.add_parser("submit", help="upload files and publish their references")
+    sm = add("submit", help="upload files and publish their references")
     sm.add_argument("files", nargs="+")
     sm.add_argument("--wait", action="store_true", help="wait for every document result")
     sm.add_argument("--json", action="store_true", help="print results as JSON Lines")
@@ -294,26 +321,26 @@ def build_parser() -> argparse.ArgumentParser:
     sm.set_defaults(fn=cmd_submit)
     for name, text in [("worker", "OCR worker (consumer group member)"), ("splitter", "documents -> pages"),
                        ("assembler", "page results -> document results"), ("watch", "drop folder -> ingest")]:
-        sub.add_parser(name, help=text).set_defaults(fn=cmd_stage)
-    rn = sub.add_parser("run", help="start every stage (local use)")
+        add(name, help=text).set_defaults(fn=cmd_stage)
+    rn = add("run", help="start every stage (local use)")
     rn.add_argument("--workers", type=int, default=1, help="OCR worker processes (CPU)")
     rn.add_argument("--gpus", default="", help="GPU indices, e.g. 0,1: run --workers-per-gpu workers on each")
     rn.add_argument("--workers-per-gpu", type=int, default=1,
                     help="engine processes per GPU (each a consumer-group member); with --gpus")
     rn.add_argument("--no-watch", action="store_true")
     rn.set_defaults(fn=cmd_run)
-    dq = sub.add_parser("dlq", help="dead letters")
+    dq = add("dlq", help="dead letters")
     dq.add_argument("action", choices=["list", "replay"])
     dq.add_argument("--reason", default=None, help="only this reason code (replay)")
     dq.add_argument("--limit", type=int, default=1000)
     dq.set_defaults(fn=cmd_dlq)
-    sc = sub.add_parser("schemas", help="JSON Schema files")
+    sc = add("schemas", help="JSON Schema files")
     sc.add_argument("action", choices=["export"])
     sc.set_defaults(fn=cmd_schemas)
-    tp2 = sub.add_parser("top", help="live view of worker metrics (metrics topic)")
+    tp2 = add("top", help="live view of worker metrics (metrics topic)")
     tp2.add_argument("--once", action="store_true", help="read for 5 s, print one table, exit")
     tp2.set_defaults(fn=cmd_top)
-    sub.add_parser("config", help="print the configuration reference (env vars, defaults)").set_defaults(fn=cmd_config)
+    add("config", help="print the configuration reference (env vars, defaults)").set_defaults(fn=cmd_config)
     return p
 
 
@@ -331,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.BAD_SETTING
     args.debug = args.debug or s.log_level.upper() == "DEBUG"
     _setup_logging(s, args.debug)
+    if args.fn in (cmd_stage, cmd_run):
+        return args.fn(args, s)  # stages keep their own exit statuses (0, 2, 3) for their supervisor
     try:
         return args.fn(args, s)
     except Exception as exc:  # noqa: BLE001 - expected failures become one line; bugs keep their traceback

@@ -116,7 +116,9 @@ def make_consumer(s: Settings, group: str, **extra: Any) -> Consumer:
 
 def make_admin(s: Settings) -> AdminClient:
     """An admin client with the same security settings."""
-    return AdminClient(common_config(s))
+    # No `logger`: confluent-kafka serves an AdminClient's log queue only in poll(), which a
+    # long-lived admin client (assembler, watcher) never calls; its lines would pile up unseen.
+    return AdminClient({k: v for k, v in common_config(s).items() if k != "logger"})
 
 
 class DeliveryTracker:

@@ -68,40 +68,52 @@ def check_kafka(s: Settings, topics: list[str] | tuple[str, ...] = (), timeout_s
 
     PREFLIGHT_CLIENT_LOG.setLevel(logging.CRITICAL if quiet else logging.DEBUG)
     errors: list[KafkaError] = []
-    admin = AdminClient({**common_config(s), "logger": PREFLIGHT_CLIENT_LOG, "error_cb": errors.append})
     where = s.kafka_bootstrap_servers
+    try:
+        admin = AdminClient({**common_config(s), "logger": PREFLIGHT_CLIENT_LOG, "error_cb": errors.append})
+    except KafkaException as exc:  # refused by the client itself: a setting (e.g. a missing CA file)
+        raise PreflightError(ExitCode.BAD_SETTING, f"the Kafka client refused the settings: {exc.args[0].str()}. "
+                                                   "Check the OCRSTREAM_KAFKA_* variables") from None
     start = time.monotonic()
     metadata = None
-    while metadata is None:
+    while True:
         try:
             metadata = admin.list_topics(timeout=1.0)
         except KafkaException as exc:
             errors.append(exc.args[0])
         admin.poll(0)
+        if metadata is not None:
+            break  # answered: errors from other brokers of a cluster do not fail the command
         codes = {e.code() for e in errors}
         elapsed = time.monotonic() - start
         if codes & _AUTH:
-            err = next(e for e in errors if e.code() in _AUTH)
-            user = f" (user {s.kafka_sasl_username!r}, {s.kafka_sasl_mechanism})" if s.kafka_sasl_username else ""
-            raise PreflightError(ExitCode.KAFKA_REFUSED,
-                                 f"Kafka broker {where} refused the credentials{user}: {_reason(err)}. Check "
-                                 "OCRSTREAM_KAFKA_SASL_USERNAME, OCRSTREAM_KAFKA_SASL_PASSWORD and "
-                                 "OCRSTREAM_KAFKA_SASL_MECHANISM")
+            raise _refused(s, next(e for e in errors if e.code() in _AUTH))
         if KafkaError._SSL in codes:
             err = next(e for e in errors if e.code() == KafkaError._SSL)
             raise PreflightError(ExitCode.KAFKA_REFUSED,
                                  f"TLS handshake with Kafka broker {where} failed: {_reason(err)}. Check "
                                  "OCRSTREAM_KAFKA_SECURITY_PROTOCOL and OCRSTREAM_KAFKA_SSL_CA_LOCATION")
-        if metadata is None and (elapsed >= timeout_s or (elapsed >= 3 and KafkaError._ALL_BROKERS_DOWN in codes)):
+        if elapsed >= timeout_s or (elapsed >= 3 and KafkaError._ALL_BROKERS_DOWN in codes):
             reason = _reason(errors[-1]) if errors else "no answer"
             raise PreflightError(ExitCode.KAFKA_UNREACHABLE,
                                  f"no Kafka broker answered at {where} ({reason}). Start the local stack with "
                                  "`ocrstream stack up`, or set OCRSTREAM_KAFKA_BOOTSTRAP_SERVERS to your brokers")
-    missing = [t for t in topics if t not in metadata.topics or metadata.topics[t].error is not None]
-    if missing:
-        raise PreflightError(ExitCode.TOPIC_MISSING,
-                             f"topic(s) {', '.join(missing)} do not exist on {where}. Create them with "
-                             f"`ocrstream topics apply` (topic prefix OCRSTREAM_TOPIC_PREFIX={s.topic_prefix!r})")
+    for topic in topics:
+        meta = metadata.topics.get(topic)
+        if meta is not None and meta.error is not None and meta.error.code() in _AUTH:
+            raise _refused(s, meta.error, f" access to topic {topic}")
+        if meta is None or meta.error is not None:
+            raise PreflightError(ExitCode.TOPIC_MISSING,
+                                 f"topic {topic} does not exist on {where}. Create the topics with "
+                                 f"`ocrstream topics apply` (topic prefix OCRSTREAM_TOPIC_PREFIX={s.topic_prefix!r})")
+
+
+def _refused(s: Settings, err: KafkaError, what: str = " the credentials") -> PreflightError:
+    user = f" (user {s.kafka_sasl_username!r}, {s.kafka_sasl_mechanism})" if s.kafka_sasl_username else ""
+    return PreflightError(ExitCode.KAFKA_REFUSED,
+                          f"Kafka broker {s.kafka_bootstrap_servers} refused{what}{user}: {_reason(err)}. Check "
+                          "OCRSTREAM_KAFKA_SASL_USERNAME, OCRSTREAM_KAFKA_SASL_PASSWORD and "
+                          "OCRSTREAM_KAFKA_SASL_MECHANISM (and the principal's ACLs)")
 
 
 def _reason(err: KafkaError) -> str:
@@ -122,10 +134,10 @@ def check_store(s: Settings, bucket: str | None = None) -> None:
     """
     import urllib3
     from minio import Minio
-    from minio.error import S3Error
+    from minio.error import MinioException, S3Error
 
     from .errors import OcrstreamError
-    from .storage import validate_bucket
+    from .storage import http_client, validate_bucket
 
     bucket = bucket or s.bucket
     try:
@@ -133,10 +145,10 @@ def check_store(s: Settings, bucket: str | None = None) -> None:
     except OcrstreamError as exc:
         raise PreflightError(ExitCode.BAD_SETTING, f"{exc.message}. Check OCRSTREAM_BUCKET") from None
     where = f"{'https' if s.s3_secure else 'http'}://{s.s3_endpoint}"
-    http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=5, read=10))
+    # The stages' TLS settings (CA file), but one try and short timeouts.
     client = Minio(s.s3_endpoint, access_key=s.s3_access_key.get_secret_value(),
                    secret_key=s.s3_secret_key.get_secret_value(), secure=s.s3_secure, region=s.s3_region,
-                   http_client=http)
+                   http_client=http_client(s, retries=False, connect_s=5, read_s=10))
     try:
         exists = client.bucket_exists(bucket)
     except S3Error as exc:
@@ -146,10 +158,15 @@ def check_store(s: Settings, bucket: str | None = None) -> None:
                                  "OCRSTREAM_S3_ACCESS_KEY and OCRSTREAM_S3_SECRET_KEY") from None
         raise PreflightError(ExitCode.STORE_UNREACHABLE, f"object store {where} answered {exc.code}: {exc.message}. "
                                                          "Check OCRSTREAM_S3_ENDPOINT") from None
+    except MinioException as exc:  # a 5xx, or an answer that is not S3 (a proxy, a web server)
+        raise PreflightError(ExitCode.STORE_UNREACHABLE,
+                             f"object store {where} did not answer as S3 ({type(exc).__name__}). Check "
+                             "OCRSTREAM_S3_ENDPOINT") from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise PreflightError(ExitCode.STORE_UNREACHABLE,
                              f"object store {where} unreachable ({_root_cause(exc)}). Start the local stack with "
-                             "`ocrstream stack up`, or set OCRSTREAM_S3_ENDPOINT (and OCRSTREAM_S3_SECURE)") from None
+                             "`ocrstream stack up`, or set OCRSTREAM_S3_ENDPOINT (and OCRSTREAM_S3_SECURE, "
+                             "OCRSTREAM_S3_CA_FILE for TLS)") from None
     if not exists:
         raise PreflightError(ExitCode.BUCKET_MISSING,
                              f"bucket {bucket!r} does not exist on {where}. Create it (`ocrstream stack up` creates "
@@ -159,8 +176,10 @@ def check_store(s: Settings, bucket: str | None = None) -> None:
 def _root_cause(exc: BaseException) -> str:
     """The innermost reason of a urllib3 error, e.g. ``Connection refused``."""
     inner = getattr(exc, "reason", None) or exc.__cause__ or exc.__context__
-    if inner is not None and inner is not exc:
+    if isinstance(inner, BaseException) and inner is not exc:
         return _root_cause(inner)
+    if isinstance(inner, str) and inner:  # ssl.SSLError.reason, e.g. WRONG_VERSION_NUMBER
+        return inner
     text = str(exc)
     if "Errno" in text and "]" in text:
         text = text.split("]", 1)[1]

@@ -4,7 +4,8 @@ Anything that can publish to an ingest topic names a bucket and a key; the servi
 with its own credentials. So a reference is checked against ``OCRSTREAM_ALLOWED_SOURCES``
 before any read (splitter) and again before the page is downloaded (worker: a page task is
 only as trusted as whoever can write the pages topic). A reference elsewhere fails with
-``forbidden_source``: dead letter and ``failed`` result, nothing is read.
+``forbidden_source`` and nothing is read: in the splitter a dead letter and a ``failed``
+document result, in the worker a ``failed`` page result (so its document fails too).
 
 Prefixes are folders (they end with ``/``), and the key is compared as it is, byte for byte
 like S3 does, after :func:`~ocrstream.storage.validate_key` refused ``..`` segments: so
@@ -28,6 +29,7 @@ class SourceRule:
     prefix: str
 
     def admits(self, bucket: str, key: str) -> bool:
+        """True when ``bucket`` is this rule's and ``key`` (already validated) is in its folder."""
         return bucket == self.bucket and key.startswith(self.prefix)
 
     def __str__(self) -> str:

@@ -92,6 +92,16 @@ class ObjectInfo:
     content_type: str | None
 
 
+def http_client(s: Settings, retries: urllib3.Retry | bool, connect_s: float = 5, read_s: float = 60,
+                maxsize: int = 16) -> urllib3.PoolManager:
+    """The HTTP client for the S3 endpoint: TLS verified against ``OCRSTREAM_S3_CA_FILE`` (else
+    certifi's bundle) when ``OCRSTREAM_S3_SECURE``; timeouts in seconds."""
+    return urllib3.PoolManager(
+        retries=retries, timeout=urllib3.Timeout(connect=connect_s, read=read_s), maxsize=maxsize,
+        **({"ssl_context": ssl.create_default_context(cafile=s.s3_ca_file or certifi.where())} if s.s3_secure else {}),
+    )
+
+
 class ObjectStore:
     """Thin wrapper over :class:`minio.Minio` that maps S3 errors to reason codes.
 
@@ -106,12 +116,7 @@ class ObjectStore:
     def __init__(self, s: Settings):
         self.settings = s
         # urllib3 retries connection errors and 5xx with backoff: transient faults heal here.
-        http = urllib3.PoolManager(
-            retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
-            timeout=urllib3.Timeout(connect=5, read=60),
-            maxsize=16,
-            **({"ssl_context": ssl.create_default_context(cafile=s.s3_ca_file or certifi.where())} if s.s3_secure else {}),
-        )
+        http = http_client(s, urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]))
         self.client = Minio(
             s.s3_endpoint,
             access_key=s.s3_access_key.get_secret_value(),

@@ -44,7 +44,8 @@ from ocrstream.streaming import (Delivery, Output, StageRuntime, StopFlag, Trans
 from ocrstream.streaming.changelog import read_partitions
 from ocrstream.streaming.health import serve_if_configured
 from ocrstream.settings import Settings
-from ocrstream.storage import ObjectInfo, ObjectStore, validate_key
+from ocrstream.sources import check_source
+from ocrstream.storage import ObjectInfo, ObjectStore
 from schemas import DocumentRef, ObjectRef, encode
 
 from .object_events import parse_object_events
@@ -115,6 +116,11 @@ class DropFolderWatcher:
         self.s = s
         self.store = ObjectStore(s)
         self.state_topic = s.topic("watch-state")
+        try:
+            check_source(s, s.bucket, f"{s.inbox_prefix}probe")
+        except OcrstreamError as exc:  # every dropped file would be skipped: say so once, loudly
+            log.error("the drop folder s3://%s/%s is not an allowed source (%s): its files are skipped",
+                      s.bucket, s.inbox_prefix, exc.message)
         # Stable per bucket/prefix: a second watcher on the same folder fences the first.
         tid = f"{s.group('watch')}-{s.bucket}-{s.inbox_prefix}".replace("/", "_")
         self.rt: StageRuntime | None = None
@@ -201,9 +207,10 @@ class DropFolderWatcher:
                         Output(self.state_topic, PublishedVersions.checkpoint_key(ckey, info.version_id), state)]
 
     def _valid(self, info: ObjectInfo, ckey: str, pending: PublishedVersions) -> bool:
-        """False for keys the pipeline refuses; they are remembered so they are not retried."""
+        """False for keys the pipeline refuses (invalid, or outside OCRSTREAM_ALLOWED_SOURCES);
+        they are remembered so they are not retried."""
         try:
-            validate_key(info.key)
+            check_source(self.s, info.bucket, info.key)
             return True
         except OcrstreamError as exc:
             log.warning("skipping %r: %s", info.key, exc)

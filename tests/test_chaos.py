@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import time
 
@@ -68,10 +69,10 @@ def _wait_results(s, ids: dict[str, str], timeout_s: float, procs=None) -> dict:
     # Say where the missing documents stopped, so a rare failure can be told apart after the fact:
     # every record up to the high watermarks (read by assignment), the committed offsets of the
     # splitter and worker groups, and the end of each stage process's log.
-    tasks = {decode(m.value(), PageTask).document_id: (m.partition(), m.offset()) for m in read_topic(s, s.topic("pages"))}
-    pages = {decode(m.value(), PageResult).document_id for m in read_topic(s, s.topic("page-results"))}
+    tasks = {decode(m.value(), PageTask).document_id: (m.partition(), m.offset()) for m in read_topic(s, s.topic("pages"), complete=False)}
+    pages = {decode(m.value(), PageResult).document_id for m in read_topic(s, s.topic("page-results"), complete=False)}
     ingest = {decode(m.value(), DocumentRef).document_id: (m.partition(), m.offset())
-              for m in read_topic(s, s.topic("ingest"))}
+              for m in read_topic(s, s.topic("ingest"), complete=False)}
     splitter, worker = _committed(s, "splitter", "ingest", 6), _committed(s, "worker", "pages", 12)
     where = {ids[d]: {"ingest": ingest.get(d), "splitter_committed": splitter.get((ingest.get(d) or (None,))[0]),
                       "page_task": tasks.get(d), "worker_committed": worker.get((tasks.get(d) or (None,))[0]),
@@ -89,7 +90,7 @@ def _wait_for_log(proc, needle: str, timeout_s: float) -> None:
     """Wait until a stage process logged ``needle``; fail when it does not within ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if needle in _stage_text(proc.log_path):
+        if re.search(re.escape(needle) + r"\d", _stage_text(proc.log_path)):  # "assigned [" + a partition
             return
         assert proc.poll() is None, f"{proc.log_path}: exited with {proc.returncode} before logging {needle!r}"
         time.sleep(0.1)
@@ -144,7 +145,7 @@ def test_worker_kill9_loses_nothing_and_duplicates_nothing(settings, processes, 
     worker = processes.start(s, "worker", **debug)
     batches_before_kill = []
     for _ in range(6):  # bounded: 6 kills, each 1.5-4 s after the worker got its partitions
-        _wait_for_log(worker, "worker: assigned", 60)  # a kill before that would prove nothing
+        _wait_for_log(worker, "worker: assigned [", 60)  # a kill before that would prove nothing
         time.sleep(rng.uniform(1.5, 4.0))
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(10)

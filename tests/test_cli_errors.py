@@ -22,12 +22,14 @@ pytestmark = pytest.mark.integration
 
 
 def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 def ocrstream(s, *args: str, timeout_s: float = 60, **env: str) -> subprocess.CompletedProcess:
+    """Run the real CLI (``python -m ocrstream.cli ARGS``) with ``s`` plus ``env`` as its environment."""
     return subprocess.run([sys.executable, "-m", "ocrstream.cli", *args], env=settings_env(s, **env), cwd=REPO,
                           capture_output=True, text=True, timeout=timeout_s)
 
@@ -45,6 +47,7 @@ def one_line(proc: subprocess.CompletedProcess, code: ExitCode, *needles: str) -
 
 @pytest.fixture
 def pdf(tmp_path):
+    """A one-page born-digital PDF to submit."""
     path = tmp_path / "scan.pdf"
     path.write_bytes(make_pdf([["HELLO"]]))
     return path

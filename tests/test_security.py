@@ -147,7 +147,9 @@ def test_no_stage_leaks_a_secret(tls_broker, settings, store, processes, tmp_pat
     s = _secure(settings, tls_broker / "ca.pem")
     secrets = [PASSWORD, s.s3_secret_key.get_secret_value()]
     apply_topics(make_admin(s), topic_specs(), s.topic_prefix)
-    env = {"OCRSTREAM_LOG_LEVEL": "DEBUG", "OCRSTREAM_METRICS_INTERVAL_S": "1"}
+    # librdkafka's security/broker/conf debug contexts too: where a client library would leak a password.
+    env = {"OCRSTREAM_LOG_LEVEL": "DEBUG", "OCRSTREAM_METRICS_INTERVAL_S": "1",
+           "OCRSTREAM_KAFKA_DEBUG": "security,broker,conf"}
     procs = [processes.start(s, stage, **env) for stage in ("splitter", "worker", "assembler", "watch")]
 
     store.put_bytes("uploads/ok.pdf", make_pdf([["VALID"]]), "application/pdf")

@@ -237,20 +237,23 @@ class OcrWorker:
         # The engine returned: these attempts did not end the process, whatever happens to the
         # results (a lost partition, a refused commit). The marks go now, not after the commit.
         self.attempts.clear([it.mark for it in batch])
-        self._publish(batch, results)
-        log.debug("batch of %d pages in %.0f ms: page results published for %s", len(batch), seconds * 1000,
-                  [it.mark for it in batch])
+        if self._publish(batch, results):
+            log.debug("batch of %d pages in %.0f ms: page results published for %s", len(batch), seconds * 1000,
+                      [it.mark for it in batch])
 
-    def _publish(self, items: list[WorkItem], results: list | None) -> None:
+    def _publish(self, items: list[WorkItem], results: list | None) -> bool:
+        """Publish the items' outputs and commit what is committable; True when both are durable."""
         if not items:
-            return
+            return True
         outputs = outputs_for(self.s, items, results or [None] * len(items), self.engine.engine.info, self.stats)
         current = [it for it in items if self.epochs.get(it.tp) == it.epoch and it.tp in self.rt.assigned]
         for item in current:
             self.tracker.done(*item.tp, item.msg.offset())
         offsets = self.tracker.committable()
-        if self.rt.publish(outputs, offsets):
-            self.tracker.mark_committed(offsets)
+        if not self.rt.publish(outputs, offsets):
+            return False
+        self.tracker.mark_committed(offsets)
+        return True
 
     def publish_metrics(self) -> WorkerMetrics:
         """Publish a :class:`WorkerMetrics` sample (figures since the last one) to the metrics topic."""
