@@ -127,7 +127,7 @@ def _reason(err: KafkaError) -> str:
 
 def check_store(s: Settings, bucket: str | None = None) -> None:
     """The S3 endpoint answers, accepts the credentials, and ``bucket`` (default: the
-    configured one) exists. One request, no retries, 5 s connect timeout.
+    configured one) exists: one listing of the upload prefix, no retries, 5 s connect timeout.
 
     Raises:
         PreflightError: ``STORE_UNREACHABLE``, ``STORE_REFUSED`` or ``BUCKET_MISSING``.
@@ -150,12 +150,20 @@ def check_store(s: Settings, bucket: str | None = None) -> None:
                    secret_key=s.s3_secret_key.get_secret_value(), secure=s.s3_secure, region=s.s3_region,
                    http_client=http_client(s, retries=False, connect_s=5, read_s=10))
     try:
-        exists = client.bucket_exists(bucket)
+        # A listing of the upload prefix, not HEAD bucket: a least-privilege submitter may list only
+        # there (deploy/s3/policies/submitter.json), and an error body tells bad credentials
+        # (InvalidAccessKeyId, SignatureDoesNotMatch) from a missing bucket (NoSuchBucket).
+        next(iter(client.list_objects(bucket, prefix=s.upload_prefix)), None)
     except S3Error as exc:
+        if exc.code == "NoSuchBucket":
+            raise PreflightError(ExitCode.BUCKET_MISSING,
+                                 f"bucket {bucket!r} does not exist on {where}. Create it (`ocrstream stack up` "
+                                 "creates the local one) or set OCRSTREAM_BUCKET") from None
         if exc.code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden"):
             raise PreflightError(ExitCode.STORE_REFUSED,
-                                 f"object store {where} refused the credentials ({exc.code}). Check "
-                                 "OCRSTREAM_S3_ACCESS_KEY and OCRSTREAM_S3_SECRET_KEY") from None
+                                 f"object store {where} refused access ({exc.code}). Check OCRSTREAM_S3_ACCESS_KEY "
+                                 "and OCRSTREAM_S3_SECRET_KEY, and that this role's S3 policy lets it list "
+                                 f"{s.upload_prefix} (deploy/s3/policies/submitter.json)") from None
         raise PreflightError(ExitCode.STORE_UNREACHABLE, f"object store {where} answered {exc.code}: {exc.message}. "
                                                          "Check OCRSTREAM_S3_ENDPOINT") from None
     except MinioException as exc:  # a 5xx, or an answer that is not S3 (a proxy, a web server)
@@ -167,10 +175,6 @@ def check_store(s: Settings, bucket: str | None = None) -> None:
                              f"object store {where} unreachable ({_root_cause(exc)}). Start the local stack with "
                              "`ocrstream stack up`, or set OCRSTREAM_S3_ENDPOINT (and OCRSTREAM_S3_SECURE, "
                              "OCRSTREAM_S3_CA_FILE for TLS)") from None
-    if not exists:
-        raise PreflightError(ExitCode.BUCKET_MISSING,
-                             f"bucket {bucket!r} does not exist on {where}. Create it (`ocrstream stack up` creates "
-                             "the local one) or set OCRSTREAM_BUCKET")
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -257,6 +257,10 @@ class ObjectStore:
                 return OcrstreamError(ReasonCode.OBJECT_CHANGED, f"{where} was replaced (ETag no longer matches)")
             if exc.code == "InvalidBucketName":
                 return OcrstreamError(ReasonCode.INVALID_BUCKET, f"bucket name {bucket!r} is invalid")
+            if exc.code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                # The store's policy or the service's credentials: a retry cannot help.
+                return OcrstreamError(ReasonCode.STORAGE_ERROR, f"{op} {where} refused by the object store "
+                                                                f"({exc.code}): check the S3 policy of this role")
             return OcrstreamError(ReasonCode.STORAGE_ERROR, f"{where}: {exc.code}", transient=True)
         if isinstance(exc, (ServerError, InvalidResponseError)):
             status = exc.status_code if isinstance(exc, ServerError) else getattr(exc, "_code", 0)

@@ -1,0 +1,152 @@
+"""The object store side of least privilege, against a real MinIO (built by ``make minio``):
+
+- TLS with certificate verification: MinIO serves a certificate from a CA made here (trustme);
+  the stages' client and the CLI preflight trust it through ``OCRSTREAM_S3_CA_FILE`` and refuse
+  the connection without it (verification is never turned off);
+- per-role policies (``deploy/s3/policies/*.json``) applied with MinIO's admin API: each role can
+  do its job, and is refused what another role does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import urllib3
+from pydantic import SecretStr
+
+from ocrstream.errors import OcrstreamError
+from ocrstream.preflight import ExitCode, PreflightError, check_store
+from ocrstream.storage import ObjectStore
+
+from conftest import MINIO_BIN, REPO, make_pdf
+
+pytestmark = pytest.mark.integration
+
+POLICIES = REPO / "deploy" / "s3" / "policies"
+ROOT_USER, ROOT_PASSWORD = "ocrstream", "ocrstream-secret"
+
+
+@pytest.fixture
+def tls_minio(settings, tmp_path):
+    """MinIO over TLS (certificate for 127.0.0.1 signed by a test CA); yields ``(settings, ca_file)``."""
+    import trustme
+
+    from devtools.stack import port_open
+
+    if not MINIO_BIN.exists():
+        pytest.skip(f"{MINIO_BIN} is absent: run `make minio`")
+    ca = trustme.CA(organization_name="ocrstream-s3-test-ca")
+    leaf = ca.issue_cert("127.0.0.1")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    leaf.private_key_pem.write_to_path(str(certs / "private.key"))
+    (certs / "public.crt").write_bytes(b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MINIO_ROOT_USER": ROOT_USER, "MINIO_ROOT_PASSWORD": ROOT_PASSWORD, "MINIO_BROWSER": "off"}
+    log = open(tmp_path / "minio.log", "wb")
+    proc = subprocess.Popen([str(MINIO_BIN), "server", str(tmp_path / "data"), "--address", f"127.0.0.1:{port}",
+                             "--certs-dir", str(certs), "--quiet"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_open("127.0.0.1", port) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert port_open("127.0.0.1", port), (tmp_path / "minio.log").read_text(errors="replace")[-2000:]
+        s = settings.model_copy(update={"s3_endpoint": f"127.0.0.1:{port}", "s3_secure": True,
+                                        "s3_ca_file": str(ca_file), "s3_access_key": SecretStr(ROOT_USER),
+                                        "s3_secret_key": SecretStr(ROOT_PASSWORD)})
+        store = ObjectStore(s)
+        deadline = time.monotonic() + 30
+        while True:  # the port opens before the object layer is ready
+            try:
+                store.ensure_bucket()
+                break
+            except OcrstreamError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        yield s, ca_file
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_tls_with_a_private_ca_is_verified(tls_minio):
+    s, ca_file = tls_minio
+    store = ObjectStore(s)
+    data = make_pdf([["OVER TLS"]])
+    info = store.put_bytes("uploads/tls.pdf", data, "application/pdf")
+    assert store.get_bytes(s.bucket, "uploads/tls.pdf", 10_000_000, etag=info.etag) == data
+    check_store(s)  # the CLI preflight trusts the same CA
+
+    untrusting = s.model_copy(update={"s3_ca_file": None})  # certifi's public CAs only
+    with pytest.raises(OcrstreamError) as e:
+        ObjectStore(untrusting).get_bytes(s.bucket, "uploads/tls.pdf", 10_000_000)
+    assert e.value.code == "storage_error"
+    with pytest.raises(PreflightError) as p:
+        check_store(untrusting)
+    assert p.value.code == ExitCode.STORE_UNREACHABLE and "CERTIFICATE_VERIFY_FAILED" in str(p.value), str(p.value)
+
+
+def _policy(name: str, bucket: str) -> dict:
+    """A shipped policy with the default bucket name replaced by this test's."""
+    text = (POLICIES / f"{name}.json").read_text()
+    return json.loads(text.replace("arn:aws:s3:::ocrstream", f"arn:aws:s3:::{bucket}"))
+
+
+def _denied(call) -> bool:
+    try:
+        call()
+    except OcrstreamError as exc:
+        assert "AccessDenied" in exc.message and not exc.transient, exc.message
+        return True
+    return False
+
+
+def test_each_role_can_do_its_job_and_nothing_else(tls_minio):
+    from minio import MinioAdmin
+    from minio.credentials import StaticProvider
+
+    s, ca_file = tls_minio
+    admin = MinioAdmin(endpoint=s.s3_endpoint, credentials=StaticProvider(ROOT_USER, ROOT_PASSWORD), secure=True,
+                       http_client=urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(ca_file)))
+    stores = {}
+    for role in ("submitter", "reader", "watcher"):
+        admin.policy_add(f"ocrstream-{role}", policy=_policy(role, s.bucket))
+        admin.user_add(f"{role}-user", f"{role}-secret-key")
+        admin.policy_set(f"ocrstream-{role}", user=f"{role}-user")
+        stores[role] = ObjectStore(s.model_copy(update={"s3_access_key": SecretStr(f"{role}-user"),
+                                                        "s3_secret_key": SecretStr(f"{role}-secret-key")}))
+    root = ObjectStore(s)
+    for key in ("uploads/doc.pdf", "inbox/drop.pdf", "internal/payroll.pdf"):
+        root.put_bytes(key, make_pdf([[key]]), "application/pdf")
+    sub, reader, watcher = stores["submitter"], stores["reader"], stores["watcher"]
+
+    # submitter: uploads, reads nothing; `ocrstream submit`'s preflight passes with this policy
+    check_store(sub.settings)
+    sub.put_bytes("uploads/new.pdf", b"%PDF-1.7 new", "application/pdf")
+    assert _denied(lambda: sub.get_bytes(s.bucket, "uploads/doc.pdf", 10_000_000))
+    assert _denied(lambda: sub.put_bytes("internal/x.pdf", b"x"))
+    # splitter and workers: read the allowed sources, write nothing, read nothing else
+    assert reader.get_bytes(s.bucket, "uploads/doc.pdf", 10_000_000).startswith(b"%PDF")
+    assert reader.get_bytes(s.bucket, "inbox/drop.pdf", 10_000_000).startswith(b"%PDF")
+    assert _denied(lambda: reader.get_bytes(s.bucket, "internal/payroll.pdf", 10_000_000))
+    assert _denied(lambda: reader.put_bytes("uploads/y.pdf", b"y"))
+    # watcher: lists and stats the drop folder only
+    assert [o.key for o in watcher.list("inbox/")] == ["inbox/drop.pdf"]
+    assert watcher.stat(s.bucket, "inbox/drop.pdf").size > 0
+    assert _denied(lambda: watcher.list("internal/"))
+    assert _denied(lambda: watcher.get_bytes(s.bucket, "uploads/doc.pdf", 10_000_000))
