@@ -131,9 +131,6 @@ CONSUME_WAIT_S = 0.1  # consume() waits this long for a full batch: bounds the l
 PRUNE_INTERVAL_S = 600.0  # how often expired done markers are tombstoned
 
 _SPECS = {t.name: t for t in topic_specs()}
-# Done markers must outlive the page results that could be replayed (same retention); the
-# assembler tombstones them after that. The state topic itself has no time retention.
-STATE_RETENTION_MS = int(_SPECS["page-results"].config["retention.ms"])
 MAX_RESULT_BYTES = int(_SPECS["document-results"].config["max.message.bytes"])
 RECORD_OVERHEAD_BYTES = 4096  # key, headers and record framing beside the value (librdkafka counts them all)
 
@@ -453,7 +450,9 @@ class Assembler:
     def _prune(self, batch: _Batch) -> None:
         """Tombstone done markers older than the page-results retention (no page result that
         could be replayed is older), so the compacted state topic does not grow forever."""
-        cutoff = now_ms() - STATE_RETENTION_MS
+        # Done markers must outlive the page results that could be replayed (same retention,
+        # OCRSTREAM_PIPELINE_RETENTION_H). The state topic itself has no time retention.
+        cutoff = now_ms() - self.s.retention().pipeline_ms
         for p, st in self.states.items():
             for doc in [d for d, t in st.done.items() if t < cutoff]:
                 st.done.pop(doc)

@@ -7,6 +7,7 @@
     ocrstream splitter|worker|assembler  one stage (for deployment)
     ocrstream run [--workers N | --gpus 0,1 --workers-per-gpu K]  every stage, as child processes
     ocrstream dlq list|replay          inspect / re-drive dead letters
+    ocrstream delete DOCUMENT_ID...    delete source objects and results (deletion requests)
     ocrstream schemas export           write schemas/json/*.schema.json
     ocrstream top                      live worker metrics (pages/s, batch, GPU, lag)
     ocrstream config                   configuration reference (env vars and defaults)
@@ -115,7 +116,8 @@ def cmd_topics(args, s: Settings) -> int:
 
     check_kafka(s, quiet=not args.debug)
 
-    reports = apply_topics(make_admin(s), topic_specs(args.replication_factor), s.topic_prefix)
+    reports = apply_topics(make_admin(s), topic_specs(args.replication_factor, retention=s.retention()),
+                           s.topic_prefix)
     for r in reports:
         print(f"{r.topic:32} {r.action:8} {'; '.join(r.drift)}")
     return 1 if any(r.action == "drift" for r in reports) and args.strict else 0
@@ -268,6 +270,22 @@ def cmd_dlq(args, s: Settings) -> int:
     return 0
 
 
+def cmd_delete(args, s: Settings) -> int:
+    from producers.delete import delete_documents
+
+    check_kafka(s, [s.topic("document-results")], quiet=not args.debug)
+    if not args.keep_object:
+        check_store(s)
+    missing = 0
+    for d in delete_documents(s, args.document_ids, keep_object=args.keep_object):
+        if not d.found:
+            missing += 1
+            print(f"{d.document_id}  no result (not finished, or already deleted): nothing done", file=sys.stderr)
+        else:
+            print(f"{d.document_id}  result tombstoned; object {d.object_deleted or 'kept'}")
+    return ExitCode.FAILED if missing else ExitCode.OK
+
+
 def cmd_schemas(args, s: Settings) -> int:
     from schemas import export_json_schemas
 
@@ -334,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     dq.add_argument("--reason", default=None, help="only this reason code (replay)")
     dq.add_argument("--limit", type=int, default=1000)
     dq.set_defaults(fn=cmd_dlq)
+    de = add("delete", help="delete documents: source object and result (deletion requests)")
+    de.add_argument("document_ids", nargs="+")
+    de.add_argument("--keep-object", action="store_true", help="tombstone the result only")
+    de.set_defaults(fn=cmd_delete)
     sc = add("schemas", help="JSON Schema files")
     sc.add_argument("action", choices=["export"])
     sc.set_defaults(fn=cmd_schemas)

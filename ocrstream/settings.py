@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     kafka_debug: str | None = Field(
         None, description="librdkafka debug contexts, e.g. `consumer,cgrp,fetch` (logged at DEBUG through "
                           "the `ocrstream.librdkafka` logger); unset = off")
+    pipeline_retention_h: float = Field(
+        168.0, gt=0, description="retention of ingest, pages, page-results (page text), object-events and "
+                                 "page-attempts (hours); applied by `ocrstream topics apply`")
+    dead_letters_retention_h: float = Field(720.0, gt=0, description="retention of dead letters (hours)")
+    results_retention_h: float | None = Field(
+        None, gt=0, description="retention of document results (hours); unset = kept until `ocrstream delete` "
+                                "(compacted, last result per document)")
     max_poll_interval_ms: int = Field(300_000, description="librdkafka max.poll.interval.ms")
     session_timeout_ms: int = Field(45_000, description="librdkafka session.timeout.ms")
 
@@ -195,6 +202,15 @@ class Settings(BaseSettings):
                 self, "s3_secret_key", SecretStr(os.environ.get("AWS_SECRET_ACCESS_KEY", "ocrstream-secret"))
             )
         return self
+
+    def retention(self):
+        """The retention settings as :class:`topology.Retention` (milliseconds)."""
+        from topology import Retention
+
+        hour_ms = 3600 * 1000
+        return Retention(pipeline_ms=int(self.pipeline_retention_h * hour_ms),
+                         dead_letters_ms=int(self.dead_letters_retention_h * hour_ms),
+                         results_ms=None if self.results_retention_h is None else int(self.results_retention_h * hour_ms))
 
     def topic(self, name: str) -> str:
         """Full topic name for a logical topic name (``pages`` -> ``ocr.pages``)."""

@@ -229,6 +229,19 @@ class ObjectStore:
         except Exception as exc:  # noqa: BLE001 - nothing of the client escapes (see the class docstring)
             raise self._error(exc, bucket, prefix, "list") from None
 
+    def remove(self, bucket: str, key: str, version_id: str | None = None) -> None:
+        """Delete an object (that version, in a versioned bucket); a missing object is not an error.
+
+        Raises:
+            OcrstreamError: ``invalid_bucket``, ``invalid_key``, ``storage_error``.
+        """
+        bucket = validate_bucket(bucket)
+        self._check_key(key)
+        try:
+            self.client.remove_object(bucket, key, version_id=version_id)
+        except Exception as exc:  # noqa: BLE001 - nothing of the client escapes (see the class docstring)
+            raise self._error(exc, bucket, key, "delete") from None
+
     @staticmethod
     def _check_key(key: str) -> None:
         # What the client itself refuses with ValueError/TypeError (validate_key is stricter;

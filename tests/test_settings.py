@@ -38,3 +38,20 @@ def test_sasl_tls_settings_pass_through_and_secrets_stay_out_of_repr():
     assert c["enable.auto.commit"] is False and c["partition.assignment.strategy"] == "cooperative-sticky"
     assert c["isolation.level"] == "read_committed"
     assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
+
+
+def test_retention_settings_reach_the_topic_configs():
+    from topology import topic_specs
+
+    default = {t.name: t.config for t in topic_specs(retention=Settings().retention())}
+    assert default == {t.name: t.config for t in topic_specs()}  # the settings' defaults are topology's
+    assert default["document-results"]["cleanup.policy"] == "compact" and "retention.ms" not in default["document-results"]
+    s = Settings(pipeline_retention_h=24, dead_letters_retention_h=48, results_retention_h=72)
+    specs = {t.name: t.config for t in topic_specs(retention=s.retention())}
+    hour = 3600 * 1000
+    for name in ("ingest", "pages", "page-results", "object-events", "page-attempts"):
+        assert specs[name]["retention.ms"] == str(24 * hour), name
+    assert specs["dead-letters"]["retention.ms"] == str(48 * hour)
+    assert specs["document-results"]["cleanup.policy"] == "compact,delete"
+    assert specs["document-results"]["retention.ms"] == str(72 * hour)
+    assert specs["assembler-state"]["cleanup.policy"] == "compact"  # open documents never expire

@@ -32,6 +32,18 @@ DAY_MS = 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)
+class Retention:
+    """How long records stay (ms). ``pipeline_ms``: ingest, pages, page-results, object-events,
+    page-attempts (the page text in Kafka); ``dead_letters_ms``; ``results_ms``: None keeps
+    document results until deleted (``ocrstream delete``), a value adds time retention to the
+    compaction (``compact,delete``)."""
+
+    pipeline_ms: int = 7 * DAY_MS
+    dead_letters_ms: int = 30 * DAY_MS
+    results_ms: int | None = None
+
+
+@dataclass(frozen=True)
 class TopicSpec:
     """One topic: logical name (without prefix), partitions, replication and configs."""
 
@@ -42,38 +54,43 @@ class TopicSpec:
     description: str = ""
 
 
-def topic_specs(replication_factor: int = 1, partitions_scale: int = 1) -> list[TopicSpec]:
+def topic_specs(replication_factor: int = 1, partitions_scale: int = 1,
+                retention: Retention = Retention()) -> list[TopicSpec]:
     """The project's topics.
 
     Args:
         replication_factor: 1 for a local single broker, 3 in production.
         partitions_scale: multiplies partition counts (worker replicas <= ``pages`` partitions).
+        retention: record retention (``OCRSTREAM_*_RETENTION_H`` settings, see ``Settings.retention``).
     """
     rf = replication_factor
     min_isr = str(min(2, rf))
     common = {"min.insync.replicas": min_isr}
+    keep = str(retention.pipeline_ms)
+    results = ({"cleanup.policy": "compact"} if retention.results_ms is None
+               else {"cleanup.policy": "compact,delete", "retention.ms": str(retention.results_ms)})
     return [
         TopicSpec("ingest", 6 * partitions_scale, rf,
-                  {**common, "retention.ms": str(7 * DAY_MS), "max.message.bytes": "1048576"},
+                  {**common, "retention.ms": keep, "max.message.bytes": "1048576"},
                   "document references (DocumentRef)"),
         TopicSpec("pages", 12 * partitions_scale, rf,
-                  {**common, "retention.ms": str(7 * DAY_MS), "max.message.bytes": "1048576"},
+                  {**common, "retention.ms": keep, "max.message.bytes": "1048576"},
                   "page work items (PageTask)"),
         TopicSpec("page-results", 6 * partitions_scale, rf,
-                  {**common, "retention.ms": str(7 * DAY_MS), "max.message.bytes": "8388608"},
+                  {**common, "retention.ms": keep, "max.message.bytes": "8388608"},
                   "detections per page (PageResult)"),
         TopicSpec("document-results", 6 * partitions_scale, rf,
-                  {**common, "cleanup.policy": "compact", "max.message.bytes": "33554432",
+                  {**common, **results, "max.message.bytes": "33554432",
                    "min.compaction.lag.ms": "60000", "segment.ms": str(DAY_MS)},
                   "one result per document (DocumentResult), compacted"),
         TopicSpec("metrics", 1, rf,
                   {**common, "retention.ms": str(3 * DAY_MS)},
                   "worker and GPU samples (WorkerMetrics)"),
         TopicSpec("dead-letters", 3, rf,
-                  {**common, "retention.ms": str(30 * DAY_MS), "max.message.bytes": "2097152"},
+                  {**common, "retention.ms": str(retention.dead_letters_ms), "max.message.bytes": "2097152"},
                   "records a stage could not process (DeadLetter)"),
         TopicSpec("object-events", 3 * partitions_scale, rf,
-                  {**common, "retention.ms": str(7 * DAY_MS)},
+                  {**common, "retention.ms": keep},
                   "S3 bucket notifications for the drop folder (MinIO Kafka target), read by `watch` in events mode"),
         TopicSpec("watch-state", 1, rf,
                   {**common, "cleanup.policy": "compact"},
@@ -83,7 +100,7 @@ def topic_specs(replication_factor: int = 1, partitions_scale: int = 1) -> list[
                    "segment.ms": str(DAY_MS)},
                   "assembler changelog: page results of open documents, done markers (partitioned like page-results)"),
         TopicSpec("page-attempts", 12 * partitions_scale, rf,
-                  {**common, "cleanup.policy": "compact,delete", "retention.ms": str(7 * DAY_MS),
+                  {**common, "cleanup.policy": "compact,delete", "retention.ms": keep,
                    "segment.ms": str(DAY_MS)},
                   "OCR worker in-flight marks: engine attempts per page task (partitioned like pages)"),
     ]
