@@ -138,14 +138,25 @@ class DocumentPublisher:
         )
         return self.publish_ref(ref)
 
-    def flush(self, timeout_s: float = 60.0) -> None:
-        """Wait for every queued reference to be acknowledged.
+    def flush(self, timeout_s: float = 60.0, resend: int = 3) -> None:
+        """Wait for every queued reference to be acknowledged; references whose delivery
+        failed with a retriable error (e.g. acknowledged without an offset, see
+        :class:`~ocrstream.kafka.DeliveryTracker`) are produced again, up to ``resend`` times.
 
         Raises:
             PublishError: some were not.
         """
         remaining = self.producer.flush(timeout_s)
+        for _ in range(resend):
+            if remaining or not self.tracker.failed or not all(e.retriable() for e in self.tracker.errors):
+                break
+            again = list(self.tracker.failed)
+            self.tracker.reset()
+            for msg in again:
+                self.producer.produce(msg.topic(), msg.value(), msg.key(), on_delivery=self.tracker.callback)
+            remaining = self.producer.flush(timeout_s)
         errors, self.tracker.errors = list(self.tracker.errors), []
+        self.tracker.failed = []
         if remaining or errors:
             codes = {e.code() for e in errors}
             if KafkaError.MSG_SIZE_TOO_LARGE in codes:
