@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from confluent_kafka import KafkaError
+
 from .preflight import ExitCode, PreflightError, check_kafka, check_store, check_uploads_allowed
 from .settings import Settings, get_settings
 
@@ -49,7 +51,7 @@ def _settings_error(exc) -> str:
 def _expected_failure(exc: BaseException) -> PreflightError | None:
     """The one-line error for a failure the preflight could not foresee (a broker or store
     that went away mid-command), or None for anything else (which keeps its traceback)."""
-    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka import KafkaException
 
     from producers.publish import PublishError
 
@@ -74,14 +76,9 @@ def _expected_failure(exc: BaseException) -> PreflightError | None:
     return None
 
 
-def _kafka_away_codes() -> frozenset:
-    from confluent_kafka import KafkaError
-
-    return frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
-                      KafkaError._RESOLVE, KafkaError._MSG_TIMED_OUT, KafkaError.REQUEST_TIMED_OUT})
-
-
-_KAFKA_AWAY = _kafka_away_codes()
+# Kafka error codes that mean "the brokers went away" (mid-command; the preflight covers the start).
+_KAFKA_AWAY = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
+                         KafkaError._RESOLVE, KafkaError._MSG_TIMED_OUT, KafkaError.REQUEST_TIMED_OUT})
 
 
 def cmd_stack(args, s: Settings) -> int:

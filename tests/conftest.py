@@ -8,6 +8,7 @@ local iteration; it is then reused because ``up`` is idempotent).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -289,20 +290,16 @@ def processes(tmp_path):
 MINIO_BIN = Path(os.environ.get("OCRSTREAM_MINIO_BIN", REPO / ".tools" / "bin" / "minio"))
 
 
-@pytest.fixture
-def minio(settings, tmp_path):
-    """A real MinIO server (built from source by ``make minio``) whose bucket notifications go
-    to this test's ``object-events`` topic on the test broker; the drop-folder prefix of the
-    test bucket is subscribed (``s3:ObjectCreated:*``, like ``init-bucket`` in docker-compose.yml).
-
-    Yields settings pointing at MinIO, ``watch_mode=events``. Without the binary the test is
-    skipped (``make test`` builds it; the Go module proxy is the only download).
-    """
+@contextlib.contextmanager
+def run_minio(settings: Settings, tmp_path: Path, *, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+              **update):
+    """A real MinIO server (built from source by ``make minio``; skips the test without it) on a
+    free loopback port, root user ``ocrstream``/``ocrstream-secret``, extra ``env`` and server
+    ``args``; yields ``settings`` pointing at it (plus ``update``) once the test bucket exists.
+    Terminated on exit."""
     import socket
     import subprocess
     import time as _time
-
-    from minio.notificationconfig import NotificationConfig, PrefixFilterRule, QueueConfig
 
     from devtools.stack import port_open
 
@@ -311,19 +308,17 @@ def minio(settings, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "MINIO_ROOT_USER": "ocrstream", "MINIO_ROOT_PASSWORD": "ocrstream-secret",
-           "MINIO_BROWSER": "off", "MINIO_NOTIFY_KAFKA_ENABLE_PRIMARY": "on",
-           "MINIO_NOTIFY_KAFKA_BROKERS_PRIMARY": settings.kafka_bootstrap_servers,
-           "MINIO_NOTIFY_KAFKA_TOPIC_PRIMARY": settings.topic("object-events")}
+    full_env = {**os.environ, "MINIO_ROOT_USER": "ocrstream", "MINIO_ROOT_PASSWORD": "ocrstream-secret",
+                "MINIO_BROWSER": "off", **(env or {})}
     log = open(tmp_path / "minio.log", "wb")
     proc = subprocess.Popen([str(MINIO_BIN), "server", str(tmp_path / "minio-data"), "--address", f"127.0.0.1:{port}",
-                             "--quiet"], env=env, stdout=log, stderr=subprocess.STDOUT)
+                             *args, "--quiet"], env=full_env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = _time.monotonic() + 60
         while not port_open("127.0.0.1", port) and proc.poll() is None and _time.monotonic() < deadline:
             _time.sleep(0.2)
         assert port_open("127.0.0.1", port), (tmp_path / "minio.log").read_text(errors="replace")[-2000:]
-        s = settings.model_copy(update={"s3_endpoint": f"127.0.0.1:{port}", "watch_mode": "events"})
+        s = settings.model_copy(update={"s3_endpoint": f"127.0.0.1:{port}", **update})
         store = ObjectStore(s)
         deadline = _time.monotonic() + 30
         while True:  # the port opens before the object layer is ready
@@ -334,9 +329,6 @@ def minio(settings, tmp_path):
                 if _time.monotonic() > deadline:
                     raise
                 _time.sleep(0.3)
-        store.client.set_bucket_notification(s.bucket, NotificationConfig(queue_config_list=[QueueConfig(
-            queue="arn:minio:sqs::PRIMARY:kafka", events=["s3:ObjectCreated:*"],
-            prefix_filter_rule=PrefixFilterRule(s.inbox_prefix))]))
         yield s
     finally:
         proc.terminate()
@@ -346,3 +338,23 @@ def minio(settings, tmp_path):
             proc.kill()
             proc.wait(10)
         log.close()
+
+
+@pytest.fixture
+def minio(settings, tmp_path):
+    """MinIO (:func:`run_minio`) whose bucket notifications go to this test's ``object-events``
+    topic on the test broker; the drop-folder prefix of the test bucket is subscribed
+    (``s3:ObjectCreated:*``, like ``init-bucket`` in docker-compose.yml).
+
+    Yields settings pointing at MinIO, ``watch_mode=events``. Without the binary the test is
+    skipped (``make test`` builds it; the Go module proxy is the only download).
+    """
+    from minio.notificationconfig import NotificationConfig, PrefixFilterRule, QueueConfig
+
+    env = {"MINIO_NOTIFY_KAFKA_ENABLE_PRIMARY": "on", "MINIO_NOTIFY_KAFKA_BROKERS_PRIMARY": settings.kafka_bootstrap_servers,
+           "MINIO_NOTIFY_KAFKA_TOPIC_PRIMARY": settings.topic("object-events")}
+    with run_minio(settings, tmp_path, env=env, watch_mode="events") as s:
+        ObjectStore(s).client.set_bucket_notification(s.bucket, NotificationConfig(queue_config_list=[QueueConfig(
+            queue="arn:minio:sqs::PRIMARY:kafka", events=["s3:ObjectCreated:*"],
+            prefix_filter_rule=PrefixFilterRule(s.inbox_prefix))]))
+        yield s

@@ -10,11 +10,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 import urllib3
@@ -24,7 +19,7 @@ from ocrstream.errors import OcrstreamError
 from ocrstream.preflight import ExitCode, PreflightError, check_store
 from ocrstream.storage import ObjectStore
 
-from conftest import MINIO_BIN, REPO, make_pdf
+from conftest import REPO, make_pdf, run_minio
 
 pytestmark = pytest.mark.integration
 
@@ -37,10 +32,6 @@ def tls_minio(settings, tmp_path):
     """MinIO over TLS (certificate for 127.0.0.1 signed by a test CA); yields ``(settings, ca_file)``."""
     import trustme
 
-    from devtools.stack import port_open
-
-    if not MINIO_BIN.exists():
-        pytest.skip(f"{MINIO_BIN} is absent: run `make minio`")
     ca = trustme.CA(organization_name="ocrstream-s3-test-ca")
     leaf = ca.issue_cert("127.0.0.1")
     certs = tmp_path / "certs"
@@ -49,39 +40,9 @@ def tls_minio(settings, tmp_path):
     (certs / "public.crt").write_bytes(b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "MINIO_ROOT_USER": ROOT_USER, "MINIO_ROOT_PASSWORD": ROOT_PASSWORD, "MINIO_BROWSER": "off"}
-    log = open(tmp_path / "minio.log", "wb")
-    proc = subprocess.Popen([str(MINIO_BIN), "server", str(tmp_path / "data"), "--address", f"127.0.0.1:{port}",
-                             "--certs-dir", str(certs), "--quiet"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while not port_open("127.0.0.1", port) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert port_open("127.0.0.1", port), (tmp_path / "minio.log").read_text(errors="replace")[-2000:]
-        s = settings.model_copy(update={"s3_endpoint": f"127.0.0.1:{port}", "s3_secure": True,
-                                        "s3_ca_file": str(ca_file), "s3_access_key": SecretStr(ROOT_USER),
-                                        "s3_secret_key": SecretStr(ROOT_PASSWORD)})
-        store = ObjectStore(s)
-        deadline = time.monotonic() + 30
-        while True:  # the port opens before the object layer is ready
-            try:
-                store.ensure_bucket()
-                break
-            except OcrstreamError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
+    with run_minio(settings, tmp_path, args=("--certs-dir", str(certs)), s3_secure=True, s3_ca_file=str(ca_file),
+                   s3_access_key=SecretStr(ROOT_USER), s3_secret_key=SecretStr(ROOT_PASSWORD)) as s:
         yield s, ca_file
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def test_tls_with_a_private_ca_is_verified(tls_minio):
