@@ -32,9 +32,11 @@ record of ``page-results`` partition *p* goes to state partition *p*, so a
 newly assigned partition is restored by reading state partition *p* from the
 beginning (read_committed) before its records are processed. Keys:
 
-- ``page/<document_id>/<page_number>``: the page result, as received. One record
-  per page, so no single record grows with the size of a document.
-- ``done/<document_id>``: a small marker ``{"status", "completed_at"}`` written
+- ``page/<document key>/<page_number>``: the page result, as received. One record
+  per page, so no single record grows with the size of a document. The document key is
+  ``document_id``, or ``<tenant>/<document_id>`` for a tenant's document
+  (:mod:`topology.tenants`); the result goes to that tenant's ``document-results`` topic.
+- ``done/<document key>``: a small marker ``{"status", "completed_at"}`` written
   once the document result is acknowledged; the page records are then
   tombstoned.
 
@@ -120,7 +122,7 @@ from ocrstream.streaming import Output, StageRuntime, StopFlag, now_ms, run_stag
 from ocrstream.streaming.changelog import read_partitions
 from ocrstream.streaming.loop import RecordContext
 from schemas import DocumentResult, Error, Page, PageResult, decode, encode
-from topology import page_partition, topic_specs
+from topology import document_key, page_partition, split_document_key, topic_specs
 
 log = logging.getLogger(__name__)
 
@@ -463,12 +465,20 @@ class Assembler:
     def _handle(self, msg: Message, ctx: RecordContext, batch: _Batch) -> list[Output]:
         """Store one page result (and complete its document); returns nothing of its own: the
         outputs go to ``batch``. Raises what the runtime turns into a dead letter."""
+        key = msg.key().decode("utf-8", "replace") if msg.key() is not None else None
+        if key is not None:  # a record that does not decode still fails in its tenant's results topic
+            tenant, ctx.document_id = split_document_key(key)
+            if tenant is not None and tenant not in self.s.tenants:
+                ctx.results_topic = ""  # no results topic to tell: a dead letter only
+                raise OcrstreamError(ReasonCode.FORBIDDEN_SOURCE, f"tenant {tenant!r} is not configured "
+                                                                  f"(OCRSTREAM_TENANTS)")
+            ctx.results_topic = self.s.tenant_topic(tenant, "document-results")
         result = decode(msg.value(), PageResult)
         ctx.document_id = result.document_id
-        key = msg.key().decode("utf-8", "replace") if msg.key() is not None else None
-        if key != result.document_id:
-            raise OcrstreamError(ReasonCode.INVALID_KEY, f"key {key!r} is not the document_id "
-                                 f"{result.document_id!r} (pages of a document must share a partition)")
+        if key != document_key(result.tenant, result.document_id):
+            raise OcrstreamError(ReasonCode.INVALID_KEY, f"key {key!r} is not the document key "
+                                 f"{document_key(result.tenant, result.document_id)!r} "
+                                 f"(pages of a document must share a partition)")
         if result.page_number > result.page_count:
             raise OcrstreamError(ReasonCode.SCHEMA_VIOLATION,
                                  f"page_number {result.page_number} exceeds page_count {result.page_count}")
@@ -476,7 +486,8 @@ class Assembler:
         return []
 
     def _accept(self, msg: Message, result: PageResult, batch: _Batch) -> None:
-        p, doc, number = msg.partition(), result.document_id, result.page_number
+        # the state is keyed by the document key: the same document_id of two tenants never meets
+        p, doc, number = msg.partition(), document_key(result.tenant, result.document_id), result.page_number
         st = self.states[p]
         if doc in st.done:
             log.debug("page %d of finished document %s ignored", number, doc)
@@ -509,7 +520,8 @@ class Assembler:
                         doc, len(value), MAX_RESULT_BYTES)
             result = without_detections(result)
             value = encode(result)
-        batch.outputs.append(Output(self.s.topic("document-results"), doc, value))
+        tenant, document_id = split_document_key(doc)
+        batch.outputs.append(Output(self.s.tenant_topic(tenant, "document-results"), document_id, value))
         st.done[doc] = completed_at
         marker = orjson.dumps({"status": result.status, "completed_at": completed_at})
         batch.finals.append(Output(self.state_topic, done_key(doc), marker, partition=p))
@@ -542,7 +554,8 @@ class Assembler:
         for p, doc, pages in due:
             page_count = next(iter(pages.values())).page_count
             missing = [n for n in range(1, page_count + 1) if n not in pages]
-            upstream = {page_partition(doc, n, idle_pages[0]) for n in missing} if idle_pages[0] else set()
+            document_id = split_document_key(doc)[1]  # pages are placed by document_id (the splitter)
+            upstream = {page_partition(document_id, n, idle_pages[0]) for n in missing} if idle_pages[0] else set()
             if p not in caught_up or (n_pages and not upstream <= idle_pages[1]):
                 continue  # a backlog still holds work for this document: no false `incomplete`
             self._incomplete(p, doc, pages, missing, batch)
@@ -553,7 +566,8 @@ class Assembler:
         result = result.model_copy(update={"status": "failed", "error": Error(
             code=ReasonCode.INCOMPLETE.value,
             message=f"pages {first_missing} missing {self.s.document_deadline_s:.0f}s after the last page result")})
-        batch.outputs.append(Output(self.s.topic("document-results"), doc, encode(result)))
+        tenant, document_id = split_document_key(doc)
+        batch.outputs.append(Output(self.s.tenant_topic(tenant, "document-results"), document_id, encode(result)))
         batch.finals.append(Output(self.state_topic, incomplete_key(doc), b"{}", partition=p))
         self.states[p].incomplete.add(doc)
         m.DOCUMENTS_INCOMPLETE.inc()

@@ -91,7 +91,11 @@ class SourceCache:
 
     def _acquire(self, task: PageTask, stop: threading.Event | None) -> _Entry:
         src = task.source
-        key = (src.bucket, src.key, src.etag, src.version_id)
+        # Checked on every page, not only on a download: a cached object must not reach a page
+        # task (or a tenant) that may not read it. The tenant is part of the key, so two tenants
+        # never share an entry even for the same object.
+        obj_key = check_source(self.s, src.bucket, src.key, task.tenant)  # a page task is no more trusted than ingest
+        key = (task.tenant, src.bucket, src.key, src.etag, src.version_id)
         with self._lock:
             lock = self._key_locks.setdefault(key, threading.Lock())
         with lock:  # one download per object even when its pages arrive together
@@ -102,7 +106,6 @@ class SourceCache:
                     entry.users += 1
                     return entry
             try:
-                obj_key = check_source(self.s, src.bucket, src.key)  # a page task is no more trusted than ingest
                 data = retry_transient(lambda: self.store.get_bytes(src.bucket, obj_key, self.s.max_object_bytes,
                                                                     src.version_id, etag=src.etag), stop=stop)
                 doc = None

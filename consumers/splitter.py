@@ -35,7 +35,7 @@ from ocrstream.storage import ObjectStore
 from ocrstream.streaming import Output, StageRuntime, StopFlag, retry_transient, run_stage
 from ocrstream.streaming.loop import RecordContext
 from schemas import DocumentRef, PageTask, decode, encode
-from topology import page_partition
+from topology import document_key, page_partition
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ class Splitter:
     def __init__(self, s: Settings, stop: StopFlag | None = None):
         self.s = s
         self.store = ObjectStore(s)
-        self.rt = StageRuntime(s, STAGE, [s.topic("ingest")], stop=stop)
+        # every tenant's ingest topic: the tenant of a record is the topic it came from
+        self.rt = StageRuntime(s, STAGE, s.ingest_topics(), stop=stop)
         self.stop = self.rt.stop
         self.placement = PagePlacement(self.rt.delivery.producer, s.topic("pages"))
 
@@ -108,12 +109,14 @@ class Splitter:
                 turns it (and any other exception) into a dead letter and a failed result.
         """
         s = self.s
+        tenant = s.tenant_of(msg.topic())  # from where the record came, never from its value
+        ctx.results_topic = s.tenant_topic(tenant, "document-results")
         size = len(msg.value() or b"")
         if size > s.max_message_bytes:
             raise OcrstreamError(ReasonCode.MESSAGE_TOO_LARGE, f"value is {size} bytes, limit {s.max_message_bytes}")
         ref = decode(msg.value(), DocumentRef)
         ctx.document_id, ctx.source, ctx.submitted_at = ref.document_id, ref.source, ref.submitted_at
-        key = check_source(s, ref.source.bucket, ref.source.key)  # before any read: the trust boundary
+        key = check_source(s, ref.source.bucket, ref.source.key, tenant)  # before any read: the trust boundary
         data = retry_transient(
             lambda: self.store.get_bytes(ref.source.bucket, key, s.max_object_bytes, ref.source.version_id,
                                  etag=ref.source.etag),
@@ -122,10 +125,11 @@ class Splitter:
         info = inspect(data, ref.source.filename, max_pages=s.max_pages, max_page_pixels=s.max_page_pixels)
         dpi = (ref.options.dpi or s.render_dpi) if info.kind == "pdf" else None
         source = ref.source.model_copy(update={"size": len(data)})
+        doc_key = document_key(tenant, ref.document_id)
         return [
-            Output(s.topic("pages"), f"{ref.document_id}/{n}", encode(PageTask(
+            Output(s.topic("pages"), f"{doc_key}/{n}", encode(PageTask(
                 document_id=ref.document_id, source=source, page_number=n, page_count=info.page_count,
-                kind=info.kind, dpi=dpi, submitted_at=ref.submitted_at,
+                kind=info.kind, dpi=dpi, submitted_at=ref.submitted_at, tenant=tenant,
             )), partition=self.placement.partition(ref.document_id, n))
             for n in range(1, info.page_count + 1)
         ]

@@ -2,6 +2,7 @@
 
     ocrstream stack up|down|status     local Kafka broker + SeaweedFS (development: devtools/)
     ocrstream topics apply             create missing topics, report drift
+    ocrstream acls show|apply          Kafka ACLs per role (principals: OCRSTREAM_ACL_PRINCIPAL)
     ocrstream submit FILE... [--wait] [--json]
     ocrstream watch                    drop folder -> ingest
     ocrstream splitter|worker|assembler  one stage (for deployment)
@@ -113,11 +114,26 @@ def cmd_topics(args, s: Settings) -> int:
 
     check_kafka(s, quiet=not args.debug)
 
-    reports = apply_topics(make_admin(s), topic_specs(args.replication_factor, retention=s.retention()),
+    reports = apply_topics(make_admin(s), topic_specs(args.replication_factor, retention=s.retention(), tenants=tuple(s.tenants)),
                            s.topic_prefix)
     for r in reports:
         print(f"{r.topic:32} {r.action:8} {'; '.join(r.drift)}")
     return 1 if any(r.action == "drift" for r in reports) and args.strict else 0
+
+
+def cmd_acls(args, s: Settings) -> int:
+    from topology import acl_grants, apply_acls
+
+    from .kafka import make_admin
+
+    grants = acl_grants(s.topic_prefix, s.group_prefix, tenants=tuple(s.tenants))
+    principal_of = lambda role: s.acl_principal.format(role=role)  # noqa: E731
+    for g in grants:
+        print(f"{principal_of(g.role):32} {g.operation:16} {g.resource}:{g.pattern}:{g.name}")
+    if args.action == "apply":
+        check_kafka(s, quiet=not args.debug)
+        print(f"created {apply_acls(make_admin(s), grants, principal_of)} ACL bindings")
+    return 0
 
 
 def cmd_submit(args, s: Settings) -> int:
@@ -127,7 +143,7 @@ def cmd_submit(args, s: Settings) -> int:
         if not f.is_file():
             raise PreflightError(ExitCode.NO_INPUT, f"no such file: {f}")
     check_uploads_allowed(s)
-    check_kafka(s, [s.topic("ingest"), *([s.topic("document-results")] if args.wait else [])], quiet=not args.debug)
+    check_kafka(s, [s.tenant_topic(s.tenant, "ingest"), *([s.tenant_topic(s.tenant, "document-results")] if args.wait else [])], quiet=not args.debug)
     check_store(s)
 
     return submit_files(s, [Path(f) for f in args.files], wait=args.wait, as_json=args.json,
@@ -270,7 +286,7 @@ def cmd_dlq(args, s: Settings) -> int:
 def cmd_delete(args, s: Settings) -> int:
     from producers.delete import delete_documents
 
-    check_kafka(s, [s.topic("document-results")], quiet=not args.debug)
+    check_kafka(s, [s.tenant_topic(s.tenant, "document-results")], quiet=not args.debug)
     if not args.keep_object:
         check_store(s)
     missing = 0
@@ -327,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--replication-factor", type=int, default=1)
     tp.add_argument("--strict", action="store_true", help="exit 1 on drift")
     tp.set_defaults(fn=cmd_topics)
+    ac = add("acls", help="Kafka ACLs per role, from the topology (`show` prints, `apply` creates)")
+    ac.add_argument("action", choices=["show", "apply"])
+    ac.set_defaults(fn=cmd_acls)
     sm = add("submit", help="upload files and publish their references")
     sm.add_argument("files", nargs="+")
     sm.add_argument("--wait", action="store_true", help="wait for every document result")

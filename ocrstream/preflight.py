@@ -201,7 +201,7 @@ def check_uploads_allowed(s: Settings) -> None:
     from .sources import check_source
 
     try:
-        check_source(s, s.bucket, f"{s.upload_prefix}probe")
+        check_source(s, s.bucket, f"{s.upload_prefix}probe", s.tenant)
     except OcrstreamError as exc:
         raise PreflightError(ExitCode.BAD_SETTING,
                              f"uploads go to s3://{s.bucket}/{s.upload_prefix}, which the service may not read: "

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     delivery: Literal["at-least-once", "exactly-once"] = Field(
         "at-least-once", description="exactly-once = Kafka transactions in worker and splitter"
     )
+    acl_principal: str = Field(
+        "User:ocrstream-{role}", description="principal of each role for `ocrstream acls apply` ({role}: "
+                                             "submitter, splitter, worker, assembler, watcher, operator, and "
+                                             "tenant-<name> for each tenant)")
     kafka_debug: str | None = Field(
         None, description="librdkafka debug contexts, e.g. `consumer,cgrp,fetch` (logged at DEBUG through "
                           "the `ocrstream.librdkafka` logger); unset = off")
@@ -77,6 +81,13 @@ class Settings(BaseSettings):
         "", description="what the service may read: comma-separated `bucket/prefix/` pairs (`bucket/` = the whole "
                         "bucket); a reference elsewhere fails with forbidden_source before any read. Empty = "
                         "OCRSTREAM_BUCKET with OCRSTREAM_UPLOAD_PREFIX and OCRSTREAM_INBOX_PREFIX")
+    tenants: dict[str, str] = Field(
+        {}, description="tenants sharing the deployment, JSON `{\"name\": \"bucket/prefix/,...\"}`: "
+        "each reads only its own allowed sources, publishes to `<prefix>tenant.<name>.ingest` and gets its results "
+        "on `<prefix>tenant.<name>.document-results` (the plain topics are the default tenant's); {} = none")
+    tenant: str | None = Field(
+        None, description="the tenant this client publishes and follows results as (`ocrstream submit`); unset = "
+        "the default tenant. What enforces it is the broker's ACL on the tenant's topics, not this setting")
     watch_interval_s: float = Field(2.0, description="drop-folder listing interval in `poll` mode (seconds)")
     watch_mode: Literal["poll", "events"] = Field(
         "poll", description="`poll`: list the drop folder every watch_interval_s; `events`: consume S3 bucket "
@@ -192,6 +203,25 @@ class Settings(BaseSettings):
                 raise ValueError(f"entry {entry!r} has no bucket (expected bucket/prefix/)")
         return value
 
+    @field_validator("tenants")
+    @classmethod
+    def _tenants(cls, value: dict[str, str]) -> dict[str, str]:
+        from topology.tenants import check_tenant_name
+
+        for name, sources in value.items():
+            check_tenant_name(name)
+            if not sources.strip():
+                raise ValueError(f"tenant {name!r} has no allowed sources")
+            cls._sources(sources)
+        return value
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant(cls, value: str | None) -> str | None:
+        from topology.tenants import check_tenant_name
+
+        return value if value is None else check_tenant_name(value)
+
     @model_validator(mode="after")
     def _aws_fallback(self) -> "Settings":
         # The S3 ecosystem's standard variables work too, so one .env serves both.
@@ -215,6 +245,23 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """Full topic name for a logical topic name (``pages`` -> ``ocr.pages``)."""
         return f"{self.topic_prefix}{name}"
+
+    def tenant_topic(self, tenant: str | None, name: str) -> str:
+        """Full name of a per-tenant topic (``ingest``, ``document-results``) of ``tenant``
+        (None: the default tenant's plain topic), see :mod:`topology.tenants`."""
+        from topology.tenants import tenant_topic
+
+        return self.topic(tenant_topic(tenant, name))
+
+    def ingest_topics(self) -> list[str]:
+        """Every ingest topic the splitter reads: the default tenant's, then each tenant's."""
+        return [self.tenant_topic(t, "ingest") for t in (None, *self.tenants)]
+
+    def tenant_of(self, topic: str) -> str | None:
+        """The tenant a full topic name belongs to (None: the default tenant)."""
+        from topology.tenants import tenant_of_topic
+
+        return tenant_of_topic(topic[len(self.topic_prefix):]) if topic.startswith(self.topic_prefix) else None
 
     def group(self, name: str) -> str:
         """Full consumer group id for a stage name (``worker`` -> ``ocrstream.worker``)."""

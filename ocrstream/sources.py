@@ -10,6 +10,9 @@ document result, in the worker a ``failed`` page result (so its document fails t
 Prefixes are folders (they end with ``/``), and the key is compared as it is, byte for byte
 like S3 does, after :func:`~ocrstream.storage.validate_key` refused ``..`` segments: so
 ``inbox/`` admits ``inbox/a.pdf`` but neither ``inbox-private/a.pdf`` nor ``inbox/../hr/a.pdf``.
+
+Each tenant (``OCRSTREAM_TENANTS``) has its own rules, chosen by the topic its reference
+arrived on (see :mod:`topology.tenants`), so one tenant cannot name another's objects.
 """
 
 from __future__ import annotations
@@ -53,16 +56,27 @@ def parse_rules(text: str) -> tuple[SourceRule, ...]:
     return tuple(rules)
 
 
-def allowed_sources(s: Settings) -> tuple[SourceRule, ...]:
-    """The rules in force: ``OCRSTREAM_ALLOWED_SOURCES``, else the configured bucket with the
-    upload and drop-folder prefixes."""
+def allowed_sources(s: Settings, tenant: str | None = None) -> tuple[SourceRule, ...]:
+    """The rules in force for ``tenant``: its entry in ``OCRSTREAM_TENANTS``; for the default
+    tenant (None) ``OCRSTREAM_ALLOWED_SOURCES``, else the configured bucket with the upload and
+    drop-folder prefixes.
+
+    Raises:
+        OcrstreamError: ``forbidden_source``: ``tenant`` is not configured (a topic of a tenant
+            that was removed from the settings: its references are refused, not read).
+    """
+    if tenant is not None:
+        if tenant not in s.tenants:
+            raise OcrstreamError(ReasonCode.FORBIDDEN_SOURCE, f"tenant {tenant!r} is not configured (OCRSTREAM_TENANTS)")
+        return parse_rules(s.tenants[tenant])
     if s.allowed_sources.strip():
         return parse_rules(s.allowed_sources)
     return tuple(dict.fromkeys(SourceRule(s.bucket, p) for p in (s.upload_prefix, s.inbox_prefix)))
 
 
-def check_source(s: Settings, bucket: str, key: str) -> str:
-    """Refuse a reference outside the allowed sources (see module docstring).
+def check_source(s: Settings, bucket: str, key: str, tenant: str | None = None) -> str:
+    """Refuse a reference outside the allowed sources of ``tenant`` (None: the default tenant;
+    see module docstring and :func:`allowed_sources`).
 
     Returns:
         the key, unchanged.
@@ -73,9 +87,10 @@ def check_source(s: Settings, bucket: str, key: str) -> str:
     """
     validate_bucket(bucket)
     key = validate_key(key)
-    rules = allowed_sources(s)
+    rules = allowed_sources(s, tenant)
     if not any(rule.admits(bucket, key) for rule in rules):
+        where = "OCRSTREAM_ALLOWED_SOURCES" if tenant is None else f"tenant {tenant}, OCRSTREAM_TENANTS"
         raise OcrstreamError(ReasonCode.FORBIDDEN_SOURCE,
                              f"s3://{bucket}/{key} is outside the allowed sources "
-                             f"({', '.join(map(str, rules))}; OCRSTREAM_ALLOWED_SOURCES)")
+                             f"({', '.join(map(str, rules))}; {where})")
     return key

@@ -57,7 +57,7 @@ def delete_documents(s: Settings, document_ids: list[str], *, keep_object: bool 
         src, removed = result.source, None
         if not keep_object:
             try:
-                check_source(s, src.bucket, src.key)
+                check_source(s, src.bucket, src.key, s.tenant)
             except OcrstreamError as exc:
                 if exc.code != ReasonCode.FORBIDDEN_SOURCE:
                     raise
@@ -70,7 +70,7 @@ def delete_documents(s: Settings, document_ids: list[str], *, keep_object: bool 
         tracker = DeliveryTracker()
         producer = Producer(producer_config(s))
         for doc_id in tombstones:  # same key, same default partitioner as the assembler: same partition
-            producer.produce(s.topic("document-results"), None, doc_id, on_delivery=tracker.callback)
+            producer.produce(s.tenant_topic(s.tenant, "document-results"), None, doc_id, on_delivery=tracker.callback)
         if producer.flush(timeout_s) or tracker.errors:
             raise PublishError(f"tombstones not acknowledged: {[str(e) for e in tracker.errors[:3]]}")
     return done

@@ -39,15 +39,19 @@ def now_ms() -> int:
 
 
 def stable_document_id(bucket: str, key: str, etag: str, version_id: str | None = None,
-                       options: DocumentOptions | None = None) -> str:
+                       options: DocumentOptions | None = None, tenant: str | None = None) -> str:
     """A document id derived from the object version and the processing options:
     republishing the same version with the same options yields the same id, so its
     result overwrites itself in the compacted results topic (and the assembler's
     done marker drops duplicate pages); the same version with other options (e.g.
     another DPI) is another document. Options equal to :class:`DocumentOptions`'
     defaults (what the drop-folder watcher publishes) leave the id as it was before
-    options were part of it. 32 hex chars (SHA-256 prefix)."""
+    options were part of it. A tenant's id differs from another tenant's for the same object
+    (the pipeline keeps them apart by tenant anyway, see ``topology.tenants``). 32 hex chars
+    (SHA-256 prefix)."""
     material = f"{bucket}\0{key}\0{etag}\0{version_id or ''}"
+    if tenant is not None:
+        material = f"tenant\0{tenant}\0{material}"
     if options is not None:
         # Canonical JSON of the options that differ from the defaults (sorted keys, no spaces).
         changed = options.model_dump(mode="json", exclude_defaults=True)
@@ -88,7 +92,7 @@ class DocumentPublisher:
                                  f"reference is {len(value)} bytes, limit {self.s.max_message_bytes}")
         while True:
             try:
-                self.producer.produce(self.s.topic("ingest"), value, ref.document_id, on_delivery=self.tracker.callback)
+                self.producer.produce(self.s.tenant_topic(self.s.tenant, "ingest"), value, ref.document_id, on_delivery=self.tracker.callback)
                 break
             except BufferError:
                 self.producer.poll(0.1)
@@ -107,11 +111,12 @@ class DocumentPublisher:
             OcrstreamError: ``invalid_bucket``, ``invalid_key``, ``forbidden_source`` (outside
                 ``OCRSTREAM_ALLOWED_SOURCES``), ``object_not_found``, ``storage_error``.
         """
-        key = check_source(self.s, bucket, key)  # fail here, not as a dead letter later
+        key = check_source(self.s, bucket, key, self.s.tenant)  # fail here, not as a dead letter later
         info = self.store.stat(bucket, key)
         options = DocumentOptions(dpi=dpi)
         ref = DocumentRef(
-            document_id=document_id or stable_document_id(bucket, key, info.etag, info.version_id, options),
+            document_id=document_id or stable_document_id(bucket, key, info.etag, info.version_id, options,
+                                                          self.s.tenant),
             source=ObjectRef(bucket=bucket, key=key, filename=filename or PurePosixPath(key).name,
                              etag=info.etag, version_id=info.version_id, size=info.size,
                              content_type=info.content_type),

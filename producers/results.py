@@ -13,6 +13,7 @@ from ocrstream.errors import OcrstreamError
 from ocrstream.kafka import assign_all, consumer_config, read_to_end
 from ocrstream.settings import Settings
 from schemas import DocumentResult, decode
+from topology import follower_group
 
 
 class ResultFollower:
@@ -24,9 +25,9 @@ class ResultFollower:
 
     def __init__(self, s: Settings, start: str = "end"):
         self.s = s
-        conf = consumer_config(s, f"{s.group('follower')}-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True})
+        conf = consumer_config(s, f"{s.group(follower_group(s.tenant))}-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True})
         self.consumer = Consumer(conf)
-        self.topic = s.topic("document-results")
+        self.topic = s.tenant_topic(s.tenant, "document-results")  # OCRSTREAM_TENANT: its own results
         self.parts = assign_all(self.consumer, self.topic, start)
 
     def wait_for(self, document_ids: Iterable[str], timeout_s: float | None = None,

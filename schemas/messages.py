@@ -146,7 +146,8 @@ class DocumentRef(_Message):
 
 
 class PageTask(_Message):
-    """Pages topic value: one page of a document to OCR. Key: ``document_id/page_number``."""
+    """Pages topic value: one page of a document to OCR. Key: ``<document key>/page_number``
+    (document key: ``document_id``, or ``<tenant>/<document_id>``, see ``topology.tenants``)."""
 
     schema_: Literal["page_task"] = Field("page_task", alias="schema")
     schema_version: Literal[1] = 1
@@ -157,6 +158,10 @@ class PageTask(_Message):
     kind: Literal["pdf", "image"]
     dpi: int | None = Field(None, description="render DPI for PDFs; null for images")
     submitted_at: int
+    # written only for a tenant's document: the default tenant's records stay as they were
+    tenant: str | None = Field(None, exclude_if=lambda v: v is None,
+                               description="the tenant whose ingest topic the document came from (set by the "
+                                           "splitter, never by a publisher); absent = the default tenant")
 
 
 class Detection(_Message):
@@ -191,7 +196,8 @@ class Page(_Message):
 
 
 class PageResult(Page):
-    """Page-results topic value. Key: ``document_id``."""
+    """Page-results topic value. Key: the document key (``document_id``, or
+    ``<tenant>/<document_id>``, see ``topology.tenants``)."""
 
     schema_: Literal["page_result"] = Field("page_result", alias="schema")
     schema_version: Literal[1] = 1
@@ -202,6 +208,10 @@ class PageResult(Page):
     worker_id: str
     submitted_at: int
     completed_at: int
+    # written only for a tenant's document: the default tenant's records stay as they were
+    tenant: str | None = Field(None, exclude_if=lambda v: v is None,
+                               description="the tenant whose ingest topic the document came from (set by the "
+                                           "splitter, never by a publisher); absent = the default tenant")
 
 
 class DocumentResult(_Message):

@@ -57,7 +57,7 @@ def main() -> int:
     s = get_settings()
     print("== starting the local stack (Kafka KRaft broker + SeaweedFS S3)")
     Stack(s).up()
-    for r in apply_topics(make_admin(s), topic_specs(retention=s.retention()), s.topic_prefix):
+    for r in apply_topics(make_admin(s), topic_specs(retention=s.retention(), tenants=tuple(s.tenants)), s.topic_prefix):
         print(f"   topic {r.topic:28} {r.action} {'; '.join(r.drift)}")
 
     pid_file = _pid_file(s)

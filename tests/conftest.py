@@ -9,6 +9,7 @@ local iteration; it is then reused because ``up`` is idempotent).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import uuid
 from pathlib import Path
@@ -230,6 +231,23 @@ def read_topic(s: Settings, topic: str, timeout_s: float = 30.0, read_uncommitte
     return out
 
 
+def committed_to_end(s: Settings, group: str, topic: str) -> bool:
+    """True when consumer group ``group`` has committed every partition of ``topic`` up to its
+    high watermark (an empty partition counts when nothing is committed): the stage has
+    processed everything there is, so "nothing more arrives" can be checked."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from ocrstream.kafka import consumer_config, topic_partitions, watermarks
+
+    c = Consumer(consumer_config(s, group))
+    try:
+        parts = [TopicPartition(topic, p) for p in topic_partitions(c, topic)]
+        committed = {tp.partition: tp.offset for tp in c.committed(parts, timeout=10)}
+        return all(max(committed[tp.partition], 0) == watermarks(c, tp)[1] for tp in parts)
+    finally:
+        c.close()
+
+
 def make_pdf(lines_per_page: list[list[str]], size=(595, 842), fontsize: int = 16) -> bytes:
     """A born-digital PDF with the given text lines on each page (PyMuPDF)."""
     import pymupdf
@@ -250,7 +268,7 @@ def settings_env(s: Settings, **extra: str) -> dict[str, str]:
             continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
-        env[f"OCRSTREAM_{name.upper()}"] = str(value)
+        env[f"OCRSTREAM_{name.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(value)
     env.update(extra)
     return env
 

@@ -9,7 +9,7 @@ from producers.publish import DocumentPublisher, stable_document_id
 from producers.watch import DropFolderWatcher
 from schemas import DocumentRef, decode
 
-from conftest import consume_all, make_pdf
+from conftest import committed_to_end, consume_all, make_pdf
 
 pytestmark = pytest.mark.integration
 
@@ -83,20 +83,6 @@ def _wait_for(cond, timeout_s: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def _committed_to_end(s, group: str, topic: str) -> bool:
-    from confluent_kafka import Consumer, TopicPartition
-
-    from ocrstream.kafka import consumer_config, topic_partitions, watermarks
-
-    c = Consumer(consumer_config(s, group))
-    try:
-        parts = [TopicPartition(topic, p) for p in topic_partitions(c, topic)]
-        committed = {tp.partition: tp.offset for tp in c.committed(parts, timeout=10)}
-        return all(max(committed[tp.partition], 0) == watermarks(c, tp)[1] for tp in parts)
-    finally:
-        c.close()
-
-
 def test_events_mode_publishes_each_created_object_version_once(minio, stages):
     """Objects put after the start listing reach the ingest topic through MinIO's Kafka
     notifications alone (no rescan), once per version, and a restarted watcher repeats nothing."""
@@ -123,7 +109,7 @@ def test_events_mode_publishes_each_created_object_version_once(minio, stages):
     assert {r.source.version_id for r in refs if r.source.key == "inbox/a.pdf"} == {v1.version_id, v2.version_id}
     assert len({r.document_id for r in refs}) == 3
     assert _published("event") - events0 == 3 and _published("scan") - scans0 == 0
-    _wait_for(lambda: _committed_to_end(s, s.group("watch"), s.topic("object-events")), 30,
+    _wait_for(lambda: committed_to_end(s, s.group("watch"), s.topic("object-events")), 30,
               "event offsets committed")
     stages.stop(w)
 
@@ -225,6 +211,6 @@ def test_events_mode_kill9_publishes_every_object_exactly_once(minio, processes)
     assert kills == 4
     assert len(_ingest(s, len(keys), timeout_s=60)) == len(keys), open(watcher.log_path).read()[-3000:]
     # and nothing more arrives: checked once the watcher has committed every event
-    _wait_for(lambda: _committed_to_end(s, s.group("watch"), s.topic("object-events")), 60, "event offsets committed")
+    _wait_for(lambda: committed_to_end(s, s.group("watch"), s.topic("object-events")), 60, "event offsets committed")
     refs = _ingest(s, len(keys) + 1, timeout_s=10, up_to=True)
     assert sorted(r.source.key for r in refs) == keys

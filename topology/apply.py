@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-
 from dataclasses import dataclass
+from typing import Callable
 
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
@@ -99,3 +99,49 @@ def apply_topics(admin: AdminClient, specs: list[TopicSpec], prefix: str, timeou
                 drift.append(f"{key}={have} != {want}")
         reports.append(TopicReport(name, "drift" if drift else "exists", drift))
     return reports
+
+
+_ACL_RESOURCE = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP,
+                 "transactional_id": ResourceType.TRANSACTIONAL_ID,
+                 "cluster": ResourceType.BROKER}  # confluent-kafka's BROKER is Kafka's CLUSTER resource (4)
+
+
+def acl_bindings(grants: list, principal_of: Callable[[str], str]) -> list:
+    """``AclBinding``s (ALLOW, any host) for :class:`topology.acls.Grant` rows; ``principal_of(role)``
+    gives the principal, e.g. ``User:ocrstream-worker``."""
+    from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType
+
+    return [AclBinding(_ACL_RESOURCE[g.resource], g.name,
+                       ResourcePatternType.PREFIXED if g.pattern == "prefixed" else ResourcePatternType.LITERAL,
+                       principal_of(g.role), "*", AclOperation[g.operation], AclPermissionType.ALLOW)
+            for g in grants]
+
+
+def apply_acls(admin: AdminClient, grants: list, principal_of: Callable[[str], str], timeout_s: float = 30.0) -> int:
+    """Create the ACLs (idempotent: an existing binding is left as it is) and wait until the
+    broker answers with all of them; returns how many.
+
+    Why wait: in KRaft the controller commits the ACLs to the metadata log and each broker's
+    authorizer applies them when it replays that log, a moment later. A client started right
+    after ``create_acls`` returned could still be refused; ``DescribeAcls`` is answered from the
+    same broker-side state, so once it lists every binding they are in force there.
+
+    Raises:
+        confluent_kafka.KafkaException: the broker refused (no authorizer, or not a super user).
+        TimeoutError: the broker did not list them all within ``timeout_s``.
+    """
+    from confluent_kafka.admin import AclBindingFilter, AclOperation, AclPermissionType, ResourcePatternType
+
+    bindings = acl_bindings(grants, principal_of)
+    for future in admin.create_acls(bindings, request_timeout=timeout_s).values():
+        future.result(timeout_s)
+    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY,
+                                  AclPermissionType.ANY)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = set(bindings) - set(admin.describe_acls(everything, request_timeout=timeout_s).result(timeout_s))
+        if not missing:
+            return len(bindings)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(missing)} of {len(bindings)} ACLs not in force after {timeout_s}s")
+        time.sleep(0.2)

@@ -28,6 +28,8 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 
+from .tenants import TENANT_TOPICS, tenant_topic
+
 DAY_MS = 24 * 3600 * 1000
 
 
@@ -55,14 +57,27 @@ class TopicSpec:
 
 
 def topic_specs(replication_factor: int = 1, partitions_scale: int = 1,
-                retention: Retention = Retention()) -> list[TopicSpec]:
+                retention: Retention = Retention(), tenants: tuple[str, ...] = ()) -> list[TopicSpec]:
     """The project's topics.
 
     Args:
         replication_factor: 1 for a local single broker, 3 in production.
         partitions_scale: multiplies partition counts (worker replicas <= ``pages`` partitions).
         retention: record retention (``OCRSTREAM_*_RETENTION_H`` settings, see ``Settings.retention``).
+        tenants: tenant names (``OCRSTREAM_TENANTS``): each gets its own ``tenant.<name>.ingest`` and
+            ``tenant.<name>.document-results``, configured like the default tenant's (see
+            :mod:`topology.tenants`).
     """
+    specs = _shared_specs(replication_factor, partitions_scale, retention)
+    by_name = {t.name: t for t in specs}
+    for tenant in tenants:
+        specs += [TopicSpec(tenant_topic(tenant, name), by_name[name].partitions, replication_factor,
+                            dict(by_name[name].config), f"{by_name[name].description}, tenant {tenant}")
+                  for name in TENANT_TOPICS]
+    return specs
+
+
+def _shared_specs(replication_factor: int, partitions_scale: int, retention: Retention) -> list[TopicSpec]:
     rf = replication_factor
     min_isr = str(min(2, rf))
     common = {"min.insync.replicas": min_isr}

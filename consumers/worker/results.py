@@ -12,7 +12,7 @@ from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.settings import Settings
 from ocrstream.streaming import Output, dead_letter, dead_letter_headers, error_of, now_ms
 from schemas import Detection, EngineInfo, PageResult, WorkerMetrics, encode
-from topology import topic_specs
+from topology import document_key, topic_specs
 
 from .items import WorkItem
 
@@ -48,7 +48,8 @@ def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None
         result = PageResult(document_id=task.document_id, source=task.source, page_number=task.page_number,
                             page_count=task.page_count, status="failed", error=err, width=0, height=0,
                             dpi=task.dpi, engine=engine, worker_id=s.worker_id,
-                            submitted_at=task.submitted_at, completed_at=now_ms(), timings_ms=item.timings)
+                            submitted_at=task.submitted_at, completed_at=now_ms(), timings_ms=item.timings,
+                            tenant=task.tenant)
     else:
         h, w = item.shape
         result = PageResult(
@@ -56,14 +57,15 @@ def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None
             page_count=task.page_count, width=w, height=h, dpi=task.dpi,
             detections=[Detection(text=l.text, polygon=l.polygon, confidence=l.confidence) for l in ocr.lines],
             engine=engine, worker_id=s.worker_id, submitted_at=task.submitted_at,
-            completed_at=now_ms(), timings_ms={**item.timings, **ocr.timings_ms},
+            completed_at=now_ms(), timings_ms={**item.timings, **ocr.timings_ms}, tenant=task.tenant,
         )
     value = encode(result)
-    if len(value) + len(task.document_id) + 4096 > MAX_RESULT_BYTES:  # key + framing count too
+    key = document_key(task.tenant, task.document_id)  # one assembler partition per (tenant, document)
+    if len(value) + len(key) + 4096 > MAX_RESULT_BYTES:  # key + framing count too
         err = OcrstreamError(ReasonCode.RESULT_TOO_LARGE, f"page result is {len(value)} bytes")
         result = result.model_copy(update={"status": "failed", "error": error_of(err), "detections": []})
         value = encode(result)
-    return Output(s.topic("page-results"), task.document_id, value)
+    return Output(s.topic("page-results"), key, value)
 
 
 def outputs_for(s: Settings, items: list[WorkItem], results: list, engine: EngineInfo,

@@ -1,0 +1,47 @@
+"""The ACL rows generated from the topology (topology/acls.py), without a broker: every topic a
+role touches is named (no wildcard), and the data flow of the architecture is what they allow."""
+
+from __future__ import annotations
+
+from topology import GRANTS, ROLES, acl_bindings, acl_grants, topic_specs
+
+
+def _allowed(role: str, op: str, resource: str = "topic") -> set[str]:
+    return {g.name for g in acl_grants("ocr.", "ocrstream.") if g.role == role and g.operation == op
+            and g.resource == resource}
+
+
+def test_no_wildcards_and_only_known_topics():
+    grants = acl_grants("ocr.", "ocrstream.")
+    known = {"ocr." + t.name for t in topic_specs()}
+    for g in grants:
+        assert "*" not in g.name and g.name, g
+        if g.resource == "topic":
+            assert g.pattern == "literal" and g.name in known, g
+        if g.pattern == "prefixed":  # a stage's own group / transactional-id family, ending in "-"
+            assert g.name.startswith("ocrstream.") and g.name.endswith("-"), g
+    assert set(GRANTS) == set(ROLES)
+
+
+def test_the_data_flow():
+    assert _allowed("submitter", "WRITE") == {"ocr.ingest"}
+    assert _allowed("submitter", "READ") == {"ocr.document-results"}
+    assert _allowed("splitter", "WRITE") == {"ocr.pages", "ocr.document-results", "ocr.dead-letters"}
+    assert _allowed("worker", "READ") == {"ocr.pages", "ocr.page-attempts"}
+    assert "ocr.ingest" not in _allowed("worker", "WRITE") | _allowed("assembler", "WRITE")
+    assert _allowed("assembler", "WRITE") == {"ocr.document-results", "ocr.dead-letters", "ocr.assembler-state"}
+    assert _allowed("watcher", "WRITE") == {"ocr.ingest", "ocr.watch-state"}
+    assert _allowed("worker", "READ", "group") == {"ocrstream.worker", "ocrstream.restore-"}
+    assert _allowed("assembler", "DESCRIBE", "group") == {"ocrstream.worker"}  # the document deadline's lag check
+    assert _allowed("splitter", "WRITE", "transactional_id") == {"ocrstream.splitter-"}
+    # follower groups read by assignment: looked up, never joined as a stage's group
+    assert _allowed("submitter", "READ", "group") == {"ocrstream.follower-"}
+    assert _allowed("operator", "READ", "group") == {"ocrstream.dlq-replay", "ocrstream.dlq-list-", "ocrstream.top-",
+                                                     "ocrstream.follower-"}
+    assert not any(g.resource == "transactional_id" for g in acl_grants("ocr.", "ocrstream.", ("submitter", "operator")))
+
+
+def test_bindings_name_the_principal_of_each_role():
+    bindings = acl_bindings(acl_grants("ocr.", "ocrstream."), lambda role: f"User:ocrstream-{role}")
+    assert {b.principal for b in bindings} == {f"User:ocrstream-{r}" for r in ROLES}
+    assert all(b.host == "*" for b in bindings)

@@ -1,0 +1,205 @@
+"""Kafka ACLs per role (topology/acls.py) against a real broker with KRaft's StandardAuthorizer.
+
+A broker with a SASL_SSL listener, ``allow.everyone.if.no.acl.found=false`` and one SCRAM user
+per role plus ``admin`` (the only super user besides the broker's own PLAINTEXT listeners).
+``ocrstream acls apply`` (as admin) creates the ACLs generated from the topology; then
+
+- a matrix of denials, each checked against the broker: a role cannot write, read, join a
+  group or use a transactional id that is not its own;
+- every stage runs end to end as a subprocess with only its own principal (no wildcard grant):
+  a document submitted by the submitter principal gets its result.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from pydantic import SecretStr
+
+from devtools.stack import KafkaService
+from ocrstream.kafka import consumer_config, make_admin, producer_config
+from producers.publish import DocumentPublisher
+from producers.results import ResultFollower
+from topology import ROLES, apply_topics, follower_group, tenant_topic, topic_specs
+from topology.acls import tenant_role
+
+from conftest import REPO, base_settings, make_pdf, settings_env
+from test_security import _make_certificates
+
+pytestmark = pytest.mark.integration
+
+SASL_PORT, INTERNAL_PORT, CONTROLLER_PORT = 29492, 29494, 29493
+TENANTS = ("acme", "globex")
+USERS = ("admin", *ROLES, *(tenant_role(t) for t in TENANTS))
+
+
+def _password(user: str) -> str:
+    return f"{user}-pw-5f2c"
+
+
+@pytest.fixture(scope="module")
+def acl_broker(tmp_path_factory, stack):
+    d = tmp_path_factory.mktemp("acl")
+    _make_certificates(d)
+    s = base_settings(kafka_port=INTERNAL_PORT, kafka_controller_port=CONTROLLER_PORT, stack_dir=d / "stack")
+    kafka = KafkaService(s)
+    props = {
+        "listeners": f"SASL_SSL://127.0.0.1:{SASL_PORT},PLAINTEXT://127.0.0.1:{INTERNAL_PORT},"
+                     f"CONTROLLER://127.0.0.1:{CONTROLLER_PORT}",
+        "advertised.listeners": f"SASL_SSL://127.0.0.1:{SASL_PORT},PLAINTEXT://127.0.0.1:{INTERNAL_PORT}",
+        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config":
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        "ssl.keystore.type": "PKCS12",
+        "ssl.keystore.location": str(d / "broker.p12"),
+        "ssl.keystore.password": "changeit",
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found": "false",
+        # the broker's own PLAINTEXT listeners (inter-broker, controller) are ANONYMOUS
+        "super.users": "User:admin;User:ANONYMOUS",
+    }
+    scram = [arg for user in USERS for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={_password(user)}]")]
+    kafka.up(extra_props=props, format_args=scram)
+    yield d
+    kafka.down()
+
+
+def _as(settings, acl_broker, user: str):
+    return settings.model_copy(update={
+        "kafka_bootstrap_servers": f"127.0.0.1:{SASL_PORT}", "kafka_security_protocol": "SASL_SSL",
+        "kafka_sasl_mechanism": "SCRAM-SHA-512", "kafka_sasl_username": user,
+        "kafka_sasl_password": SecretStr(_password(user)), "kafka_ssl_ca_location": str(acl_broker / "ca.pem"),
+        "acl_principal": "User:{role}",
+    })
+
+
+@pytest.fixture(scope="module")
+def roles(acl_broker, stack):
+    """Topics created and ACLs applied (``ocrstream acls apply`` as admin); role -> settings."""
+    tag = uuid.uuid4().hex[:8]
+    s0 = base_settings(topic_prefix=f"a{tag}.", group_prefix=f"g{tag}.", bucket=f"acl-{tag}",
+                       tenants={t: f"acl-{tag}/tenants/{t}/" for t in TENANTS})
+    by_role = {user: _as(s0, acl_broker, user) for user in USERS}
+    for t in TENANTS:  # a tenant's client: its own topics and upload folder
+        by_role[tenant_role(t)] = by_role[tenant_role(t)].model_copy(update={"tenant": t,
+                                                                              "upload_prefix": f"tenants/{t}/"})
+    admin = by_role["admin"]
+    apply_topics(make_admin(admin), topic_specs(tenants=TENANTS), admin.topic_prefix)
+    proc = subprocess.run([sys.executable, "-m", "ocrstream.cli", "acls", "apply"], env=settings_env(admin),
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "User:worker" in proc.stdout and "User:tenant-acme" in proc.stdout and "created" in proc.stdout
+    return by_role
+
+
+def _produce_error(s, topic: str) -> int | None:
+    errors = []
+    p = Producer(producer_config(s))
+    p.produce(s.topic(topic), b"{}", b"k", on_delivery=lambda err, msg: errors.append(err))
+    p.flush(20)
+    return errors[0].code() if errors and errors[0] is not None else None
+
+
+def _read_error(s, topic: str, group: str | None = None) -> int | None:
+    """The error reading ``topic`` (partition 0 by assignment, or subscribed as ``group``), or
+    None when a record was read. Fails when neither happens within 20 s.
+
+    A Fetch refused by the broker surfaces as a consumer error. A topic the principal may not
+    even DESCRIBE is refused one step earlier, in the Metadata answer, which librdkafka keeps
+    retrying for an assigned partition without telling the application: that error is read
+    from the metadata instead.
+    """
+    c = Consumer(consumer_config(s, group or f"{s.group(follower_group(s.tenant))}-{uuid.uuid4().hex[:6]}"))
+    try:
+        if group:
+            c.subscribe([s.topic(topic)])
+        else:
+            c.assign([TopicPartition(s.topic(topic), 0, 0)])
+        for _ in range(50):  # bounded: 10 s
+            m = c.poll(0.2)
+            if m is None:
+                continue
+            if m.error() is None:
+                return None
+            if m.error().code() != KafkaError._PARTITION_EOF:
+                return m.error().code()
+        meta = c.list_topics(s.topic(topic), timeout=10).topics[s.topic(topic)]
+        if meta.error is not None:
+            return meta.error.code()
+        pytest.fail(f"{s.kafka_sasl_username} reading {topic}: neither a record nor an error within 20 s")
+    finally:
+        c.close()
+
+
+def _txn_error(s, transactional_id: str) -> int | None:
+    p = Producer(producer_config(s, transactional_id=transactional_id))
+    try:
+        p.init_transactions(20)
+    except KafkaException as exc:
+        return exc.args[0].code()
+    return None
+
+
+def test_each_role_is_refused_what_is_not_its_own(roles):
+    denied_topic, denied_group = KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED
+    p = Producer(producer_config(roles["assembler"]))  # a result to read on partition 0
+    p.produce(roles["assembler"].topic("document-results"), b"{}", b"probe", partition=0)
+    assert p.flush(20) == 0
+    assert _read_error(roles["submitter"], "document-results") is None
+    assert _produce_error(roles["worker"], "ingest") == denied_topic  # a worker cannot inject documents
+    assert _produce_error(roles["splitter"], "page-results") == denied_topic
+    assert _produce_error(roles["assembler"], "ingest") == denied_topic
+    assert _produce_error(roles["submitter"], "pages") == denied_topic  # nor skip the splitter's checks
+    assert _read_error(roles["submitter"], "page-results") == denied_topic
+    assert _read_error(roles["watcher"], "pages", group=roles["watcher"].group("watch")) == denied_topic
+    assert _read_error(roles["submitter"], "document-results", group=roles["submitter"].group("worker")) == denied_group
+    assert _txn_error(roles["worker"], roles["worker"].group("splitter") + "-x") == \
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    # the operator re-drives dead letters but is not a stage: it cannot commit as one
+    assert _read_error(roles["operator"], "pages", group=roles["operator"].group("worker")) == denied_group
+    assert _produce_error(roles["operator"], "assembler-state") == denied_topic
+    # a tenant writes only its own ingest topic, reads only its own results, joins no stage's group
+    acme = roles[tenant_role("acme")]
+    assert _produce_error(acme, tenant_topic("globex", "ingest")) == denied_topic
+    assert _produce_error(acme, "ingest") == denied_topic  # nor the default tenant's
+    assert _read_error(acme, tenant_topic("globex", "document-results")) == \
+        denied_topic
+    assert _read_error(acme, "ingest", group=acme.group("splitter")) == denied_group
+    assert _produce_error(acme, tenant_topic("acme", "ingest")) is None
+    # ... and allowed what is: the same calls on its own resources succeed
+    assert _produce_error(roles["submitter"], "ingest") is None
+    assert _txn_error(roles["worker"], roles["worker"].group("worker") + "-x") is None
+
+
+def test_every_stage_runs_with_only_its_own_acls(roles, processes, tmp_path):
+    from ocrstream.storage import ObjectStore
+
+    ObjectStore(roles["admin"]).ensure_bucket()
+    for stage, role in (("splitter", "splitter"), ("worker", "worker"), ("assembler", "assembler"),
+                        ("watch", "watcher")):
+        processes.start(roles[role], stage)
+    path = tmp_path / "acl.pdf"
+    path.write_bytes(make_pdf([["LEAST PRIVILEGE"]]))
+    for client in (roles["submitter"], roles[tenant_role("acme")]):  # the default tenant's and a tenant's
+        follower = ResultFollower(client)
+        with DocumentPublisher(client) as pub:
+            doc_id = pub.upload_and_publish(path)
+        try:
+            results = follower.wait_for([doc_id], timeout_s=180)
+        except TimeoutError:
+            logs = "".join(f"\n--- {p.log_path}\n" + open(p.log_path, errors="replace").read()[-3000:]
+                           for p in processes.procs)
+            raise AssertionError(f"no result for {client.kafka_sasl_username} with per-role ACLs{logs}") from None
+        finally:
+            follower.close()
+        assert results[doc_id].status == "succeeded", results[doc_id].error
+        assert "LEAST" in results[doc_id].text()
+    for p in processes.procs:
+        log = open(p.log_path, errors="replace").read()
+        assert "AUTHORIZATION_FAILED" not in log, p.log_path

@@ -1,0 +1,125 @@
+"""Who may do what on which topic, group and transactional id: the Kafka ACLs, derived from the
+topology so that each stage touches only its own topics.
+
+One principal per role. ``GRANTS`` lists, per role, the logical topics it reads and writes
+(the data flow of the README's architecture), its consumer group and its transactional-id
+prefix; :func:`acl_grants` turns them into concrete resources for a topic and group prefix.
+``ocrstream acls apply`` creates them (``AdminClient.create_acls``). Kafka >= 3.0 producers need
+no ``IDEMPOTENT_WRITE`` (KIP-679: ``WRITE`` on a topic implies it); ``READ`` implies ``DESCRIBE``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .tenants import check_tenant_name, follower_group, tenant_topic
+
+ROLES = ("submitter", "splitter", "worker", "assembler", "watcher", "operator")
+
+
+@dataclass(frozen=True)
+class RoleGrants:
+    """What one role needs (logical topic names, stage names for groups and transactional ids)."""
+
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    describes: tuple[str, ...] = ()  # watermarks of another stage's input (lag checks)
+    group: str | None = None  # consumer group it joins and commits as
+    describes_groups: tuple[str, ...] = ()  # groups whose committed offsets it reads
+    group_families: tuple[str, ...] = ()  # "<group_prefix><name>-*": one throwaway group per run
+    transactional: bool = False  # transactional ids "<group_prefix><stage>-*"
+    restores: bool = False  # reads a state topic by assignment (group "<group_prefix>restore-*")
+
+
+GRANTS: dict[str, RoleGrants] = {
+    # programs, `ocrstream submit`: publish references, follow results (by assignment, no group)
+    "submitter": RoleGrants(writes=("ingest",), reads=("document-results",), group_families=("follower",)),
+    # failed documents are reported directly (failed result + dead letter)
+    "splitter": RoleGrants(reads=("ingest",), writes=("pages", "document-results", "dead-letters"),
+                           group="splitter", transactional=True),
+    "worker": RoleGrants(reads=("pages", "page-attempts"), writes=("page-results", "dead-letters", "metrics",
+                                                                   "page-attempts"),
+                         group="worker", transactional=True, restores=True),
+    # the document deadline waits for the worker group's lag on the pages partitions
+    "assembler": RoleGrants(reads=("page-results", "assembler-state"),
+                            writes=("document-results", "dead-letters", "assembler-state"),
+                            describes=("pages",), describes_groups=("worker",), group="assembler",
+                            transactional=True, restores=True),
+    "watcher": RoleGrants(reads=("object-events", "watch-state"), writes=("ingest", "watch-state"),
+                          group="watch", transactional=True, restores=True),
+    # people: `dlq list|replay` (a replay re-produces to the topic the record failed on),
+    # `delete` (tombstones in document-results), `top` (metrics); S3 rights come from its policy
+    "operator": RoleGrants(reads=("dead-letters", "metrics", "document-results"),
+                           writes=("ingest", "pages", "page-results", "document-results"),
+                           group="dlq-replay", group_families=("dlq-list", "top", "follower")),
+}
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One ACL: ALLOW ``operation`` on ``resource`` (``topic``, ``group``, ``transactional_id``,
+    ``cluster``) named ``name`` (``literal`` or ``prefixed`` pattern) for ``role``'s principal."""
+
+    role: str
+    resource: str
+    name: str
+    pattern: str
+    operation: str
+
+
+def tenant_role(tenant: str) -> str:
+    """The role (principal ``{role}``) of tenant ``tenant``'s publishers: ``tenant-<tenant>``."""
+    return f"tenant-{check_tenant_name(tenant)}"
+
+
+def acl_grants(topic_prefix: str, group_prefix: str, roles: tuple[str, ...] = ROLES,
+               tenants: tuple[str, ...] = ()) -> list[Grant]:
+    """The ACLs of ``roles`` for topics named ``<topic_prefix><name>`` and groups / transactional
+    ids starting with ``<group_prefix>``, plus one role per tenant (:func:`tenant_role`). No
+    wildcard grant: every topic is named, and the prefixed patterns are a stage's own group or
+    transactional-id family.
+
+    Tenants (see :mod:`topology.tenants`): a tenant's principal writes only its own ingest topic
+    and reads only its own results topic; the splitter reads every tenant's ingest topic, and
+    the stages that publish document results (splitter: failed ones, assembler) and the operator
+    reach every tenant's results topic, each by name.
+    """
+    out: list[Grant] = []
+    for tenant in tenants:
+        ingest, results = (topic_prefix + tenant_topic(tenant, t) for t in ("ingest", "document-results"))
+        role = tenant_role(tenant)
+        out += [Grant(role, "topic", ingest, "literal", "WRITE"), Grant(role, "topic", ingest, "literal", "DESCRIBE"),
+                Grant(role, "topic", results, "literal", "READ"),
+                Grant(role, "group", f"{group_prefix}{follower_group(tenant)}-", "prefixed", "READ")]
+        if "splitter" in roles:
+            out.append(Grant("splitter", "topic", ingest, "literal", "READ"))
+        for stage in ("splitter", "assembler", "operator"):
+            if stage in roles:
+                out += [Grant(stage, "topic", results, "literal", "WRITE"),
+                        Grant(stage, "topic", results, "literal", "DESCRIBE")]
+        if "operator" in roles:
+            out.append(Grant("operator", "topic", results, "literal", "READ"))
+    for role in roles:
+        g = GRANTS[role]
+        for t in g.reads:
+            out.append(Grant(role, "topic", topic_prefix + t, "literal", "READ"))
+        for t in g.writes:
+            out.append(Grant(role, "topic", topic_prefix + t, "literal", "WRITE"))
+            out.append(Grant(role, "topic", topic_prefix + t, "literal", "DESCRIBE"))
+        for t in g.describes:
+            out.append(Grant(role, "topic", topic_prefix + t, "literal", "DESCRIBE"))
+        if g.group:
+            out.append(Grant(role, "group", group_prefix + g.group, "literal", "READ"))
+        for other in g.describes_groups:
+            out.append(Grant(role, "group", group_prefix + other, "literal", "DESCRIBE"))
+        if g.restores:
+            out.append(Grant(role, "group", f"{group_prefix}restore-", "prefixed", "READ"))
+        if g.transactional:
+            # <group_prefix><stage>-<worker id> (and the watcher's <group_prefix>watch-<bucket>-<prefix>)
+            for op in ("WRITE", "DESCRIBE"):
+                out.append(Grant(role, "transactional_id", f"{group_prefix}{g.group}-", "prefixed", op))
+            # the transaction-timeout check at start reads the brokers' transaction.max.timeout.ms
+            out.append(Grant(role, "cluster", "kafka-cluster", "literal", "DESCRIBE_CONFIGS"))
+        for family in g.group_families:  # read by assignment; librdkafka still looks the group up
+            out.append(Grant(role, "group", f"{group_prefix}{family}-", "prefixed", "READ"))
+    return out
