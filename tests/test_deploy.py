@@ -42,7 +42,7 @@ import yaml
 
 from ocrstream.cli import build_parser
 from ocrstream.settings import Settings
-from topology import topic_specs
+from topology import GRANTS, topic_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -718,9 +718,17 @@ def test_k8s_base_workloads():
     docs = [d for _, d in raw_resources()]
     check_worker(docs, "base")
     check_stages(docs, "base")
-    secret = by_kind(docs, "Secret")[0]
-    keys = set((secret.get("stringData") or {}) | (secret.get("data") or {}))
-    assert {"OCRSTREAM_S3_ACCESS_KEY", "OCRSTREAM_S3_SECRET_KEY", "OCRSTREAM_KAFKA_SASL_PASSWORD"} <= keys
+    secrets = {d["metadata"]["name"]: set((d.get("stringData") or {}) | (d.get("data") or {}))
+               for d in by_kind(docs, "Secret")}
+    assert {"OCRSTREAM_S3_ACCESS_KEY", "OCRSTREAM_S3_SECRET_KEY"} <= secrets["ocrstream-secrets"]
+    # each stage logs in to Kafka as its own principal (topology/acls.py), password from its own key
+    for d in by_kind(docs, "Deployment"):
+        container = d["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in container.get("env", [])}
+        role = env["OCRSTREAM_KAFKA_SASL_USERNAME"]["value"].removeprefix("ocrstream-")
+        assert role in GRANTS and role not in ("submitter", "operator"), d["metadata"]["name"]
+        ref = env["OCRSTREAM_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "ocrstream-kafka-users" and ref["key"] == role and role in secrets[ref["name"]]
     for cm in by_kind(docs, "ConfigMap"):
         leaked = {k for k in cm.get("data", {}) if re.search(r"SECRET|PASSWORD|ACCESS_KEY", k)}
         assert not leaked, f"credentials in ConfigMap {cm['metadata']['name']}: {leaked}"

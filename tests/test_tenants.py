@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+import orjson
 import pytest
 from confluent_kafka import Producer
 
@@ -24,7 +25,7 @@ from ocrstream.kafka import make_admin, producer_config
 from ocrstream.sources import check_source
 from ocrstream.streaming import StopFlag, now_ms
 from producers.publish import DocumentPublisher
-from schemas import DocumentRef, DocumentResult, ObjectRef, PageTask, decode, encode
+from schemas import DeadLetter, DocumentRef, DocumentResult, EngineInfo, ObjectRef, PageResult, PageTask, decode, encode
 from topology import apply_topics, split_document_key, tenant_of_topic, tenant_topic, topic_specs
 
 from conftest import committed_to_end, consume_all, make_pdf, read_topic
@@ -81,6 +82,17 @@ def test_tenants_are_kept_apart(tenants, store, stages):
         ref = DocumentRef(document_id=doc_id, submitted_at=now_ms(),
                           source=ObjectRef(bucket=s.bucket, key=key, filename="x.pdf"))
         p.produce(topic, encode(ref), doc_id)
+    # A field cannot claim a tenant: this reference on acme's topic stays acme's.
+    spoof = DocumentRef(document_id="spoof", submitted_at=now_ms(),
+                        source=ObjectRef(bucket=s.bucket, key="tenants/acme/a.pdf", filename="a.pdf"))
+    p.produce(s.tenant_topic("acme", "ingest"), orjson.dumps({**orjson.loads(encode(spoof)), "tenant": "globex"}),
+              b"spoof")
+    # A page result forged onto the internal topic for a tenant that does not exist: a dead
+    # letter, and no results topic hears of it.
+    forged = PageResult(document_id="doc-x", tenant="evil", source=spoof.source, page_number=1, page_count=1,
+                        width=1, height=1, engine=EngineInfo(name="none"), worker_id="forger",
+                        submitted_at=now_ms(), completed_at=now_ms())
+    p.produce(s.topic("page-results"), encode(forged), b"evil/doc-x")
     assert p.flush(30) == 0
 
     reads: list[tuple[str, str]] = []
@@ -96,19 +108,25 @@ def test_tenants_are_kept_apart(tenants, store, stages):
         return {m.key().decode(): decode(m.value(), DocumentResult)
                 for m in consume_all(s, s.tenant_topic(tenant, "document-results"), count, 180)}
 
-    acme, globex = results("acme", 3), results("globex", 2)
-    assert set(acme) == {ids["acme"], "same-id", "steal"} and set(globex) == {ids["globex"], "same-id"}
+    acme, globex = results("acme", 4), results("globex", 2)
+    assert set(acme) == {ids["acme"], "same-id", "steal", "spoof"} and set(globex) == {ids["globex"], "same-id"}
+    assert "ACME" in _text(acme["spoof"])
     assert "SHARED" in _text(acme[ids["acme"]]) and "SHARED" in _text(globex[ids["globex"]])
     assert "ACME" in _text(acme["same-id"]) and "GLOBEX" not in _text(acme["same-id"])
     assert "GLOBEX" in _text(globex["same-id"]) and "ACME" not in _text(globex["same-id"])
     assert acme["steal"].status == "failed" and acme["steal"].error.code == "forbidden_source"
     default = results(None, 1)
     assert default["default-steal"].error.code == "forbidden_source"
+    dead = {d.key: d for d in (decode(m.value(), DeadLetter) for m in consume_all(s, s.topic("dead-letters"), 3, 60))}
+    assert (dead["evil/doc-x"].reason, dead["evil/doc-x"].stage) == ("forbidden_source", "assembler")
+    assert dead["steal"].reason == dead["default-steal"].reason == "forbidden_source"
 
     # Every page task says whose it is; the shared object was downloaded once per tenant.
     tasks = [decode(m.value(), PageTask) for m in read_topic(s, s.topic("pages"))]
     assert sorted((t.tenant, t.document_id) for t in tasks) == sorted(
-        [("acme", ids["acme"]), ("acme", "same-id"), ("globex", ids["globex"]), ("globex", "same-id")])
+        [("acme", ids["acme"]), ("acme", "same-id"), ("acme", "spoof"), ("globex", ids["globex"]),
+         ("globex", "same-id")])
+    # one download per (tenant, object): the shared object twice, acme's file once for its two documents
     assert sorted(reads) == sorted([(s.bucket, "shared/same.pdf")] * 2 + [(s.bucket, "tenants/acme/a.pdf"),
                                                                           (s.bucket, "tenants/globex/g.pdf")])
 
