@@ -467,7 +467,7 @@ class Assembler:
         outputs go to ``batch``. Raises what the runtime turns into a dead letter."""
         key = msg.key().decode("utf-8", "replace") if msg.key() is not None else None
         if key is not None:  # a record that does not decode still fails in its tenant's results topic
-            tenant, ctx.document_id = split_document_key(key)
+            tenant = split_document_key(key)[0]  # (its document id comes from the value, as for any stage)
             if tenant is not None and tenant not in self.s.tenants:
                 ctx.results_topic = ""  # no results topic to tell: a dead letter only
                 raise OcrstreamError(ReasonCode.FORBIDDEN_SOURCE, f"tenant {tenant!r} is not configured "
