@@ -466,13 +466,9 @@ class Assembler:
         """Store one page result (and complete its document); returns nothing of its own: the
         outputs go to ``batch``. Raises what the runtime turns into a dead letter."""
         key = msg.key().decode("utf-8", "replace") if msg.key() is not None else None
-        if key is not None:  # a record that does not decode still fails in its tenant's results topic
-            tenant = split_document_key(key)[0]  # (its document id comes from the value, as for any stage)
-            if tenant is not None and tenant not in self.s.tenants:
-                ctx.results_topic = ""  # no results topic to tell: a dead letter only
-                raise OcrstreamError(ReasonCode.FORBIDDEN_SOURCE, f"tenant {tenant!r} is not configured "
-                                                                  f"(OCRSTREAM_TENANTS)")
-            ctx.results_topic = self.s.tenant_topic(tenant, "document-results")
+        tenant = split_document_key(key)[0] if key is not None else None
+        if tenant is not None and tenant not in self.s.tenants:  # the assembler's failures are dead letters only
+            raise OcrstreamError(ReasonCode.FORBIDDEN_SOURCE, f"tenant {tenant!r} is not configured (OCRSTREAM_TENANTS)")
         result = decode(msg.value(), PageResult)
         ctx.document_id = result.document_id
         if key != document_key(result.tenant, result.document_id):
