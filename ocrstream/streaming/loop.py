@@ -85,7 +85,7 @@ class RecordContext:
     source: Any = None  # schemas.ObjectRef
     submitted_at: int | None = None
     attempts: int = 1
-    results_topic: str | None = None  # the record's own results topic (a tenant's; "": none), else the stage's
+    results_topic: str | None = None  # the record's own results topic (a tenant's), else the stage's
 
 
 Partitions = list[TopicPartition]
@@ -278,7 +278,7 @@ class StageRuntime:
         """Dead letter (+ ``failed`` document result) for ``msg`` (reason ``internal_error``
         for exceptions that carry no reason code)."""
         ctx = ctx or RecordContext()
-        return failure_outputs(self.dead_letter_topic, self.results_topic if ctx.results_topic is None else ctx.results_topic, msg, exc, self.stage,
+        return failure_outputs(self.dead_letter_topic, ctx.results_topic or self.results_topic, msg, exc, self.stage,
                                document_id=ctx.document_id, source=ctx.source, submitted_at=ctx.submitted_at,
                                attempts=getattr(exc, "attempts", ctx.attempts), default=ReasonCode.INTERNAL_ERROR)
 
