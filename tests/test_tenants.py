@@ -84,7 +84,8 @@ def test_tenants_are_kept_apart(tenants, store, stages):
         p.produce(topic, encode(ref), doc_id)
     # A field cannot claim a tenant: this reference on acme's topic stays acme's.
     spoof = DocumentRef(document_id="spoof", submitted_at=now_ms(),
-                        source=ObjectRef(bucket=s.bucket, key="tenants/acme/a.pdf", filename="a.pdf"))
+                        source=ObjectRef(bucket=s.bucket, key="tenants/acme/a.pdf", filename="a.pdf",
+                                         etag=store.stat(s.bucket, "tenants/acme/a.pdf").etag))
     p.produce(s.tenant_topic("acme", "ingest"), orjson.dumps({**orjson.loads(encode(spoof)), "tenant": "globex"}),
               b"spoof")
     # A page result forged onto the internal topic for a tenant that does not exist: a dead
