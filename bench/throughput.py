@@ -1,8 +1,10 @@
 """Throughput, framework ceiling, latency, memory and scaling benchmarks (not tests).
 
-    python bench/throughput.py ratio    [--pages 24] [--workers 2]
+    python bench/throughput.py ratio    [--pages 14] [--rounds 2]
     python bench/throughput.py ceiling  [--pages 60]
+    python bench/throughput.py loop     [--pages 8]      (the engine alone; time it with farm-bench)
     python bench/throughput.py latency  [--docs 20] [--interval 4]
+    python bench/throughput.py overhead [--pages 12] [--workers 4]
     python bench/throughput.py memory   [--pages 1000]
     python bench/throughput.py scaling  [--pages 24] [--counts 1,2,4]
 
@@ -142,6 +144,7 @@ def plain_loop(docs: list[Path], s: Settings, ocr: bool = True) -> dict:
         engine.ocr_batch([next(render_all(docs[0], s))])
     texts: dict[str, list[str]] = {}
     pages = 0
+    det_ms = rec_ms = 0.0
     t0 = time.perf_counter()
     for d in docs:
         texts[d.name] = []
@@ -150,8 +153,12 @@ def plain_loop(docs: list[Path], s: Settings, ocr: bool = True) -> dict:
             if engine is not None:
                 (res,) = engine.ocr_batch([img])
                 texts[d.name].append("\n".join(line.text for line in res.lines))
+                det_ms += res.timings_ms.get("det_ms", 0.0)
+                rec_ms += res.timings_ms.get("rec_ms", 0.0)
     elapsed = time.perf_counter() - t0
-    return {"pages": pages, "seconds": round(elapsed, 2), "pages_per_s": round(pages / elapsed, 3), "texts": texts}
+    return {"pages": pages, "seconds": round(elapsed, 2), "pages_per_s": round(pages / elapsed, 3),
+            "det_ms_per_page": round(det_ms / max(1, pages)), "rec_ms_per_page": round(rec_ms / max(1, pages)),
+            "texts": texts}
 
 
 class Pipeline:
@@ -195,7 +202,7 @@ class Pipeline:
 
             refs = []
             for d in docs:
-                key = f"bench/{uuid.uuid4().hex}/{d.name}"
+                key = f"{self.s.upload_prefix}bench/{uuid.uuid4().hex}/{d.name}"  # inside the allowed sources
                 pub.store.put_bytes(key, d.read_bytes(), content_type_for(d.name))
                 refs.append((key, d.name))
         if gpu_monitor is not None:
@@ -264,34 +271,188 @@ def hardware() -> dict:
             "gpus": [g.name for g in gpus] if gpus else []}
 
 
+# --- ratio: the pipeline against the loops a user would write ---------------------------------
+_LOOP: dict = {}  # per loop process: the engine and the open documents
+
+
+def _loop_init(kind: str, threads: int, settings_json: bytes) -> None:
+    """Process initializer of a plain loop: build the engine once (not timed) and warm it up."""
+    s = Settings.model_validate_json(settings_json)
+    if kind == "rapidocr":  # what a user writes: RapidOCR's defaults, nothing tuned
+        from rapidocr import RapidOCR
+
+        ocr = RapidOCR(params={"Global.log_level": "warning"})
+        _LOOP["ocr"] = lambda img: "\n".join(ocr(img).txts or ())
+    else:  # the pipeline's own engine and settings, in a plain loop
+        engine = create_engine(s.model_copy(update={"engine_threads": threads}))
+        _LOOP["ocr"] = lambda img: "\n".join(line.text for line in engine.ocr_batch([img])[0].lines)
+    _LOOP["s"], _LOOP["docs"] = s, {}
+    import numpy as np
+
+    _LOOP["ocr"](np.full((200, 600, 3), 255, np.uint8))
+
+
+def _loop_page(task: tuple[str, int]) -> tuple[str, int, str]:
+    """Render page ``n`` of ``path`` (PyMuPDF, the pipeline's DPI) and OCR it."""
+    path, n = task
+    s = _LOOP["s"]
+    doc = _LOOP["docs"].get(path)
+    if doc is None:
+        doc = _LOOP["docs"][path] = open_pdf(Path(path).read_bytes())
+    return Path(path).name, n, _LOOP["ocr"](render_pdf_page(doc, n, s.render_dpi, s.max_page_pixels))
+
+
+def _ready(_: int) -> int:
+    time.sleep(0.5)  # keeps this process busy so that every process of the pool gets one
+    return os.getpid()
+
+
+def plain_loops(kind: str, procs: int, threads: int, docs: list[Path], s: Settings) -> dict:
+    """A plain loop over every page of ``docs`` in ``procs`` processes of ``threads`` inference
+    threads each (pages handed out one at a time); timed from the first page to the last, after
+    every process built and warmed up its engine."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    tasks = [(str(d), n) for d in docs
+             for n in range(1, inspect(d.read_bytes(), d.name, max_pages=10_000, max_page_pixels=10**9).page_count + 1)]
+    with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn"), initializer=_loop_init,
+                             initargs=(kind, threads, s.model_dump_json().encode())) as pool:
+        pids: set[int] = set()
+        for _ in range(120):  # bounded: a process takes tasks only once its engine is built and warm
+            pids |= set(pool.map(_ready, range(2 * procs)))
+            if len(pids) == procs:
+                break
+        assert len(pids) == procs, f"{procs - len(pids)} loop process(es) did not start"
+        t0 = time.perf_counter()
+        out = list(pool.map(_loop_page, tasks))
+        elapsed = time.perf_counter() - t0
+    texts: dict[str, list[str]] = {}
+    for name, _, text in sorted(out):
+        texts.setdefault(name, []).append(text)
+    return {"pages": len(tasks), "seconds": round(elapsed, 2), "pages_per_s": round(len(tasks) / elapsed, 3),
+            "texts": texts}
+
+
+class RunPipeline:
+    """``ocrstream run --no-watch`` with its defaults (workers and threads chosen from the host)
+    against the bench stack, kept running between rounds."""
+
+    def __init__(self, s: Settings, log_dir: Path):
+        from ocrstream.cli import default_workers
+
+        tag = uuid.uuid4().hex[:6]
+        self.s = s.model_copy(update={"topic_prefix": f"b{tag}.", "group_prefix": f"b{tag}.", "bucket": f"bench-{tag}"})
+        Stack(self.s).up()
+        apply_topics(make_admin(self.s), topic_specs(), self.s.topic_prefix)
+        from ocrstream.storage import ObjectStore
+
+        ObjectStore(self.s).ensure_bucket()
+        self.workers = default_workers(os.cpu_count() or 1)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OCRSTREAM_")}
+        for name, value in self.s.model_dump().items():
+            if value is not None:
+                env[f"OCRSTREAM_{name.upper()}"] = str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "ocrstream.cli", "run", "--no-watch"], env=env,
+                                     stdout=open(log_dir / "run.log", "wb"), stderr=subprocess.STDOUT, cwd=REPO)
+
+    def run(self, docs: list[Path], timeout_s: float = 3600) -> dict:
+        from ocrstream.documents import content_type_for
+        from producers.publish import DocumentPublisher
+        from producers.results import ResultFollower
+
+        follower = ResultFollower(self.s)
+        with DocumentPublisher(self.s) as pub:  # upload first: storage writes are not what is measured
+            refs = []
+            for d in docs:
+                key = f"{self.s.upload_prefix}bench/{uuid.uuid4().hex}/{d.name}"  # inside the allowed sources
+                pub.store.put_bytes(key, d.read_bytes(), content_type_for(d.name))
+                refs.append((key, d.name))
+        t0 = time.perf_counter()
+        with DocumentPublisher(self.s) as pub:
+            ids = {pub.publish_object(self.s.bucket, key, filename=name): name for key, name in refs}
+        results = follower.wait_for(ids, timeout_s=timeout_s)
+        elapsed = time.perf_counter() - t0
+        follower.close()
+        pages = sum(r.page_count for r in results.values())
+        texts = {ids[d]: ["\n".join(det.text for det in p.detections) for p in r.pages] for d, r in results.items()}
+        return {"pages": pages, "seconds": round(elapsed, 2), "pages_per_s": round(pages / elapsed, 3),
+                "failed_documents": sum(r.status != "succeeded" for r in results.values()), "texts": texts}
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
 def cmd_ratio(args) -> None:
-    s = bench_settings(engine_threads=args.engine_threads or 0)
+    """Pipeline (``ocrstream run`` defaults) vs the plain ``RapidOCR()`` default loop vs the best
+    plain loop of the pipeline's own engine (1 process x all cores, or 1 process per core x 1
+    thread: whichever is faster here), alternating A B C D per round so that drift of the
+    machine's speed cancels out in the per-round ratios."""
+    s = bench_settings()
+    cores = os.cpu_count() or 1
     tmp = REPO / ".ocrstream-bench" / "docs"
     tmp.mkdir(parents=True, exist_ok=True)
     docs = pick_documents(args.pages, tmp)
-    with GpuMonitor() as loop_gpu:
-        loop = plain_loop(docs, s)
-    ws = bench_settings(engine_threads=max(1, (os.cpu_count() or 2) // args.workers),
-                        batch_max_pages=args.batch, batch_max_wait_ms=200)
-    pipe = Pipeline(ws, args.workers, REPO / ".ocrstream-bench" / "logs")
+    pipe = RunPipeline(s, REPO / ".ocrstream-bench" / "logs")
+    variants = {
+        "pipeline": lambda: pipe.run(docs),
+        "rapidocr_default_loop": lambda: plain_loops("rapidocr", 1, 0, docs, s),
+        "engine_loop_1proc": lambda: plain_loops("engine", 1, cores, docs, s),
+        f"engine_loop_{cores}procs": lambda: plain_loops("engine", cores, 1, docs, s),
+    }
+    runs: dict[str, list[dict]] = {k: [] for k in variants}
     try:
-        with GpuMonitor() as pipe_gpu:
-            res = pipe.run(docs, gpu_monitor=pipe_gpu)
+        pipe.run(docs[:1] * pipe.workers)  # warm-up: engines loaded, partitions assigned
+        for r in range(args.rounds):
+            for name, fn in variants.items():
+                res = fn()
+                runs[name].append(res)
+                print(f"round {r + 1}: {name:24} {res['pages_per_s']:.3f} pages/s", file=sys.stderr)
     finally:
         pipe.close()
+    median = {k: statistics.median(x["pages_per_s"] for x in v) for k, v in runs.items()}
+    loops = [k for k in runs if k.startswith("engine_loop")]
+    best = max(loops, key=lambda k: median[k])
+
+    def per_round(a: str, b: str) -> list[float]:
+        return [round(x["pages_per_s"] / y["pages_per_s"], 3) for x, y in zip(runs[a], runs[b])]
+
+    vs_default, vs_best = per_round("pipeline", "rapidocr_default_loop"), per_round("pipeline", best)
+    last = {k: v[-1]["texts"] for k, v in runs.items()}
     summary = {
-        "benchmark": "throughput ratio: streaming pipeline vs plain per-page loop",
+        "benchmark": "throughput ratio: `ocrstream run` defaults vs plain loops, paired rounds",
         "engine": create_engine(s).info.model_dump(), "dpi": s.render_dpi, "documents": len(docs),
-        "plain_loop": {k: v for k, v in loop.items() if k != "texts"},
-        "pipeline": {k: v for k, v in res.items() if k != "texts"} | {"workers": args.workers, "batch_max_pages": args.batch},
-        "ratio": round(res["pages_per_s"] / loop["pages_per_s"], 3),
-        "word_f1_pipeline_vs_loop": agreement(res["texts"], loop["texts"]),
-        "gpu_plain_loop": loop_gpu.summary(), "gpu_pipeline": pipe_gpu.summary(),
+        "pages": runs["pipeline"][0]["pages"], "rounds": args.rounds, "pipeline_workers": pipe.workers,
+        "pages_per_s_median": median, "pages_per_s_runs": {k: [x["pages_per_s"] for x in v] for k, v in runs.items()},
+        "best_plain_loop": best,
+        "ratio_vs_rapidocr_default_loop": statistics.median(vs_default), "ratio_vs_rapidocr_default_loop_rounds": vs_default,
+        "ratio_vs_best_plain_loop": statistics.median(vs_best), "ratio_vs_best_plain_loop_rounds": vs_best,
+        "word_f1_pipeline_vs_rapidocr_default_loop": agreement(last["pipeline"], last["rapidocr_default_loop"]),
+        "word_f1_pipeline_vs_best_plain_loop": agreement(last["pipeline"], last[best]),
+        "failed_documents": sum(x.get("failed_documents", 0) for x in runs["pipeline"]),
         "hardware": hardware(),
     }
-    chart("ratio", ["plain loop", f"pipeline ({args.workers} workers)"], [loop["pages_per_s"], res["pages_per_s"]],
-          "pages/s", f"Throughput ratio {summary['ratio']}x")
+    chart("ratio", ["RapidOCR() loop", f"best loop ({best.removeprefix('engine_loop_')})",
+                    f"pipeline ({pipe.workers} workers)"],
+          [median["rapidocr_default_loop"], median[best], median["pipeline"]], "pages/s",
+          f"{summary['ratio_vs_rapidocr_default_loop']}x RapidOCR() loop, {summary['ratio_vs_best_plain_loop']}x best loop")
     emit("ratio", summary)
+
+
+def cmd_loop(args) -> None:
+    """The pipeline's engine in a plain one-process loop over the first ``--pages`` scanned pages
+    (engine and settings from the environment): for timing runtimes against each other with
+    ``farm-bench ... --vs ...``."""
+    s = bench_settings()
+    tmp = REPO / ".ocrstream-bench" / "docs"
+    tmp.mkdir(parents=True, exist_ok=True)
+    res = plain_loop(pick_documents(args.pages, tmp), s)
+    print(orjson.dumps({"engine": create_engine(s).info.model_dump(), **{k: v for k, v in res.items() if k != "texts"}}).decode())
 
 
 def cmd_ceiling(args) -> None:
@@ -313,6 +474,78 @@ def cmd_ceiling(args) -> None:
     chart("ceiling", ["bare render", "pipeline, no OCR"], [bare["pages_per_s"], res["pages_per_s"]], "pages/s",
           f"Framework ceiling {summary['ratio']}x")
     emit("ceiling", summary)
+
+
+def big_scan(pages: int, tmp: Path) -> Path:
+    """A large scanned PDF: ``pages`` A4 pages, each one 300-DPI RGB image of text on noisy paper
+    stored losslessly (PNG/Flate), about 15 MB a page. Cached in ``tmp``."""
+    import numpy as np
+    import pymupdf
+
+    path = tmp / f"big-scan-{pages}.pdf"
+    if path.exists():
+        return path
+    rng = np.random.default_rng(0)
+    out = pymupdf.open()
+    for n in range(pages):
+        src = pymupdf.open()
+        pg = src.new_page(width=595, height=842)
+        for i in range(40):
+            pg.insert_text((50, 60 + 19 * i), f"Page {n + 1} line {i + 1}: the quick brown fox 0123456789", fontsize=11)
+        pix = pg.get_pixmap(dpi=300)
+        img = np.frombuffer(pix.samples, np.uint8).reshape(pix.height, pix.width, pix.n).astype(np.int16)
+        img = np.clip(img - 30 + rng.integers(0, 60, img.shape), 0, 255).astype(np.uint8)  # paper grain
+        png = pymupdf.Pixmap(pymupdf.csRGB, pix.width, pix.height, img.tobytes(), False).tobytes("png")
+        page = out.new_page(width=595, height=842)
+        page.insert_image(page.rect, stream=png)
+    out.save(path)
+    return path
+
+
+def cmd_overhead(args) -> None:
+    """Cost of every worker downloading the whole document: one large scanned PDF, ``--workers``
+    workers without OCR (``engine=none``, so what is left is download, parse and render), page
+    slices off vs on, alternating."""
+    from confluent_kafka import Consumer
+
+    from ocrstream.kafka import assign_all, consumer_config, read_to_end
+    from schemas import PageResult, decode
+
+    tmp = REPO / ".ocrstream-bench" / "docs"
+    tmp.mkdir(parents=True, exist_ok=True)
+    big = big_scan(args.pages, tmp)
+    size = big.stat().st_size
+    rows = []
+    for r in range(args.rounds):
+        for label, min_bytes in (("whole document per worker", 0), ("page slices", 1)):
+            pipe = Pipeline(bench_settings(engine="none", slice_min_bytes=min_bytes, max_object_bytes=2**31),
+                            args.workers, REPO / ".ocrstream-bench" / "logs")
+            try:
+                res = pipe.run([big] * args.docs)
+                c = Consumer(consumer_config(pipe.s, f"bench-{uuid.uuid4().hex[:6]}", **{"enable.partition.eof": True}))
+                per_doc_workers: dict[str, set] = {}
+                for m in read_to_end(c, assign_all(c, pipe.s.topic("page-results"), "beginning")):
+                    pr = decode(m.value(), PageResult)
+                    per_doc_workers.setdefault(pr.document_id, set()).add(pr.worker_id)
+                c.close()
+                from ocrstream.storage import ObjectStore
+
+                sliced = sum(o.size for o in ObjectStore(pipe.s).list(pipe.s.slice_prefix))
+            finally:
+                pipe.close()
+            timed = [d for d in per_doc_workers if d in res["texts"]] or list(per_doc_workers)
+            downloads = size * len(timed) + (sliced if min_bytes else size * sum(len(per_doc_workers[d]) for d in timed))
+            rows.append({"round": r + 1, "mode": label, "pages": res["pages"], "seconds": res["seconds"],
+                         "pages_per_s": res["pages_per_s"], "failed_documents": res["failed_documents"],
+                         "mb_downloaded_per_document": round(downloads / len(timed) / 1e6, 1)})
+            print(rows[-1], file=sys.stderr)
+    by = {m: statistics.median(x["pages_per_s"] for x in rows if x["mode"] == m) for m in {x["mode"] for x in rows}}
+    summary = {"benchmark": "framework overhead of large documents: whole-document downloads vs page slices",
+               "document_mb": round(size / 1e6, 1), "document_pages": args.pages, "documents": args.docs,
+               "workers": args.workers, "engine": "none", "runs": rows, "pages_per_s_median": by,
+               "speedup_with_slices": round(by["page slices"] / by["whole document per worker"], 3),
+               "hardware": hardware()}
+    emit("overhead", summary)
 
 
 def cmd_latency(args) -> None:
@@ -339,7 +572,7 @@ def cmd_latency(args) -> None:
         for _ in range(args.docs):
             t0 = time.time()
             with DocumentPublisher(pipe.s) as pub:
-                key = f"lat/{uuid.uuid4().hex}/{doc.name}"
+                key = f"{pipe.s.upload_prefix}lat/{uuid.uuid4().hex}/{doc.name}"
                 pub.store.put_bytes(key, doc.read_bytes(), "image/jpeg")
                 t0 = time.time()
                 doc_id = pub.publish_object(pipe.s.bucket, key)
@@ -442,10 +675,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("ratio")
-    r.add_argument("--pages", type=int, default=24)
-    r.add_argument("--workers", type=int, default=2)
-    r.add_argument("--batch", type=int, default=8)
-    r.add_argument("--engine-threads", type=int, default=0, help="plain loop's intra-op threads (0 = default)")
+    r.add_argument("--pages", type=int, default=14)
+    r.add_argument("--rounds", type=int, default=2, help="A B C D rounds (ratios are per round, then the median)")
     r.set_defaults(fn=cmd_ratio)
     c = sub.add_parser("ceiling")
     c.add_argument("--pages", type=int, default=60)
@@ -460,11 +691,20 @@ def main() -> None:
     sc.add_argument("--pages", type=int, default=24)
     sc.add_argument("--counts", default="1,2,4")
     sc.set_defaults(fn=cmd_scaling)
+    lp = sub.add_parser("loop")
+    lp.add_argument("--pages", type=int, default=8)
+    lp.set_defaults(fn=cmd_loop)
+    ov = sub.add_parser("overhead")
+    ov.add_argument("--pages", type=int, default=12, help="pages of the large scanned PDF (~15 MB each)")
+    ov.add_argument("--docs", type=int, default=2, help="copies submitted per run")
+    ov.add_argument("--workers", type=int, default=4)
+    ov.add_argument("--rounds", type=int, default=2)
+    ov.set_defaults(fn=cmd_overhead)
     mm = sub.add_parser("memory")
     mm.add_argument("--pages", type=int, default=1000)
-    mm.add_argument("--engine", default="none", choices=["none", "onnxruntime"])
+    mm.add_argument("--engine", default="none", choices=["none", "auto", "openvino", "onnxruntime"])
     mm.set_defaults(fn=cmd_memory)
-    for sp in (r, c, lt, sc, mm):
+    for sp in (r, c, lt, sc, lp, ov, mm):
         sp.add_argument("--scans", type=Path, default=SCANS, help=f"folder of PDFs to use as pages (default {SCANS})")
     args = ap.parse_args()
     SCANS = args.scans

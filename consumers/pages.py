@@ -18,6 +18,8 @@ import numpy as np
 
 from ocrstream.documents import decode_image_page, open_pdf, render_pdf_page
 from ocrstream.settings import Settings
+from ocrstream import metrics as m
+from ocrstream.slices import check_slice
 from ocrstream.sources import check_source
 from ocrstream.storage import ObjectStore
 from schemas import PageTask
@@ -90,11 +92,15 @@ class SourceCache:
             self._release(entry)
 
     def _acquire(self, task: PageTask, stop: threading.Event | None) -> _Entry:
-        src = task.source
         # Checked on every page, not only on a download: a cached object must not reach a page
         # task (or a tenant) that may not read it. The tenant is part of the key, so two tenants
         # never share an entry even for the same object.
-        obj_key = check_source(self.s, src.bucket, src.key, task.tenant)  # a page task is no more trusted than ingest
+        obj_key = check_source(self.s, task.source.bucket, task.source.key, task.tenant)  # no more trusted than ingest
+        src = task.source
+        if task.slice is not None:  # a large document's page, cut out by the splitter: only this page is read
+            src = task.slice
+            check_slice(self.s, task.tenant, task.document_id, task.page_number, src.bucket, src.key)
+            obj_key = src.key
         key = (task.tenant, src.bucket, src.key, src.etag, src.version_id)
         with self._lock:
             lock = self._key_locks.setdefault(key, threading.Lock())
@@ -108,6 +114,7 @@ class SourceCache:
             try:
                 data = retry_transient(lambda: self.store.get_bytes(src.bucket, obj_key, self.s.max_object_bytes,
                                                                     src.version_id, etag=src.etag), stop=stop)
+                m.SOURCE_BYTES.labels("slice" if task.slice is not None else "document").inc(len(data))
                 doc = None
                 if task.kind == "pdf":
                     with _MUPDF_LOCK:
@@ -177,7 +184,8 @@ def prepare_page(cache: SourceCache, task: PageTask, s: Settings, stop: threadin
         if task.kind == "pdf":
             phase("render")  # the wait for MuPDF counts against the render budget, not the download's
             with _MUPDF_LOCK:
-                image = render_pdf_page(doc, task.page_number, task.dpi or s.render_dpi, s.max_page_pixels)
+                page = 1 if task.slice is not None else task.page_number  # a slice holds only this page
+                image = render_pdf_page(doc, page, task.dpi or s.render_dpi, s.max_page_pixels)
         else:
             phase("render")
             image = decode_image_page(data, task.page_number, s.max_page_pixels)

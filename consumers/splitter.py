@@ -27,14 +27,16 @@ import time
 
 from confluent_kafka import KafkaException, Message, Producer, TopicPartition
 
-from ocrstream.documents import inspect
+from ocrstream import metrics as m
+from ocrstream.documents import inspect, open_pdf
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.settings import Settings
+from ocrstream.slices import page_pdf, slice_key, wants_slices
 from ocrstream.sources import check_source
 from ocrstream.storage import ObjectStore
 from ocrstream.streaming import Output, StageRuntime, StopFlag, retry_transient, run_stage
 from ocrstream.streaming.loop import RecordContext
-from schemas import DocumentRef, PageTask, decode, encode
+from schemas import DocumentRef, ObjectRef, PageTask, decode, encode
 from topology import document_key, page_partition
 
 log = logging.getLogger(__name__)
@@ -126,13 +128,43 @@ class Splitter:
         dpi = (ref.options.dpi or s.render_dpi) if info.kind == "pdf" else None
         source = ref.source.model_copy(update={"size": len(data)})
         doc_key = document_key(tenant, ref.document_id)
+        slices = (self._write_slices(tenant, ref, data, info.page_count)
+                  if wants_slices(s, info.kind, len(data), info.page_count) else {})
         return [
             Output(s.topic("pages"), f"{doc_key}/{n}", encode(PageTask(
                 document_id=ref.document_id, source=source, page_number=n, page_count=info.page_count,
-                kind=info.kind, dpi=dpi, submitted_at=ref.submitted_at, tenant=tenant,
+                kind=info.kind, dpi=dpi, submitted_at=ref.submitted_at, tenant=tenant, slice=slices.get(n),
             )), partition=self.placement.partition(ref.document_id, n))
             for n in range(1, info.page_count + 1)
         ]
+
+    def _write_slices(self, tenant: str | None, ref: DocumentRef, data: bytes, page_count: int) -> dict[int, ObjectRef]:
+        """One-page PDFs of a large document (:mod:`ocrstream.slices`), written before its page
+        tasks are published. A slice that exists already (a replayed ingest record) is kept as it
+        is: a page task published before may still name its ETag.
+
+        Raises:
+            OcrstreamError: ``storage_error`` (after retries), ``corrupt_document``.
+        """
+        s, out = self.s, {}
+        doc = open_pdf(data)
+        try:
+            for n in range(1, page_count + 1):
+                key = slice_key(s, tenant, ref.document_id, n)
+                try:
+                    info = retry_transient(lambda: self.store.stat(s.bucket, key), stop=self.stop.event)
+                except OcrstreamError as exc:
+                    if exc.code != ReasonCode.OBJECT_NOT_FOUND:
+                        raise
+                    body = page_pdf(doc, n)
+                    info = retry_transient(lambda: self.store.put_bytes(key, body, "application/pdf"),
+                                           stop=self.stop.event)
+                out[n] = ObjectRef(bucket=s.bucket, key=key, filename=f"{n}.pdf", etag=info.etag,
+                                   version_id=info.version_id, size=info.size, content_type="application/pdf")
+        finally:
+            doc.close()
+        m.SLICES_WRITTEN.inc(page_count)
+        return out
 
     def run(self) -> None:
         """Poll until stopped (SIGTERM/SIGINT), then commit and leave the group.

@@ -165,6 +165,23 @@ def cmd_stage(args, s: Settings) -> int:
     return run(s) or 0
 
 
+WORKER_MEMORY_BYTES = 1 << 30
+"""Memory to leave per CPU worker when choosing how many to start: measured RSS 762-773 MiB over
+1,001 pages (README, ``bench/throughput.py memory``), rounded up for larger pages."""
+
+
+def default_workers(cpu_count: int, available_bytes: int | None = None) -> int:
+    """How many CPU workers ``ocrstream run`` starts without ``--workers``: one per core (each
+    then runs one inference thread, see :func:`worker_env`), fewer when the available memory
+    (bytes) cannot hold :data:`WORKER_MEMORY_BYTES` each. Why one per core: on this project's
+    2-core machines 2 workers x 1 thread beat 1 worker x 2 threads on both runtimes (README,
+    performance table): a single page's det+rec does not keep two threads busy, two pages do."""
+    n = max(1, cpu_count)
+    if available_bytes is not None:
+        n = min(n, max(1, available_bytes // WORKER_MEMORY_BYTES))
+    return n
+
+
 def worker_env(s: Settings, n: int, workers: int, gpus: list[int], cpu_count: int) -> dict[str, str]:
     """Settings that differ between the ``workers`` OCR worker processes of ``ocrstream run``.
 
@@ -214,7 +231,14 @@ class _Restarting:
 def cmd_run(args, s: Settings) -> int:
     """Start every stage as a child process; restart a crashed one; stop all on SIGTERM/SIGINT."""
     gpus = [int(g) for g in args.gpus.split(",") if g.strip()] if args.gpus else []
-    n_workers = len(gpus) * args.workers_per_gpu if gpus else args.workers
+    if gpus:
+        n_workers = len(gpus) * args.workers_per_gpu
+    elif args.workers:
+        n_workers = args.workers
+    else:
+        import psutil
+
+        n_workers = default_workers(os.cpu_count() or 1, psutil.virtual_memory().available)
     stages = ["splitter", "assembler"] + ["worker"] * n_workers + ([] if args.no_watch else ["watch"])
     procs: dict[int, tuple[str, subprocess.Popen]] = {}
     started: dict[int, float] = {}
@@ -357,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("assembler", "page results -> document results"), ("watch", "drop folder -> ingest")]:
         add(name, help=text).set_defaults(fn=cmd_stage)
     rn = add("run", help="start every stage (local use)")
-    rn.add_argument("--workers", type=int, default=1, help="OCR worker processes (CPU)")
+    rn.add_argument("--workers", type=int, default=None,
+                    help="OCR worker processes (CPU); default: one per core, as memory allows (1 GiB each)")
     rn.add_argument("--gpus", default="", help="GPU indices, e.g. 0,1: run --workers-per-gpu workers on each")
     rn.add_argument("--workers-per-gpu", type=int, default=1,
                     help="engine processes per GPU (each a consumer-group member); with --gpus")

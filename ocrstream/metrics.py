@@ -40,6 +40,9 @@ PAGE_LATENCY = Histogram("ocrstream_page_latency_seconds", "Ingest (submitted_at
                          buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900))
 WATCH_PUBLISHED = Counter("ocrstream_watch_published", "Drop-folder object versions published to the ingest topic",
                           ["trigger"])
+SLICES_WRITTEN = Counter("ocrstream_slices_written", "One-page slices of large PDFs written by the splitter")
+SOURCE_BYTES = Counter("ocrstream_source_downloaded_bytes", "Bytes the OCR worker downloaded from object storage "
+                       "(documents and slices; cache hits download nothing)", ["kind"])
 DEAD_LETTERS = Counter("ocrstream_dead_letters", "Dead-letter records", ["stage", "reason"])
 INFLIGHT_PAGES = Gauge("ocrstream_inflight_pages", "Pages consumed and not yet committed")
 BATCH_LIMIT = Gauge("ocrstream_batch_limit_pages", "Current cap on pages per engine call (lowered after out of memory)")

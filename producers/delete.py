@@ -1,7 +1,8 @@
 """``ocrstream delete DOCUMENT_ID...``: honour a deletion request.
 
 For each document: its result is looked up in ``document-results`` (it names the source
-object), the source object is deleted from the store (the referenced version; only inside
+object), the source object and its page slices (:mod:`ocrstream.slices`) are deleted from the
+store (the referenced version; only inside
 ``OCRSTREAM_ALLOWED_SOURCES``, so the command cannot be used to delete anything else), and a
 tombstone for its key is written to ``document-results`` (compaction then removes the result;
 readers of the compacted view see it gone at once, see :mod:`producers.results`).
@@ -20,6 +21,7 @@ from confluent_kafka import Producer
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import DeliveryTracker, producer_config
 from ocrstream.settings import Settings
+from ocrstream.slices import slice_folder
 from ocrstream.sources import check_source
 from ocrstream.storage import ObjectStore
 
@@ -64,6 +66,8 @@ def delete_documents(s: Settings, document_ids: list[str], *, keep_object: bool 
             else:
                 store.remove(src.bucket, src.key, src.version_id)  # before the tombstone: a retry finds the result
                 removed = f"s3://{src.bucket}/{src.key}"
+        for part in store.list(slice_folder(s, s.tenant, doc_id)):  # the splitter's page copies go too
+            store.remove(part.bucket, part.key, part.version_id)
         tombstones.append(doc_id)
         done.append(Deleted(doc_id, True, removed))
     if tombstones:

@@ -162,6 +162,9 @@ class PageTask(_Message):
     tenant: str | None = Field(None, exclude_if=lambda v: v is None,
                                description="the tenant whose ingest topic the document came from (set by the "
                                            "splitter, never by a publisher); absent = the default tenant")
+    slice: ObjectRef | None = Field(None, exclude_if=lambda v: v is None,
+                                    description="a one-page PDF of this page written by the splitter for a large "
+                                                "document: render its page 1 instead of downloading source")
 
 
 class Detection(_Message):

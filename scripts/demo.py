@@ -49,7 +49,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("files", nargs="*")
     ap.add_argument("--stop", action="store_true")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None, help="OCR workers (default: `ocrstream run` chooses)")
     args = ap.parse_args()
     if args.stop:
         stop()
@@ -70,6 +70,11 @@ def main() -> int:
             pass
     if not running:
         log = Path(s.stack_dir).resolve() / "run.log"
+        if args.workers is None:
+            from ocrstream.cli import default_workers
+            import psutil
+
+            args.workers = default_workers(os.cpu_count() or 1, psutil.virtual_memory().available)
         print(f"== starting consumers: splitter, assembler, {args.workers} OCR workers, drop-folder watcher (log: {log})")
         # Samples every 2 s instead of 10, so the live view below moves during a short demo.
         env = {"OCRSTREAM_METRICS_INTERVAL_S": "2", **os.environ}

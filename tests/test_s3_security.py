@@ -85,7 +85,7 @@ def test_each_role_can_do_its_job_and_nothing_else(tls_minio):
     admin = MinioAdmin(endpoint=s.s3_endpoint, credentials=StaticProvider(ROOT_USER, ROOT_PASSWORD), secure=True,
                        http_client=urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(ca_file)))
     stores = {}
-    for role in ("submitter", "reader", "watcher"):
+    for role in ("submitter", "splitter", "reader", "watcher"):
         admin.policy_add(f"ocrstream-{role}", policy=_policy(role, s.bucket))
         admin.user_add(f"{role}-user", f"{role}-secret-key")
         admin.policy_set(f"ocrstream-{role}", user=f"{role}-user")
@@ -106,6 +106,17 @@ def test_each_role_can_do_its_job_and_nothing_else(tls_minio):
     assert reader.get_bytes(s.bucket, "inbox/drop.pdf", 10_000_000).startswith(b"%PDF")
     assert _denied(lambda: reader.get_bytes(s.bucket, "internal/payroll.pdf", 10_000_000))
     assert _denied(lambda: reader.put_bytes("uploads/y.pdf", b"y"))
+    # splitter: reads the allowed sources, writes page slices (a missing slice is "not found",
+    # which is how it knows to write one) and nothing else; the workers read the slices
+    spl = stores["splitter"]
+    assert spl.get_bytes(s.bucket, "uploads/doc.pdf", 10_000_000).startswith(b"%PDF")
+    with pytest.raises(OcrstreamError) as missing:
+        spl.stat(s.bucket, "slices/d1/1.pdf")
+    assert missing.value.code == "object_not_found"
+    spl.put_bytes("slices/d1/1.pdf", b"%PDF-1.7 slice", "application/pdf")
+    assert reader.get_bytes(s.bucket, "slices/d1/1.pdf", 10_000_000).startswith(b"%PDF")
+    assert _denied(lambda: spl.put_bytes("uploads/z.pdf", b"z"))
+    assert _denied(lambda: reader.put_bytes("slices/d1/2.pdf", b"x"))
     # watcher: lists and stats the drop folder only
     assert [o.key for o in watcher.list("inbox/")] == ["inbox/drop.pdf"]
     assert watcher.stat(s.bucket, "inbox/drop.pdf").size > 0

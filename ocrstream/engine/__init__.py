@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from ..settings import Settings
 from .base import Engine, PageOcr, TextLine
+from .runtime import resolve_runtime
 
 
 def create_engine(s: Settings) -> Engine:
-    """Build the configured engine (``onnxruntime`` | ``paddle`` | ``none``), or the one
-    ``OCRSTREAM_ENGINE_PLUGIN`` (``module:factory``, called with the settings) names.
+    """Build the configured engine (``auto`` | ``openvino`` | ``onnxruntime`` | ``paddle`` |
+    ``none``, see :func:`resolve_runtime`), or the one ``OCRSTREAM_ENGINE_PLUGIN``
+    (``module:factory``, called with the settings) names.
 
     Raises:
         ValueError: unknown engine name, or a plugin spec without ``:``.
@@ -21,19 +23,20 @@ def create_engine(s: Settings) -> Engine:
         if not sep:
             raise ValueError(f"OCRSTREAM_ENGINE_PLUGIN must be module:factory, got {s.engine_plugin!r}")
         return getattr(importlib.import_module(module), attr)(s)
-    if s.engine == "onnxruntime":
+    runtime, rec_runtime = resolve_runtime(s)
+    if runtime in ("onnxruntime", "openvino"):
         from .onnx import OnnxEngine
 
-        return OnnxEngine(s)
-    if s.engine == "paddle":
+        return OnnxEngine(s, runtime, rec_runtime)
+    if runtime == "paddle":
         from .paddle import PaddleEngine
 
         return PaddleEngine(s)
-    if s.engine == "none":
+    if runtime == "none":
         from .null import NullEngine
 
         return NullEngine()
     raise ValueError(f"unknown engine {s.engine!r}")
 
 
-__all__ = ["Engine", "PageOcr", "TextLine", "create_engine"]
+__all__ = ["Engine", "PageOcr", "TextLine", "create_engine", "resolve_runtime"]

@@ -1,4 +1,5 @@
-"""PP-OCR on ONNX Runtime, with recognition batched across the pages of a micro-batch.
+"""PP-OCR from ONNX files on ONNX Runtime or OpenVINO, with recognition batched across the pages
+of a micro-batch.
 
 Models: PP-OCRv6 small detection and recognition as shipped inside the
 ``rapidocr`` 3.10 wheel (offline; no download), or ``OCRSTREAM_MODEL_DIR``
@@ -51,23 +52,53 @@ def rec_width(crop_ratio: float, height: int = 48) -> int:
 
 
 _OOM_MARKERS = ("out of memory", "failed to allocate memory", "bfcarena", "cudnn_status_alloc_failed",
-                "cublas_status_alloc_failed")
+                "cublas_status_alloc_failed", "std::bad_alloc")  # the last: OpenVINO's CPU plugin
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """True if an ONNX Runtime error is an allocation failure (CUDA ``cudaErrorMemoryAllocation``,
-    the BFC arena refusing a request, cuDNN/cuBLAS workspace allocation), judged from its message:
-    ORT raises them all as ``RuntimeException``/``Fail`` with no dedicated type."""
+    """True if an ONNX Runtime or OpenVINO error is an allocation failure (CUDA
+    ``cudaErrorMemoryAllocation``, the BFC arena refusing a request, cuDNN/cuBLAS workspace
+    allocation, a C++ ``std::bad_alloc``), judged from its message: both runtimes raise them as
+    generic runtime errors with no dedicated type."""
     text = str(exc).lower()
     return any(m in text for m in _OOM_MARKERS)
 
 
+def wheel_model(name: str) -> Path:
+    """Path of a model file shipped in the ``rapidocr`` wheel (``rapidocr/models/<name>``).
+
+    Raises:
+        FileNotFoundError: the wheel has no such file (another rapidocr version).
+    """
+    import rapidocr
+
+    path = Path(rapidocr.__file__).parent / "models" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is not in the installed rapidocr wheel")
+    return path
+
+
 class OnnxEngine:
-    """PP-OCR det+cls+rec on ONNX Runtime (see module docstring)."""
+    """PP-OCR det+cls+rec from ONNX files, on ONNX Runtime or OpenVINO (see module docstring).
 
-    def __init__(self, s: Settings):
-        from rapidocr import RapidOCR
+    Args:
+        s: settings (thresholds, threads, device, model directory).
+        runtime: ``onnxruntime`` (CPU or CUDA) or ``openvino`` (CPU) for detection (and the angle
+            classifier); only the network calls differ: image pre-processing, DB post-processing,
+            crops and CTC decoding are the same RapidOCR code for both, so both read the same text.
+        rec_runtime: the runtime of recognition (default: ``runtime``). ``auto`` on an x86-64 CPU
+            mixes them (see :mod:`.runtime`).
 
+    Raises:
+        FileNotFoundError: ``OCRSTREAM_MODEL_DIR`` lacks ``*det*.onnx`` / ``*rec*.onnx``.
+        ValueError: ``openvino`` with a device other than ``cpu``.
+        RuntimeError: a CUDA device was asked for but ONNX Runtime cannot use it.
+    """
+
+    def __init__(self, s: Settings, runtime: str = "onnxruntime", rec_runtime: str | None = None):
+        from rapidocr import EngineType, RapidOCR
+
+        rec_runtime = rec_runtime or runtime
         # rapidocr 3.10's defaults are PP-OCRv6 small det/rec (ONNX, inside the wheel).
         params: dict = {
             "Global.log_level": "warning",
@@ -80,9 +111,21 @@ class OnnxEngine:
             "Rec.rec_batch_num": s.rec_batch_size,
             "Cls.cls_batch_num": s.rec_batch_size,
         }
-        if s.engine_threads > 0:
-            params["EngineConfig.onnxruntime.intra_op_num_threads"] = s.engine_threads
         device = s.engine_device
+        parts = {"Det": runtime, "Cls": runtime, "Rec": rec_runtime}
+        models = {"Det": "PP-OCRv6_det_small.onnx", "Cls": "ch_ppocr_mobile_v2.0_cls_mobile.onnx",
+                  "Rec": "PP-OCRv6_rec_small.onnx"}
+        for part, part_runtime in parts.items():
+            if part_runtime == "openvino":
+                if device != "cpu":
+                    raise ValueError(f"OCRSTREAM_ENGINE=openvino runs on the CPU, not {device} (use onnxruntime)")
+                params[f"{part}.engine_type"] = EngineType.OPENVINO
+                # OpenVINO reads the ONNX files as they are; RapidOCR would otherwise look up (and
+                # download) OpenVINO IR files for the default models.
+                params[f"{part}.model_path"] = str(wheel_model(models[part]))
+        if s.engine_threads > 0:
+            params["EngineConfig.openvino.inference_num_threads"] = s.engine_threads
+            params["EngineConfig.onnxruntime.intra_op_num_threads"] = s.engine_threads
         if device.startswith("cuda"):
             import onnxruntime as ort
 
@@ -105,6 +148,16 @@ class OnnxEngine:
             params["Rec.model_path"] = str(rec[0])
         self._ocr = RapidOCR(params=params)
         self._det = self._ocr._load_det_model()
+        if s.det_int8:
+            if runtime != "openvino":
+                raise ValueError("OCRSTREAM_DET_INT8 needs OCRSTREAM_ENGINE=openvino (or auto on an x86-64 CPU)")
+            from .quantize import int8_detection_model
+
+            params["Det.model_path"] = str(int8_detection_model(
+                Path(params["Det.model_path"]), s.model_cache_dir or Path.home() / ".cache" / "ocrstream" / "models",
+                lambda page: self._det_input(page)[2]))
+            self._ocr = RapidOCR(params=params)
+            self._det = self._ocr._load_det_model()
         self._cls = self._ocr._load_cls_model() if s.use_angle_cls else None
         self._rec = self._ocr._load_rec_model()
         if device.startswith("cuda"):
@@ -120,10 +173,24 @@ class OnnxEngine:
         # Letter pages at 150 DPI: 1827 vs ~700-1185 ms/page, 2 cores): the activations outgrow
         # the caches. On a GPU one call for many pages is what keeps it busy.
         self.det_batch_size = s.det_batch_size or (s.batch_max_pages if device.startswith("cuda") else 1)
-        det_name = Path(params.get("Det.model_path", "PP-OCRv6_det_small.onnx")).stem
+        det_name = Path(params.get("Det.model_path", "PP-OCRv6_det_small.onnx")).stem.replace(".int8-", "-int8-")
         rec_name = Path(params.get("Rec.model_path", "PP-OCRv6_rec_small.onnx")).stem
-        self.info = EngineInfo(name="onnxruntime", det_model=det_name, rec_model=rec_name,
-                               device=device, version=f"rapidocr-{metadata.version('rapidocr')}")
+        version = f"rapidocr-{metadata.version('rapidocr')}"
+        if "openvino" in parts.values():
+            version += f" openvino-{metadata.version('openvino')}"
+        name = runtime if rec_runtime == runtime else f"{runtime}+{rec_runtime}"  # detection+recognition
+        self.info = EngineInfo(name=name, det_model=det_name, rec_model=rec_name, device=device, version=version)
+
+    def _det_input(self, image: np.ndarray) -> tuple[np.ndarray, dict, np.ndarray | None]:
+        """RapidOCR's detection pre-processing of one page (``HxWx3 uint8 BGR``): ``(resized
+        image, op_record to map boxes back, 1x3xHxW float32 network input with H and W multiples
+        of 32, or None)``."""
+        from rapidocr.utils.process_img import apply_vertical_padding
+
+        ocr = self._ocr
+        img, op_record = ocr.preprocess_img(image)
+        img, op_record = apply_vertical_padding(img, op_record, ocr.width_height_ratio, ocr.min_height)
+        return img, op_record, self._det.get_preprocess()(img)
 
     def _detect(self, images: list[np.ndarray]) -> tuple[list[tuple], list[float]]:
         """Text detection; pages whose detection inputs have the same shape (e.g. pages of
@@ -132,16 +199,12 @@ class OnnxEngine:
         Returns ``([(detection image, op_record, boxes or None)], [det ms per page])``,
         boxes in reading order and in pixels of the detection image.
         """
-        from rapidocr.utils.process_img import apply_vertical_padding
-
-        ocr, det = self._ocr, self._det
-        preprocess = det.get_preprocess()
+        det = self._det
         prepared, inputs = [], []
         for image in images:
-            img, op_record = ocr.preprocess_img(image)
-            img, op_record = apply_vertical_padding(img, op_record, ocr.width_height_ratio, ocr.min_height)
+            img, op_record, x = self._det_input(image)
             prepared.append([img, op_record, None])
-            inputs.append(preprocess(img))  # 1x3xHxW float32, H and W multiples of 32
+            inputs.append(x)
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, x in enumerate(inputs):
             if x is not None:
