@@ -248,6 +248,15 @@ def committed_to_end(s: Settings, group: str, topic: str) -> bool:
         c.close()
 
 
+def engine_name(s: Settings) -> str:
+    """``EngineInfo.name`` of the engine ``s`` builds (``openvino+onnxruntime`` for ``auto`` on an
+    x86-64 CPU: detection runtime + recognition runtime)."""
+    from ocrstream.engine import resolve_runtime
+
+    det, rec = resolve_runtime(s)
+    return det if det == rec else f"{det}+{rec}"
+
+
 def make_pdf(lines_per_page: list[list[str]], size=(595, 842), fontsize: int = 16) -> bytes:
     """A born-digital PDF with the given text lines on each page (PyMuPDF)."""
     import pymupdf

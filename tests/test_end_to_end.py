@@ -11,7 +11,7 @@ import pytest
 from devtools.samples import make_samples, read_truth
 from devtools.textmetrics import word_prf
 
-from conftest import REPO, settings_env, shared_data
+from conftest import REPO, engine_name, settings_env, shared_data
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ def test_submit_wait_json_returns_one_result_per_document_with_text(system, tmp_
             assert (p["dpi"] == 150) == doc.name.endswith(".pdf")
             for d in p["detections"]:
                 assert len(d["polygon"]) == 4 and 0 <= d["confidence"] <= 1
-        assert r["engine"]["name"] == "onnxruntime"
+        assert r["engine"]["name"] == engine_name(system)
         assert r["timings_ms"]["end_to_end_ms"] > 0
 
 

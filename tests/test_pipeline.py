@@ -14,7 +14,7 @@ from ocrstream.engine.null import NullEngine
 from producers.publish import DocumentPublisher
 from schemas import PageResult, PageTask, decode
 
-from conftest import consume_all, make_pdf
+from conftest import consume_all, engine_name, make_pdf
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def test_pdf_pages_are_split_rendered_and_recognized(settings, store, stages, tm
     # reading order: the title line comes before the total line
     assert texts.index(next(t for t in texts if "INVOICE" in t)) < texts.index(next(t for t in texts if "1,250.00" in t))
     assert "Second page" in " ".join(d.text for d in results[1].detections)
-    assert first.engine.name == "onnxruntime" and first.engine.det_model == "PP-OCRv6_det_small"
+    assert first.engine.name == engine_name(settings) and first.engine.det_model == "PP-OCRv6_det_small"
 
 
 def test_invalid_page_task_is_dead_lettered_and_partition_keeps_flowing(settings, store, stages):
