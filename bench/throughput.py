@@ -161,6 +161,45 @@ def plain_loop(docs: list[Path], s: Settings, ocr: bool = True) -> dict:
             "texts": texts}
 
 
+def stage_env(s: Settings) -> dict[str, str]:
+    """Environment of a stage process equal to ``s`` (``OCRSTREAM_*`` of the caller replaced).
+    Tenants (a dict) are written as JSON, as pydantic-settings reads them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCRSTREAM_")}
+    for name, value in s.model_dump().items():
+        if value is not None:
+            value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+            env[f"OCRSTREAM_{name.upper()}"] = orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
+    return env
+
+
+def timed_run(s: Settings, docs: list[Path], timeout_s: float = 3600, gpu_monitor: "GpuMonitor | None" = None) -> dict:
+    """Upload ``docs`` (not timed: storage writes are not what is measured), then time from the
+    first publish to the last document result on a running pipeline with settings ``s``."""
+    from ocrstream.documents import content_type_for
+    from producers.publish import DocumentPublisher
+    from producers.results import ResultFollower
+
+    follower = ResultFollower(s)
+    with DocumentPublisher(s) as pub:
+        refs = []
+        for d in docs:
+            key = f"{s.upload_prefix}bench/{uuid.uuid4().hex}/{d.name}"  # inside the allowed sources
+            pub.store.put_bytes(key, d.read_bytes(), content_type_for(d.name))
+            refs.append((key, d.name))
+    if gpu_monitor is not None:
+        gpu_monitor.samples.clear()  # measure the timed part only, not the warm-up
+    t0 = time.perf_counter()
+    with DocumentPublisher(s) as pub:
+        ids = {pub.publish_object(s.bucket, key, filename=name): name for key, name in refs}
+    results = follower.wait_for(ids, timeout_s=timeout_s)
+    elapsed = time.perf_counter() - t0
+    follower.close()
+    pages = sum(r.page_count for r in results.values())
+    texts = {ids[d]: ["\n".join(det.text for det in p.detections) for p in r.pages] for d, r in results.items()}
+    return {"pages": pages, "seconds": round(elapsed, 2), "pages_per_s": round(pages / elapsed, 3),
+            "failed_documents": sum(r.status != "succeeded" for r in results.values()), "texts": texts}
+
+
 class Pipeline:
     """Every stage as a subprocess against the bench stack, with fresh topics."""
 
@@ -179,10 +218,7 @@ class Pipeline:
             self.procs.append(self._start(stage, len(self.procs)))
 
     def _start(self, stage: str, i: int) -> subprocess.Popen:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OCRSTREAM_")}
-        for name, value in self.s.model_dump().items():
-            if value is not None:
-                env[f"OCRSTREAM_{name.upper()}"] = str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
+        env = stage_env(self.s)
         env["OCRSTREAM_WORKER_ID"] = f"{stage}-{i}"
         log = open(self.log_dir / f"{stage}-{i}.log", "wb")
         return subprocess.Popen([sys.executable, "-m", "ocrstream.cli", stage], env=env, stdout=log,
@@ -197,27 +233,8 @@ class Pipeline:
         with DocumentPublisher(self.s) as pub:
             warm = [pub.upload_and_publish(docs[0]) for _ in range(max(1, len(self.procs) - 2))]
         follower.wait_for(warm, timeout_s=600)
-        with DocumentPublisher(self.s) as pub:  # upload first: storage writes are not what is measured
-            from ocrstream.documents import content_type_for
-
-            refs = []
-            for d in docs:
-                key = f"{self.s.upload_prefix}bench/{uuid.uuid4().hex}/{d.name}"  # inside the allowed sources
-                pub.store.put_bytes(key, d.read_bytes(), content_type_for(d.name))
-                refs.append((key, d.name))
-        if gpu_monitor is not None:
-            gpu_monitor.samples.clear()  # measure the timed part only, not the warm-up
-        t0 = time.perf_counter()
-        with DocumentPublisher(self.s) as pub:
-            ids = {pub.publish_object(self.s.bucket, key, filename=name): name for key, name in refs}
-        results = follower.wait_for(ids, timeout_s=timeout_s)
-        elapsed = time.perf_counter() - t0
         follower.close()
-        pages = sum(r.page_count for r in results.values())
-        texts = {ids[d]: ["\n".join(det.text for det in p.detections) for p in r.pages] for d, r in results.items()}
-        failed = sum(r.status != "succeeded" for r in results.values())
-        return {"pages": pages, "seconds": round(elapsed, 2), "pages_per_s": round(pages / elapsed, 3),
-                "failed_documents": failed, "texts": texts}
+        return timed_run(self.s, docs, timeout_s, gpu_monitor)
 
     def close(self) -> None:
         for p in self.procs:
@@ -349,36 +366,13 @@ class RunPipeline:
 
         ObjectStore(self.s).ensure_bucket()
         self.workers = default_workers(os.cpu_count() or 1)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OCRSTREAM_")}
-        for name, value in self.s.model_dump().items():
-            if value is not None:
-                env[f"OCRSTREAM_{name.upper()}"] = str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
+        env = stage_env(self.s)
         log_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen([sys.executable, "-m", "ocrstream.cli", "run", "--no-watch"], env=env,
                                      stdout=open(log_dir / "run.log", "wb"), stderr=subprocess.STDOUT, cwd=REPO)
 
     def run(self, docs: list[Path], timeout_s: float = 3600) -> dict:
-        from ocrstream.documents import content_type_for
-        from producers.publish import DocumentPublisher
-        from producers.results import ResultFollower
-
-        follower = ResultFollower(self.s)
-        with DocumentPublisher(self.s) as pub:  # upload first: storage writes are not what is measured
-            refs = []
-            for d in docs:
-                key = f"{self.s.upload_prefix}bench/{uuid.uuid4().hex}/{d.name}"  # inside the allowed sources
-                pub.store.put_bytes(key, d.read_bytes(), content_type_for(d.name))
-                refs.append((key, d.name))
-        t0 = time.perf_counter()
-        with DocumentPublisher(self.s) as pub:
-            ids = {pub.publish_object(self.s.bucket, key, filename=name): name for key, name in refs}
-        results = follower.wait_for(ids, timeout_s=timeout_s)
-        elapsed = time.perf_counter() - t0
-        follower.close()
-        pages = sum(r.page_count for r in results.values())
-        texts = {ids[d]: ["\n".join(det.text for det in p.detections) for p in r.pages] for d, r in results.items()}
-        return {"pages": pages, "seconds": round(elapsed, 2), "pages_per_s": round(pages / elapsed, 3),
-                "failed_documents": sum(r.status != "succeeded" for r in results.values()), "texts": texts}
+        return timed_run(self.s, docs, timeout_s)
 
     def close(self) -> None:
         self.proc.terminate()

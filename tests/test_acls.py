@@ -28,7 +28,7 @@ from topology import ROLES, apply_topics, follower_group, tenant_topic, topic_sp
 from topology.acls import tenant_role
 
 from conftest import REPO, base_settings, make_pdf, settings_env
-from test_security import _make_certificates
+from test_security import _make_certificates, sasl_ssl_props
 
 pytestmark = pytest.mark.integration
 
@@ -48,17 +48,7 @@ def acl_broker(tmp_path_factory, stack):
     s = base_settings(kafka_port=INTERNAL_PORT, kafka_controller_port=CONTROLLER_PORT, stack_dir=d / "stack")
     kafka = KafkaService(s)
     props = {
-        "listeners": f"SASL_SSL://127.0.0.1:{SASL_PORT},PLAINTEXT://127.0.0.1:{INTERNAL_PORT},"
-                     f"CONTROLLER://127.0.0.1:{CONTROLLER_PORT}",
-        "advertised.listeners": f"SASL_SSL://127.0.0.1:{SASL_PORT},PLAINTEXT://127.0.0.1:{INTERNAL_PORT}",
-        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "sasl.enabled.mechanisms": "SCRAM-SHA-512",
-        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config":
-            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
-        "ssl.keystore.type": "PKCS12",
-        "ssl.keystore.location": str(d / "broker.p12"),
-        "ssl.keystore.password": "changeit",
+        **sasl_ssl_props(d, SASL_PORT, INTERNAL_PORT, CONTROLLER_PORT),
         "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
         "allow.everyone.if.no.acl.found": "false",
         # the broker's own PLAINTEXT listeners (inter-broker, controller) are ANONYMOUS

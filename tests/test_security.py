@@ -46,16 +46,14 @@ def _make_certificates(d: Path) -> None:
         b"broker", key, cert, chain, BestAvailableEncryption(b"changeit")))
 
 
-@pytest.fixture(scope="module")
-def tls_broker(tmp_path_factory, stack):
-    d = tmp_path_factory.mktemp("tls")
-    _make_certificates(d)
-    s = base_settings(kafka_port=INTERNAL_PORT, kafka_controller_port=CONTROLLER_PORT, stack_dir=d / "stack")
-    kafka = KafkaService(s)
-    props = {
-        "listeners": f"SASL_SSL://127.0.0.1:{SASL_PORT},PLAINTEXT://127.0.0.1:{INTERNAL_PORT},"
-                     f"CONTROLLER://127.0.0.1:{CONTROLLER_PORT}",
-        "advertised.listeners": f"SASL_SSL://127.0.0.1:{SASL_PORT},PLAINTEXT://127.0.0.1:{INTERNAL_PORT}",
+def sasl_ssl_props(d: Path, sasl_port: int, internal_port: int, controller_port: int) -> dict[str, str]:
+    """Broker properties for a SASL_SSL (SCRAM-SHA-512) listener with the keystore that
+    :func:`_make_certificates` wrote into ``d``, beside PLAINTEXT listeners for the broker's own
+    inter-broker and controller traffic."""
+    return {
+        "listeners": f"SASL_SSL://127.0.0.1:{sasl_port},PLAINTEXT://127.0.0.1:{internal_port},"
+                     f"CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"SASL_SSL://127.0.0.1:{sasl_port},PLAINTEXT://127.0.0.1:{internal_port}",
         "listener.security.protocol.map": "SASL_SSL:SASL_SSL,PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "inter.broker.listener.name": "PLAINTEXT",
         "sasl.enabled.mechanisms": "SCRAM-SHA-512",
@@ -65,6 +63,15 @@ def tls_broker(tmp_path_factory, stack):
         "ssl.keystore.location": str(d / "broker.p12"),
         "ssl.keystore.password": "changeit",
     }
+
+
+@pytest.fixture(scope="module")
+def tls_broker(tmp_path_factory, stack):
+    d = tmp_path_factory.mktemp("tls")
+    _make_certificates(d)
+    s = base_settings(kafka_port=INTERNAL_PORT, kafka_controller_port=CONTROLLER_PORT, stack_dir=d / "stack")
+    kafka = KafkaService(s)
+    props = sasl_ssl_props(d, SASL_PORT, INTERNAL_PORT, CONTROLLER_PORT)
     kafka.up(extra_props=props, format_args=["--add-scram", f"SCRAM-SHA-512=[name=ocr,password={PASSWORD}]"])
     yield d
     kafka.down()
