@@ -53,8 +53,8 @@ pages that did arrive, and an ``inc/<document_id>`` marker in the state topic so
 published once. A backlog must not cause false ``incomplete`` results, so the deadline is
 only acted on when nothing upstream still holds work for the document: this assembler's
 input partition is read to its end (position = high watermark), and the OCR worker group's
-committed offsets on the ``pages`` partitions of the missing pages (placement:
-:func:`topology.page_partition`) are at their high watermarks. While either has lag the
+committed offsets on the ``pages`` partitions of the missing pages (the placement the page
+results carry, :attr:`schemas.PageTask.placement`) are at their high watermarks. While either has lag the
 document waits, however long. A page that arrives after ``incomplete`` is stored as usual;
 when it completes the document, the complete result replaces the incomplete one (last value
 per key in ``document-results``).
@@ -122,7 +122,7 @@ from ocrstream.streaming import Output, StageRuntime, StopFlag, now_ms, run_stag
 from ocrstream.streaming.changelog import read_partitions
 from ocrstream.streaming.loop import RecordContext
 from schemas import DocumentResult, Error, Page, PageResult, decode, encode
-from topology import document_key, page_partition, split_document_key, topic_specs
+from topology import document_key, page_partition, placed_partition, split_document_key, topic_specs
 
 log = logging.getLogger(__name__)
 
@@ -550,11 +550,21 @@ class Assembler:
         for p, doc, pages in due:
             page_count = next(iter(pages.values())).page_count
             missing = [n for n in range(1, page_count + 1) if n not in pages]
-            document_id = split_document_key(doc)[1]  # pages are placed by document_id (the splitter)
-            upstream = {page_partition(document_id, n, idle_pages[0]) for n in missing} if idle_pages[0] else set()
+            upstream = self._upstream(doc, pages, missing, idle_pages[0])
             if p not in caught_up or (n_pages and not upstream <= idle_pages[1]):
                 continue  # a backlog still holds work for this document: no false `incomplete`
             self._incomplete(p, doc, pages, missing, batch)
+
+    @staticmethod
+    def _upstream(doc: str, pages: dict[int, PageResult], missing: list[int], partitions: int) -> set[int]:
+        """The ``pages`` partitions that hold the page tasks of ``missing``: from the placement the
+        page results carry (every one seen: a replayed ingest record may have been placed anew),
+        else (older records) from the former fixed placement, else (partition count unknown) none."""
+        placements = {tuple(r.placement) for r in pages.values() if r.placement}
+        if placements:
+            return {placed_partition(list(pl), n) for pl in placements for n in missing}
+        document_id = split_document_key(doc)[1]  # pages were placed by document_id (the splitter)
+        return {page_partition(document_id, n, partitions) for n in missing} if partitions else set()
 
     def _incomplete(self, p: int, doc: str, pages: dict[int, PageResult], missing: list[int], batch: _Batch) -> None:
         result = assemble(pages.values(), now_ms())

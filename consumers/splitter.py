@@ -6,13 +6,12 @@ enforcing the size/page/pixel limits, then publishes one PageTask per page.
 Page tasks reference the object in storage; workers render their own page, so
 no pixels travel through Kafka.
 
-Placement: the pages of one document go to *consecutive* partitions of the
-pages topic, starting at ``crc32(document_id) mod partitions`` (see
-:class:`PagePlacement`), so every consumer of the group gets an even share of
-every document. Hashing the ``document_id/page`` key would spread them only at
-random: measured on 5 scanned documents (33 pages + warm-up) with 2 workers,
-one worker got 28 pages and the other 17, and the run lasted as long as the
-busier one needed.
+Placement: the pages are dealt out over the worker group's members in turn (the
+splitter reads the group's assignment, see :class:`PagePlacement`), so every
+consumer of the group gets an even share of every run of pages. Hashing the
+``document_id/page`` key would spread them only at random: measured on 5 scanned
+documents (33 pages + warm-up) with 2 workers, one worker got 28 pages and the
+other 17, and the run lasted as long as the busier one needed.
 
 Anything wrong with a document becomes a dead-letter record plus a ``failed``
 document result (when its id is known); the partition never stops. That policy, the
@@ -30,6 +29,7 @@ from confluent_kafka import KafkaException, Message, Producer, TopicPartition
 from ocrstream import metrics as m
 from ocrstream.documents import inspect, open_pdf
 from ocrstream.errors import OcrstreamError, ReasonCode
+from ocrstream.kafka import make_admin
 from ocrstream.settings import Settings
 from ocrstream.slices import page_pdf, slice_key, wants_slices
 from ocrstream.sources import check_source
@@ -37,7 +37,7 @@ from ocrstream.storage import ObjectStore
 from ocrstream.streaming import Output, StageRuntime, StopFlag, retry_transient, run_stage
 from ocrstream.streaming.loop import RecordContext
 from schemas import DocumentRef, ObjectRef, PageTask, decode, encode
-from topology import document_key, page_partition
+from topology import document_key, page_partition, placed_partition
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +45,40 @@ STAGE = "splitter"
 
 
 class PagePlacement:
-    """Partition of each page task: consecutive partitions per document.
+    """Where the page tasks of each document go: dealt out over the worker group's members in turn.
 
-    Page *n* (1-based) of document *d* goes to ``(crc32(d) + n - 1) mod P``, P being the
-    partition count of the pages topic (read from the cluster metadata, cached for
-    ``ttl_s`` so a topic grown with ``kafka-topics --alter`` is picked up). Deterministic:
-    a replayed ingest record places its pages as before. When the metadata cannot be
-    read, :meth:`partition` returns None and the producer hashes the key instead.
+    Every ``ttl_s`` the splitter describes the worker group (``DescribeConsumerGroups``) and
+    interleaves the members' ``pages`` partitions into one deal order: member 1's first
+    partition, member 2's first, ..., member 1's second, and so on (members by member id,
+    partitions ascending). A document's pages take the next places in that order, and the next
+    document continues where it stopped, so every member gets an even share of every run of
+    pages, whatever layout the assignor chose. Hashing the key spreads pages only at random, and
+    consecutive partitions per document are not even either: cooperative-sticky hands out
+    *ranges* (2 workers on 12 partitions: 0-5 and 6-11), and 18 pages of 4 scanned documents
+    were split 12 to 6, the run lasting as long as the busier worker needed (README, performance).
+
+    With no assignment to read (no worker has joined yet, or the group cannot be described), the
+    order is the partitions themselves from ``crc32(document_id) mod P``, the former placement.
+    Each task records its document's placement (:attr:`schemas.PageTask.placement`) because it is
+    not reproducible later: the assembler reads it to know which partitions still hold a
+    document's missing pages. A replayed ingest record may be placed elsewhere than the first
+    time; duplicates are harmless (results are per page).
 
     Args:
         producer: any client with ``list_topics`` (the splitter's producer).
         topic: the pages topic.
-        ttl_s: seconds between metadata reads.
+        admin: an admin client to describe ``group`` with (None: never describe).
+        group: the worker group.
+        ttl_s: seconds between metadata reads and group descriptions.
     """
 
-    def __init__(self, producer: Producer, topic: str, ttl_s: float = 60.0):
-        self.producer, self.topic, self.ttl_s = producer, topic, ttl_s
+    def __init__(self, producer: Producer, topic: str, admin=None, group: str = "", ttl_s: float = 10.0):
+        self.producer, self.topic, self.admin, self.group, self.ttl_s = producer, topic, admin, group, ttl_s
         self._count: int | None = None
         self._read_at = float("-inf")
+        self._order: list[int] = []
+        self._described_at = float("-inf")
+        self._cursor = 0
 
     def partitions(self) -> int | None:
         """Partition count of the pages topic, or None when unknown."""
@@ -76,12 +92,38 @@ class PagePlacement:
                 log.warning("metadata of %s unavailable (%s): hashing page keys instead", self.topic, exc)
         return self._count
 
-    def partition(self, document_id: str, page_number: int) -> int | None:
-        """Partition for page ``page_number`` (1-based) of ``document_id``, or None (hash the key)."""
-        n = self.partitions()
-        if not n:
+    def deal_order(self) -> list[int]:
+        """The members' ``pages`` partitions interleaved (see class docstring); [] when unknown."""
+        if self.admin is None or time.monotonic() - self._described_at < self.ttl_s:
+            return self._order
+        self._described_at = time.monotonic()
+        try:
+            desc = self.admin.describe_consumer_groups([self.group], request_timeout=5)[self.group].result(timeout=5)
+        except Exception as exc:  # KafkaException, or no DESCRIBE right on the group: fall back
+            log.warning("worker group %s not described (%s): consecutive placement", self.group, exc)
+            self._order = []
+            return self._order
+        owned = [sorted(tp.partition for tp in (m.assignment.topic_partitions if m.assignment else [])
+                        if tp.topic == self.topic)
+                 for m in sorted(desc.members, key=lambda m: m.member_id)]
+        owned = [parts for parts in owned if parts]
+        self._order = [parts[i] for i in range(max(map(len, owned), default=0)) for parts in owned if i < len(parts)]
+        return self._order
+
+    def place(self, document_id: str, page_count: int) -> list[int] | None:
+        """The placement of a document of ``page_count`` pages (page n on ``placement[(n - 1) %
+        len]``, at most one entry per partition), or None when the partition count is unknown
+        (hash the keys)."""
+        order = self.deal_order()
+        if order:
+            n = min(page_count, len(order))
+            placement = [order[(self._cursor + i) % len(order)] for i in range(n)]
+            self._cursor = (self._cursor + page_count) % len(order)
+            return placement
+        count = self.partitions()
+        if not count:
             return None
-        return page_partition(document_id, page_number, n)
+        return [page_partition(document_id, n, count) for n in range(1, min(page_count, count) + 1)]
 
 
 class Splitter:
@@ -101,7 +143,7 @@ class Splitter:
         # every tenant's ingest topic: the tenant of a record is the topic it came from
         self.rt = StageRuntime(s, STAGE, s.ingest_topics(), stop=stop)
         self.stop = self.rt.stop
-        self.placement = PagePlacement(self.rt.delivery.producer, s.topic("pages"))
+        self.placement = PagePlacement(self.rt.delivery.producer, s.topic("pages"), make_admin(s), s.group("worker"))
 
     def handle(self, msg: Message, ctx: RecordContext) -> list[Output]:
         """Page tasks for one ingest record.
@@ -130,11 +172,13 @@ class Splitter:
         doc_key = document_key(tenant, ref.document_id)
         slices = (self._write_slices(tenant, ref, data, info.page_count)
                   if wants_slices(s, info.kind, len(data), info.page_count) else {})
+        placement = self.placement.place(ref.document_id, info.page_count)
         return [
             Output(s.topic("pages"), f"{doc_key}/{n}", encode(PageTask(
                 document_id=ref.document_id, source=source, page_number=n, page_count=info.page_count,
                 kind=info.kind, dpi=dpi, submitted_at=ref.submitted_at, tenant=tenant, slice=slices.get(n),
-            )), partition=self.placement.partition(ref.document_id, n))
+                placement=placement,
+            )), partition=placed_partition(placement, n) if placement else None)
             for n in range(1, info.page_count + 1)
         ]
 

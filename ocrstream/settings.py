@@ -150,7 +150,9 @@ class Settings(BaseSettings):
     det_batch_size: int = Field(
         0, ge=0, description="pages of one size per detection call; 0 = auto: 1 on CPU (batched detection "
                              "measured 2.4x slower per page there), batch_max_pages on a GPU")
-    rec_batch_size: int = Field(6, description="text-line crops per recognition call (GPU: 64 or more)")
+    rec_batch_size: int = Field(
+        0, ge=0, description="text-line crops per recognition call; 0 = auto: 1 on CPU (each crop padded only "
+                             "to its own width: faster there), 6 on a GPU (64 or more keeps a large one busy)")
     text_score: float = Field(0.5, description="drop detections below this recognition confidence")
     model_dir: Path | None = Field(None, description="directory with det/rec model files (offline)")
     det_int8: bool = Field(False, description="openvino: run detection as int8 (NNCF post-training quantization of "

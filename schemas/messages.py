@@ -145,6 +145,11 @@ class DocumentRef(_Message):
     options: DocumentOptions = Field(default_factory=DocumentOptions)
 
 
+PLACEMENT_DOC = ("partitions of the pages topic that hold this document's page tasks: page n is on "
+                 "placement[(n - 1) % len(placement)] (set by the splitter; absent in older records: "
+                 "topology.page_partition)")
+
+
 class PageTask(_Message):
     """Pages topic value: one page of a document to OCR. Key: ``<document key>/page_number``
     (document key: ``document_id``, or ``<tenant>/<document_id>``, see ``topology.tenants``)."""
@@ -165,6 +170,8 @@ class PageTask(_Message):
     slice: ObjectRef | None = Field(None, exclude_if=lambda v: v is None,
                                     description="a one-page PDF of this page written by the splitter for a large "
                                                 "document: render its page 1 instead of downloading source")
+    placement: list[int] | None = Field(None, exclude_if=lambda v: v is None, min_length=1,
+                                        description=PLACEMENT_DOC)
 
 
 class Detection(_Message):
@@ -211,6 +218,8 @@ class PageResult(Page):
     worker_id: str
     submitted_at: int
     completed_at: int
+    placement: list[int] | None = Field(None, exclude_if=lambda v: v is None, min_length=1,
+                                        description=PLACEMENT_DOC + "; copied from the page task")
     # written only for a tenant's document: the default tenant's records stay as they were
     tenant: str | None = Field(None, exclude_if=lambda v: v is None,
                                description="the tenant whose ingest topic the document came from (set by the "

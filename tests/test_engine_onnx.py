@@ -8,18 +8,19 @@ from hypothesis import given, strategies as st
 
 from ocrstream.documents import open_pdf, render_pdf_page
 from ocrstream.engine import create_engine
-from ocrstream.engine.onnx import REC_MIN_WIDTH, REC_WIDTH_STEP, rec_width
+from ocrstream.engine.onnx import REC_MIN_WIDTH, REC_STRIDE, REC_WIDTH_STEP, rec_width
 from ocrstream.settings import Settings
 
 from conftest import make_pdf
 
 
-@given(st.floats(min_value=0.05, max_value=200))
-def test_rec_width_is_a_bucket_that_fits_the_crop(ratio):
-    w = rec_width(ratio)
-    assert w % REC_WIDTH_STEP == 0 and w >= REC_MIN_WIDTH
+@pytest.mark.parametrize("step", [REC_STRIDE, REC_WIDTH_STEP])  # one crop per call (CPU), batches (GPU)
+@given(ratio=st.floats(min_value=0.05, max_value=200))
+def test_rec_width_is_a_bucket_that_fits_the_crop(ratio, step):
+    w = rec_width(ratio, step=step)
+    assert w % step == 0 and w >= REC_MIN_WIDTH
     assert w >= 48 * ratio - 1e-6  # the crop fits without being squeezed
-    assert w < max(REC_MIN_WIDTH, 48 * ratio) + REC_WIDTH_STEP  # and wastes less than one step
+    assert w < max(REC_MIN_WIDTH, 48 * ratio) + step  # and wastes less than one step
 
 
 RUNTIMES = ["onnxruntime", "openvino"]

@@ -145,10 +145,11 @@ def test_worker_group_on_the_kip848_consumer_protocol(settings, store, stages, t
     assert len(workers[0].rt.assigned | workers[1].rt.assigned) == 12
 
 
-def test_pages_of_a_document_go_to_consecutive_partitions(settings, store, stages, tmp_path):
-    # 7 pages over the 12-partition pages topic: 7 distinct, consecutive partitions, so each of
-    # N workers gets an even share of the document (a hashed key spreads pages only at random).
+def test_without_workers_the_pages_of_a_document_go_to_consecutive_partitions(settings, store, stages, tmp_path):
+    # No worker group to read an assignment from: 7 pages over the 12-partition pages topic go to
+    # 7 distinct, consecutive partitions from crc32(document_id), and every task says so.
     from consumers.splitter import PagePlacement
+    from topology import page_partition, placed_partition
 
     pdf = tmp_path / "seven.pdf"
     pdf.write_bytes(make_pdf([[f"page {n}"] for n in range(1, 8)]))
@@ -156,9 +157,50 @@ def test_pages_of_a_document_go_to_consecutive_partitions(settings, store, stage
         doc_id = pub.upload_and_publish(pdf)
     splitter = stages.start(Splitter(settings, StopFlag(install_signals=False)))
     msgs = consume_all(settings, settings.topic("pages"), 7)
-    placed = {decode(m.value(), PageTask).page_number: m.partition() for m in msgs}
-    n = splitter.placement.partitions()
-    assert n == 12 and len(set(placed.values())) == 7
-    first = placed[1]
-    assert placed == {page: (first + page - 1) % n for page in range(1, 8)}
-    assert first == PagePlacement(splitter.rt.delivery.producer, settings.topic("pages")).partition(doc_id, 1)
+    tasks = {decode(m.value(), PageTask).page_number: (m.partition(), decode(m.value(), PageTask)) for m in msgs}
+    assert splitter.placement.partitions() == 12 and splitter.placement.deal_order() == []
+    assert {n: p for n, (p, _) in tasks.items()} == {n: page_partition(doc_id, n, 12) for n in range(1, 8)}
+    assert all(placed_partition(t.placement, n) == p for n, (p, t) in tasks.items())
+    assert PagePlacement(splitter.rt.delivery.producer, settings.topic("pages")).place(doc_id, 7) == tasks[1][1].placement
+
+
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_pages_are_dealt_over_the_worker_group_members_in_turn(settings, store, stages, tmp_path, protocol):
+    # cooperative-sticky hands 2 members partition *ranges* (0-5, 6-11): consecutive partitions
+    # would give one member most of a document. The splitter reads the group's assignment and
+    # deals pages to the members in turn, across documents.
+    from topology import placed_partition
+
+    s = settings.model_copy(update={"kafka_group_protocol": protocol})
+    workers = [stages.start(OcrWorker(s, engine=NullEngine(), stop=StopFlag(install_signals=False)))
+               for _ in range(2)]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+            all(w.rt.assigned for w in workers) and len(workers[0].rt.assigned | workers[1].rt.assigned) == 12
+            and not workers[0].rt.assigned & workers[1].rt.assigned):
+        time.sleep(0.2)
+    owner = {p: i for i, w in enumerate(workers) for (_, p) in w.rt.assigned}
+    assert len(owner) == 12, "the two workers did not share the 12 pages partitions"
+    docs = {}
+    with DocumentPublisher(s) as pub:
+        for pages in (7, 5):
+            pdf = tmp_path / f"d{pages}.pdf"
+            pdf.write_bytes(make_pdf([[f"page {n}"] for n in range(1, pages + 1)]))
+            docs[pub.upload_and_publish(pdf)] = pages
+    splitter = stages.start(Splitter(s, StopFlag(install_signals=False)))
+    msgs = consume_all(s, s.topic("pages"), 12)
+    members: dict[str, dict[int, int]] = {d: {} for d in docs}
+    for m in msgs:
+        task = decode(m.value(), PageTask)
+        assert placed_partition(task.placement, task.page_number) == m.partition()
+        members[task.document_id][task.page_number] = owner[m.partition()]
+    assert len(splitter.placement.deal_order()) == 12
+    for doc_id, pages in docs.items():
+        seq = [members[doc_id][n] for n in range(1, pages + 1)]
+        assert all(a != b for a, b in zip(seq, seq[1:])), f"pages not dealt in turn: {seq}"
+    every = [i for d in members.values() for i in d.values()]
+    assert sorted(every.count(i) for i in (0, 1)) == [6, 6]
+    # and the workers did OCR them all
+    results = consume_all(s, s.topic("page-results"), 12, 60)
+    assert {(r.document_id, r.page_number) for r in (decode(m.value(), PageResult) for m in results)} == {
+        (d, n) for d, pages in docs.items() for n in range(1, pages + 1)}

@@ -35,8 +35,9 @@ GRANTS: dict[str, RoleGrants] = {
     # programs, `ocrstream submit`: publish references, follow results (by assignment, no group)
     "submitter": RoleGrants(writes=("ingest",), reads=("document-results",), group_families=("follower",)),
     # failed documents are reported directly (failed result + dead letter)
+    # page placement reads the worker group's assignment (DescribeConsumerGroups)
     "splitter": RoleGrants(reads=("ingest",), writes=("pages", "document-results", "dead-letters"),
-                           group="splitter", transactional=True),
+                           describes_groups=("worker",), group="splitter", transactional=True),
     "worker": RoleGrants(reads=("pages", "page-attempts"), writes=("page-results", "dead-letters", "metrics",
                                                                    "page-attempts"),
                          group="worker", transactional=True, restores=True),

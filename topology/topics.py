@@ -2,10 +2,11 @@
 
 Keys (why they are what they are):
 - ``ingest``: key ``document_id``.
-- ``pages``: key ``document_id/page_number``; the splitter places page *n* on partition
-  ``(crc32(document_id) + n - 1) mod partitions`` (consecutive partitions), so the pages of
-  one document are OCR'd by different consumers in parallel, in even shares
-  (``consumers.splitter.PagePlacement``).
+- ``pages``: key ``document_id/page_number``; the splitter deals the pages out over the worker
+  group's members in turn (``consumers.splitter.PagePlacement``), so the pages of one document
+  are OCR'd by different consumers in parallel, in even shares; each task carries its document's
+  placement (``PageTask.placement``: page *n* on ``placement[(n - 1) % len]``). Without the
+  group's assignment (no worker yet): ``(crc32(document_id) + n - 1) mod partitions``.
 - ``page-results``: key ``document_id``, so every page of a document reaches the
   same assembler partition (its state is partitioned by document).
 - ``document-results``: key ``document_id``, compacted: the last value per key is
@@ -119,6 +120,12 @@ def _shared_specs(replication_factor: int, partitions_scale: int, retention: Ret
                    "segment.ms": str(DAY_MS)},
                   "OCR worker in-flight marks: engine attempts per page task (partitioned like pages)"),
     ]
+
+
+def placed_partition(placement: list[int], page_number: int) -> int:
+    """Partition of ``pages`` for page ``page_number`` (1-based) of a document whose page tasks
+    carry ``placement`` (``PageTask.placement``): ``placement[(page_number - 1) % len(placement)]``."""
+    return placement[(page_number - 1) % len(placement)]
 
 
 def page_partition(document_id: str, page_number: int, partitions: int) -> int:

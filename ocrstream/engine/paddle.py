@@ -213,7 +213,7 @@ class PaddleEngine:
             self._cls = TextLineOrientationClassification(
                 model_name=_model_name(dirs["cls"]) if dirs["cls"] else "PP-LCNet_x0_25_textline_ori",
                 model_dir=_str(dirs["cls"]), **common)
-        self.rec_batch_size = max(1, s.rec_batch_size)
+        self.rec_batch_size = s.rec_batch_size or 6
         self.text_score = s.text_score
         self.info = EngineInfo(name="paddle", det_model=names["det"], rec_model=names["rec"], device=device,
                                version=f"paddleocr-{paddleocr.__version__}/paddle-{paddle.__version__}")
