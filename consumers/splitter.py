@@ -27,7 +27,7 @@ import time
 from confluent_kafka import KafkaException, Message, Producer, TopicPartition
 
 from ocrstream import metrics as m
-from ocrstream.documents import inspect, open_pdf
+from ocrstream.documents import inspect, open_pdf, page_weights
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import make_admin
 from ocrstream.settings import Settings
@@ -45,24 +45,28 @@ STAGE = "splitter"
 
 
 class PagePlacement:
-    """Where the page tasks of each document go: dealt out over the worker group's members in turn.
+    """Where the page tasks of each document go: spread over the worker group's members by weight.
 
-    Every ``ttl_s`` the splitter describes the worker group (``DescribeConsumerGroups``) and
-    interleaves the members' ``pages`` partitions into one deal order: member 1's first
-    partition, member 2's first, ..., member 1's second, and so on (members by member id,
-    partitions ascending). A document's pages take the next places in that order, and the next
-    document continues where it stopped, so every member gets an even share of every run of
-    pages, whatever layout the assignor chose. Hashing the key spreads pages only at random, and
-    consecutive partitions per document are not even either: cooperative-sticky hands out
-    *ranges* (2 workers on 12 partitions: 0-5 and 6-11), and 18 pages of 4 scanned documents
-    were split 12 to 6, the run lasting as long as the busier worker needed (README, performance).
+    Kafka hands out work in advance (a partition's records go to its one consumer), so a burst
+    of pages is only finished as soon as the busiest member is done. Every ``ttl_s`` the splitter
+    describes the worker group (``DescribeConsumerGroups``) and learns each member's ``pages``
+    partitions (members by member id, partitions ascending). Each page then goes to the member
+    with the least weight placed so far (ties: the next member in turn), onto that member's
+    partitions in turn; a page's weight is its expected OCR cost relative to the other pages
+    of its document (:func:`ocrstream.documents.page_weights`; 1.0 when unknown). Loads carry
+    over from document to document, so small documents even out too. Why not simpler: hashing
+    the key spreads pages at random (5 scanned documents, 2 workers: 28 vs 17 pages), and
+    consecutive partitions per document follow the assignor's layout, and cooperative-sticky
+    hands out *ranges* (2 workers on 12 partitions: 0-5 and 6-11): 18 pages of 4 scanned
+    documents went 12 to 6. Documents with more pages than there are partitions are dealt
+    in turn instead (their placement stays short, see below; long documents even out anyway).
 
-    With no assignment to read (no worker has joined yet, or the group cannot be described), the
-    order is the partitions themselves from ``crc32(document_id) mod P``, the former placement.
-    Each task records its document's placement (:attr:`schemas.PageTask.placement`) because it is
-    not reproducible later: the assembler reads it to know which partitions still hold a
-    document's missing pages. A replayed ingest record may be placed elsewhere than the first
-    time; duplicates are harmless (results are per page).
+    With no assignment to read (no worker has joined yet, or the group cannot be described),
+    pages go to consecutive partitions from ``crc32(document_id) mod P``, the former placement.
+    Each task records its document's placement (:attr:`schemas.PageTask.placement`, at most P
+    entries) because it cannot be recomputed later: the assembler reads it to know which
+    partitions still hold a document's missing pages. A replayed ingest record may be placed
+    elsewhere than the first time; duplicates are harmless (results are per page).
 
     Args:
         producer: any client with ``list_topics`` (the splitter's producer).
@@ -76,9 +80,11 @@ class PagePlacement:
         self.producer, self.topic, self.admin, self.group, self.ttl_s = producer, topic, admin, group, ttl_s
         self._count: int | None = None
         self._read_at = float("-inf")
-        self._order: list[int] = []
+        self._members: list[list[int]] = []  # each member's pages partitions
         self._described_at = float("-inf")
-        self._cursor = 0
+        self._loads: list[float] = []
+        self._turns: list[int] = []  # per member: its next partition
+        self._next = 0  # the member that wins the next tie
 
     def partitions(self) -> int | None:
         """Partition count of the pages topic, or None when unknown."""
@@ -92,38 +98,49 @@ class PagePlacement:
                 log.warning("metadata of %s unavailable (%s): hashing page keys instead", self.topic, exc)
         return self._count
 
-    def deal_order(self) -> list[int]:
-        """The members' ``pages`` partitions interleaved (see class docstring); [] when unknown."""
+    def members(self) -> list[list[int]]:
+        """Each worker group member's ``pages`` partitions (ascending), members by member id;
+        [] when unknown."""
         if self.admin is None or time.monotonic() - self._described_at < self.ttl_s:
-            return self._order
+            return self._members
         self._described_at = time.monotonic()
         try:
             desc = self.admin.describe_consumer_groups([self.group], request_timeout=5)[self.group].result(timeout=5)
+            owned = [sorted(tp.partition for tp in (m.assignment.topic_partitions if m.assignment else [])
+                            if tp.topic == self.topic)
+                     for m in sorted(desc.members, key=lambda m: m.member_id)]
         except Exception as exc:  # KafkaException, or no DESCRIBE right on the group: fall back
             log.warning("worker group %s not described (%s): consecutive placement", self.group, exc)
-            self._order = []
-            return self._order
-        owned = [sorted(tp.partition for tp in (m.assignment.topic_partitions if m.assignment else [])
-                        if tp.topic == self.topic)
-                 for m in sorted(desc.members, key=lambda m: m.member_id)]
+            owned = []
         owned = [parts for parts in owned if parts]
-        self._order = [parts[i] for i in range(max(map(len, owned), default=0)) for parts in owned if i < len(parts)]
-        return self._order
+        if owned != self._members:  # a rebalance: loads placed on the old layout mean nothing now
+            self._members, self._loads, self._turns, self._next = owned, [0.0] * len(owned), [0] * len(owned), 0
+        return self._members
 
-    def place(self, document_id: str, page_count: int) -> list[int] | None:
-        """The placement of a document of ``page_count`` pages (page n on ``placement[(n - 1) %
-        len]``, at most one entry per partition), or None when the partition count is unknown
-        (hash the keys)."""
-        order = self.deal_order()
-        if order:
-            n = min(page_count, len(order))
-            placement = [order[(self._cursor + i) % len(order)] for i in range(n)]
-            self._cursor = (self._cursor + page_count) % len(order)
+    def place(self, document_id: str, weights: list[float]) -> list[int] | None:
+        """The placement of a document whose pages have ``weights`` (one per page): page n on
+        ``placement[(n - 1) % len(placement)]``; None when the partition count is unknown (hash
+        the keys)."""
+        members = self.members()
+        partitions = sum(map(len, members))
+        if members and len(weights) <= partitions:
+            placement = []
+            for weight in weights:
+                k = min(range(len(members)), key=lambda i: (self._loads[i], (i - self._next) % len(members)))
+                self._loads[k] += weight
+                self._next = (k + 1) % len(members)
+                placement.append(members[k][self._turns[k] % len(members[k])])
+                self._turns[k] += 1
+            low = min(self._loads)
+            self._loads = [load - low for load in self._loads]
             return placement
+        if members:  # a long document: in turn over the members' partitions interleaved
+            order = [parts[i] for i in range(max(map(len, members))) for parts in members if i < len(parts)]
+            return order
         count = self.partitions()
         if not count:
             return None
-        return [page_partition(document_id, n, count) for n in range(1, min(page_count, count) + 1)]
+        return [page_partition(document_id, n, count) for n in range(1, min(len(weights), count) + 1)]
 
 
 class Splitter:
@@ -172,7 +189,13 @@ class Splitter:
         doc_key = document_key(tenant, ref.document_id)
         slices = (self._write_slices(tenant, ref, data, info.page_count)
                   if wants_slices(s, info.kind, len(data), info.page_count) else {})
-        placement = self.placement.place(ref.document_id, info.page_count)
+        weights = [1.0] * info.page_count
+        if info.kind == "pdf" and info.page_count <= (self.placement.partitions() or 0):  # else unused
+            try:
+                weights = page_weights(open_pdf(data))
+            except Exception as exc:  # a PDF that renders may still have odd stream entries
+                log.info("page weights of %s unknown (%s): equal weights", ref.document_id, exc)
+        placement = self.placement.place(ref.document_id, weights)
         return [
             Output(s.topic("pages"), f"{doc_key}/{n}", encode(PageTask(
                 document_id=ref.document_id, source=source, page_number=n, page_count=info.page_count,

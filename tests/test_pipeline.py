@@ -12,6 +12,7 @@ from consumers.splitter import Splitter
 from consumers.worker import OcrWorker
 from ocrstream.engine.null import NullEngine
 from producers.publish import DocumentPublisher
+from ocrstream.documents import open_pdf, page_weights
 from schemas import PageResult, PageTask, decode
 
 from conftest import consume_all, engine_name, make_pdf
@@ -158,10 +159,10 @@ def test_without_workers_the_pages_of_a_document_go_to_consecutive_partitions(se
     splitter = stages.start(Splitter(settings, StopFlag(install_signals=False)))
     msgs = consume_all(settings, settings.topic("pages"), 7)
     tasks = {decode(m.value(), PageTask).page_number: (m.partition(), decode(m.value(), PageTask)) for m in msgs}
-    assert splitter.placement.partitions() == 12 and splitter.placement.deal_order() == []
+    assert splitter.placement.partitions() == 12 and splitter.placement.members() == []
     assert {n: p for n, (p, _) in tasks.items()} == {n: page_partition(doc_id, n, 12) for n in range(1, 8)}
     assert all(placed_partition(t.placement, n) == p for n, (p, t) in tasks.items())
-    assert PagePlacement(splitter.rt.delivery.producer, settings.topic("pages")).place(doc_id, 7) == tasks[1][1].placement
+    assert PagePlacement(splitter.rt.delivery.producer, settings.topic("pages")).place(doc_id, [1.0] * 7) == tasks[1][1].placement
 
 
 @pytest.mark.parametrize("protocol", ["classic", "consumer"])
@@ -194,13 +195,28 @@ def test_pages_are_dealt_over_the_worker_group_members_in_turn(settings, store, 
         task = decode(m.value(), PageTask)
         assert placed_partition(task.placement, task.page_number) == m.partition()
         members[task.document_id][task.page_number] = owner[m.partition()]
-    assert len(splitter.placement.deal_order()) == 12
+    assert sorted(p for parts in splitter.placement.members() for p in parts) == list(range(12))
     for doc_id, pages in docs.items():
         seq = [members[doc_id][n] for n in range(1, pages + 1)]
         assert all(a != b for a, b in zip(seq, seq[1:])), f"pages not dealt in turn: {seq}"
     every = [i for d in members.values() for i in d.values()]
     assert sorted(every.count(i) for i in (0, 1)) == [6, 6]
+    # pages of unequal ink: balanced by weight (within one page's weight), not by count
+    lines = [30, 1, 1, 30, 30, 1]
+    pdf = tmp_path / "uneven.pdf"
+    pdf.write_bytes(make_pdf([[f"line {k} of page {n}" for k in range(count)] for n, count in enumerate(lines, 1)]))
+    weights = page_weights(open_pdf(pdf.read_bytes()))
+    assert max(weights) > 2 * min(weights)
+    with DocumentPublisher(s) as pub:
+        uneven = pub.upload_and_publish(pdf)
+    load = [0.0, 0.0]
+    for m in consume_all(s, s.topic("pages"), 18):
+        task = decode(m.value(), PageTask)
+        if task.document_id == uneven:
+            load[owner[m.partition()]] += weights[task.page_number - 1]
+    assert abs(load[0] - load[1]) <= max(weights), (load, weights)
     # and the workers did OCR them all
-    results = consume_all(s, s.topic("page-results"), 12, 60)
+    results = consume_all(s, s.topic("page-results"), 18, 60)
+    docs[uneven] = len(lines)
     assert {(r.document_id, r.page_number) for r in (decode(m.value(), PageResult) for m in results)} == {
         (d, n) for d, pages in docs.items() for n in range(1, pages + 1)}
