@@ -110,7 +110,8 @@ class PagePlacement:
                             if tp.topic == self.topic)
                      for m in sorted(desc.members, key=lambda m: m.member_id)]
         except Exception as exc:  # KafkaException, or no DESCRIBE right on the group: fall back
-            log.warning("worker group %s not described (%s): consecutive placement", self.group, exc)
+            if self._members:  # once per change, not every ttl_s
+                log.warning("worker group %s not described (%s): consecutive placement", self.group, exc)
             owned = []
         owned = [parts for parts in owned if parts]
         if owned != self._members:  # a rebalance: loads placed on the old layout mean nothing now
