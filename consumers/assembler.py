@@ -559,10 +559,13 @@ class Assembler:
     def _upstream(doc: str, pages: dict[int, PageResult], missing: list[int], partitions: int) -> set[int]:
         """The ``pages`` partitions that hold the page tasks of ``missing``: from the placement the
         page results carry (every one seen: a replayed ingest record may have been placed anew),
-        else (older records) from the former fixed placement, else (partition count unknown) none."""
+        else (older records) from the former fixed placement, else (partition count unknown) none.
+        A placement naming a partition beyond ``partitions`` stands for all of them."""
         placements = {tuple(r.placement) for r in pages.values() if r.placement}
         if placements:
-            return {placed_partition(list(pl), n) for pl in placements for n in missing}
+            upstream = {placed_partition(list(pl), n) for pl in placements for n in missing}
+            # a partition that does not exist (a bad record): wait for all of them rather than forever
+            return set(range(partitions)) if partitions and max(upstream) >= partitions else upstream
         document_id = split_document_key(doc)[1]  # pages were placed by document_id (the splitter)
         return {page_partition(document_id, n, partitions) for n in missing} if partitions else set()
 

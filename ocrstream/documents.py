@@ -166,14 +166,17 @@ def page_weights(doc: pymupdf.Document) -> list[float]:
     4.8 s on a dense one). The stored size of a page (its images' and content streams' ``Length``)
     tracks its ink within one document, whose pages share one encoding (CCITT scans: 2 KB blank,
     ~50 KB dense), so the weight is ``0.35 + 0.65 * min(2, size / median size)``. Only
-    comparisons within a document are meaningful. Unreadable entries count as size 0.
+    comparisons within a document are meaningful; each weight is in [0.35, 1.65]. Unreadable or
+    negative lengths count as 0.
     """
     sizes = []
     for page in doc:
         size = 0
         for xref in [x[0] for x in page.get_images(full=True)] + page.get_contents():
-            length = doc.xref_get_key(xref, "Length")
-            size += int(length[1]) if length[0] == "int" else 0
+            kind, value = doc.xref_get_key(xref, "Length")
+            if kind == "xref":  # an indirect length, "12 0 R": the number is that object
+                value = doc.xref_object(int(value.split()[0]), compressed=True).strip()
+            size += max(0, int(value)) if value.lstrip("-").isdigit() else 0  # a crafted negative length is 0
         sizes.append(size)
     median = sorted(sizes)[len(sizes) // 2] if sizes else 0
     return [0.35 + 0.65 * (min(2.0, size / median) if median else 1.0) for size in sizes]

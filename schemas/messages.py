@@ -170,7 +170,7 @@ class PageTask(_Message):
     slice: ObjectRef | None = Field(None, exclude_if=lambda v: v is None,
                                     description="a one-page PDF of this page written by the splitter for a large "
                                                 "document: render its page 1 instead of downloading source")
-    placement: list[int] | None = Field(None, exclude_if=lambda v: v is None, min_length=1,
+    placement: list[Annotated[int, Field(ge=0)]] | None = Field(None, exclude_if=lambda v: v is None, min_length=1,
                                         description=PLACEMENT_DOC)
 
 
@@ -218,7 +218,7 @@ class PageResult(Page):
     worker_id: str
     submitted_at: int
     completed_at: int
-    placement: list[int] | None = Field(None, exclude_if=lambda v: v is None, min_length=1,
+    placement: list[Annotated[int, Field(ge=0)]] | None = Field(None, exclude_if=lambda v: v is None, min_length=1,
                                         description=PLACEMENT_DOC + "; copied from the page task")
     # written only for a tenant's document: the default tenant's records stay as they were
     tenant: str | None = Field(None, exclude_if=lambda v: v is None,

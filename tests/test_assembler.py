@@ -133,6 +133,41 @@ def test_assemble_pure_function():
     assert slim.status == "failed" and slim.error.code == "result_too_large" and slim.pages[0].detections == []
 
 
+def test_missing_pages_are_looked_for_where_the_placement_put_them():
+    from consumers.assembler import Assembler
+    from topology import page_partition
+
+    def placed(n: int, placement: list[int]) -> PageResult:
+        return page("docP", n, 6).model_copy(update={"placement": placement})
+
+    # page n on placement[(n - 1) % len]: pages 2 and 5 of 6 on [7, 0, 7, 3] are on 0 and 7
+    assert Assembler._upstream("docP", {1: placed(1, [7, 0, 7, 3])}, [2, 5], 12) == {0, 7}
+    # every placement seen counts (a replayed ingest record may have been placed anew)
+    seen = {1: placed(1, [7, 0, 7, 3]), 3: placed(3, [4, 5, 6])}
+    assert Assembler._upstream("docP", seen, [2], 12) == {0, 5}
+    # a partition that does not exist: all of them, never a wait that cannot end
+    assert Assembler._upstream("docP", {1: placed(1, [1, 40])}, [2], 12) == set(range(12))
+    # records of older workers carry none: the former consecutive placement
+    assert Assembler._upstream("docP", {1: page("docP", 1, 6)}, [2, 3], 12) == {
+        page_partition("docP", 2, 12), page_partition("docP", 3, 12)}
+
+
+def test_a_worker_copies_the_tasks_placement_into_its_result():
+    from consumers.worker.items import WorkItem
+    from consumers.worker.results import WorkerStats, page_result
+    from ocrstream.engine.base import PageOcr
+    from ocrstream.settings import Settings
+    from schemas import PageTask, decode
+
+    task = PageTask(document_id="docP", source=ObjectRef(bucket="ocrstream-test", key="uploads/docP.pdf", filename="docP.pdf"),
+                    page_number=2,
+                    page_count=6, kind="pdf", dpi=150, submitted_at=SUBMITTED, placement=[7, 0, 7, 3])
+    for ocr in (PageOcr(lines=[], timings_ms={}), RuntimeError("engine failed")):  # succeeded and failed pages
+        item = WorkItem(msg=None, received=0.0, task=task, shape=(50, 100))
+        out = page_result(Settings(), item, ocr, EngineInfo(name="none"), WorkerStats())
+        assert decode(out.value, PageResult).placement == [7, 0, 7, 3]
+
+
 @pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
 def test_documents_assembled_once_in_page_order(settings, assembler_thread, delivery):
     s = settings.model_copy(update={"delivery": delivery})

@@ -80,3 +80,26 @@ def test_workers_download_only_their_pages_slice(settings, store, stages):
     delete_documents(s, [doc_id])
     assert store.list(f"{s.slice_prefix}{doc_id}/") == []
     assert len(store.list(f"{s.slice_prefix}{other}/")) == 2
+
+
+def test_page_weights_follow_the_ink_and_survive_crafted_lengths():
+    # weights (the splitter's placement) grow with a page's stored size, stay within [0.35, 1.65],
+    # and a crafted /Length (negative, indirect, not a number) cannot push them out of range
+    import re
+
+    import pymupdf
+
+    from ocrstream.documents import open_pdf, page_weights
+
+    data = make_pdf([[f"line {k} of page {n}" for k in range(count)] for n, count in enumerate([30, 1, 15], 1)])
+    weights = page_weights(open_pdf(data))
+    assert weights[1] < weights[2] < weights[0] and all(0.35 <= w <= 1.65 for w in weights)
+    doc = pymupdf.open(stream=data, filetype="pdf")
+    contents = [doc[i].get_contents()[0] for i in range(3)]
+    spare = doc.get_new_xref()
+    doc.update_object(spare, "123456")  # an indirect length pointing at a number
+    for xref, value in zip(contents, ["-1000000000", f"{spare} 0 R", "/NotANumber"]):
+        doc.xref_set_key(xref, "Length", value)
+    crafted = page_weights(doc)
+    assert all(0.35 <= w <= 1.65 for w in crafted), crafted
+    assert re.fullmatch(r"\d+", doc.xref_object(spare).strip())

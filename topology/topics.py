@@ -2,8 +2,8 @@
 
 Keys (why they are what they are):
 - ``ingest``: key ``document_id``.
-- ``pages``: key ``document_id/page_number``; the splitter deals the pages out over the worker
-  group's members in turn (``consumers.splitter.PagePlacement``), so the pages of one document
+- ``pages``: key ``document_id/page_number``; the splitter sends each page to the worker group
+  member with the least expected work so far (``consumers.splitter.PagePlacement``), so the pages of one document
   are OCR'd by different consumers in parallel, in even shares; each task carries its document's
   placement (``PageTask.placement``: page *n* on ``placement[(n - 1) % len]``). Without the
   group's assignment (no worker yet): ``(crc32(document_id) + n - 1) mod partitions``.
