@@ -137,3 +137,14 @@ def test_diagnostic_tokenizers_separate_spacing_from_reading_errors():
     # bag of characters: spacing ignored, a misread character still costs
     assert prf(word_counts(read, truth, char_tokens)) == (1.0, 1.0, 1.0)
     assert word_counts("TEL:O3", "TEL : 03", char_tokens) == WordCounts(matched=5, predicted=6, truth=6)
+
+
+def test_punct_tokens_split_punctuation_but_not_words():
+    from devtools.textmetrics import punct_tokens
+
+    assert punct_tokens("Tel:03-3271 TAXINVOICE (RM) s/n_1") == [
+        "TEL", ":", "03", "-", "3271", "TAXINVOICE", "(", "RM", ")", "S", "/", "N", "_", "1"]
+    # spacing around punctuation no longer counts; a missing space between words still does
+    assert prf(word_counts("TEL:03-3271", "TEL : 03-3271", punct_tokens)) == (1.0, 1.0, 1.0)
+    assert word_counts("TAXINVOICE", "TAX INVOICE", punct_tokens) == WordCounts(matched=0, predicted=1, truth=2)
+    assert punct_tokens("ÉTÉ café") == ["ÉTÉ", "CAFÉ"]  # letters of any script are letters
