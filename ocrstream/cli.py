@@ -165,6 +165,69 @@ def cmd_stage(args, s: Settings) -> int:
     return run(s) or 0
 
 
+def cmd_sink(args, s: Settings) -> int:
+    """Run a sink stage; exit status as :func:`cmd_stage`."""
+    if args.kind == "outbox":
+        from consumers.sinks.outbox import run_outbox_sink as run
+    else:
+        from consumers.sinks.parquet import run_parquet_sink as run
+    return run(s) or 0
+
+
+def _find_result(args, s: Settings):
+    from producers.results import find_result
+
+    check_kafka(s, [s.tenant_topic(s.tenant, "document-results")], quiet=not args.debug)
+    return find_result(s, args.document_id, timeout_s=args.timeout)
+
+
+def cmd_status(args, s: Settings) -> int:
+    """One line per document: its status, pages, reason code; exit 1 when failed or not found."""
+    result = _find_result(args, s)
+    if result is None:
+        print(f"{args.document_id}: no result (not completed yet, unknown, or deleted)", file=sys.stderr)
+        return 1
+    pages_ok = sum(p.status == "succeeded" for p in result.pages)
+    code = f" {result.error.code}: {result.error.message}" if result.error else ""
+    source = f"s3://{result.source.bucket}/{result.source.key}" if result.source else "-"
+    completed = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(result.completed_at / 1000))
+    print(f"{result.document_id} {result.status} pages {pages_ok}/{result.page_count} completed {completed} "
+          f"source {source}{code}")
+    return 0 if result.status == "succeeded" else 1
+
+
+def cmd_result(args, s: Settings) -> int:
+    """A document's result as json, txt, hocr, alto or a searchable PDF (to ``-o`` or stdout)."""
+    from ocrstream.outputs import document_text, searchable_pdf, to_alto, to_hocr
+    from schemas import encode
+
+    result = _find_result(args, s)
+    if result is None:
+        print(f"{args.document_id}: no result (not completed yet, unknown, or deleted)", file=sys.stderr)
+        return 1
+    if args.format == "pdf":
+        if result.source is None or result.status != "succeeded":
+            print(f"{args.document_id}: {result.status}, no source to lay text on", file=sys.stderr)
+            return 1
+        from ocrstream.sources import check_source
+        from ocrstream.storage import ObjectStore
+
+        check_store(s)
+        src = result.source
+        data = ObjectStore(s).get_bytes(src.bucket, check_source(s, src.bucket, src.key, s.tenant),
+                                        s.max_object_bytes, src.version_id, etag=src.etag)
+        body = searchable_pdf(result, data, fallback_dpi=s.render_dpi, max_page_pixels=s.max_page_pixels)
+    else:
+        body = {"json": lambda: encode(result) + b"\n", "txt": lambda: document_text(result).encode(),
+                "hocr": lambda: to_hocr(result).encode(), "alto": lambda: to_alto(result).encode()}[args.format]()
+    if args.output and args.output != "-":
+        Path(args.output).write_bytes(body)
+    else:
+        sys.stdout.buffer.write(body)
+        sys.stdout.flush()
+    return 0
+
+
 WORKER_MEMORY_BYTES = 1 << 30
 """Memory to leave per CPU worker when choosing how many to start: measured RSS 762-773 MiB over
 1,001 pages (README, ``bench/throughput.py memory``), rounded up for larger pages."""
@@ -239,7 +302,8 @@ def cmd_run(args, s: Settings) -> int:
         import psutil
 
         n_workers = default_workers(os.cpu_count() or 1, psutil.virtual_memory().available)
-    stages = ["splitter", "assembler"] + ["worker"] * n_workers + ([] if args.no_watch else ["watch"])
+    # The drop folder's users read the outbox: its sink runs with the watcher.
+    stages = ["splitter", "assembler"] + ["worker"] * n_workers + ([] if args.no_watch else ["watch", "sink outbox"])
     procs: dict[int, tuple[str, subprocess.Popen]] = {}
     started: dict[int, float] = {}
     delays: dict[int, float] = {}  # restart delay per child: 1 s doubling to 60 s, reset after 60 s up
@@ -252,7 +316,7 @@ def cmd_run(args, s: Settings) -> int:
             env.update(worker_env(s, i - 2, n_workers, gpus, os.cpu_count() or 1))
         if s.http_port:  # one port per child: http_port, http_port+1, ...
             env["OCRSTREAM_HTTP_PORT"] = str(s.http_port + i)
-        procs[i] = (stage, subprocess.Popen([sys.executable, "-m", "ocrstream.cli", stage], env=env))
+        procs[i] = (stage, subprocess.Popen([sys.executable, "-m", "ocrstream.cli", *stage.split()], env=env))
         started[i] = time.monotonic()
 
     def stop(signum, frame) -> None:
@@ -380,6 +444,19 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in [("worker", "OCR worker (consumer group member)"), ("splitter", "documents -> pages"),
                        ("assembler", "page results -> document results"), ("watch", "drop folder -> ingest")]:
         add(name, help=text).set_defaults(fn=cmd_stage)
+    sk = add("sink", help="write document results where users look: `outbox` (files next to the drop folder), "
+                          "`parquet` (analytics tables)")
+    sk.add_argument("kind", choices=["outbox", "parquet"])
+    sk.set_defaults(fn=cmd_sink)
+    for name, text in [("status", "a document's status (exit 1: failed or no result)"),
+                       ("result", "a document's result: json, txt, hocr, alto or a searchable pdf")]:
+        cmd = add(name, help=text)
+        cmd.add_argument("document_id")
+        cmd.add_argument("--timeout", type=float, default=30.0, help="seconds to read the results topic")
+        if name == "result":
+            cmd.add_argument("--format", choices=["json", "txt", "hocr", "alto", "pdf"], default="json")
+            cmd.add_argument("-o", "--output", default=None, help="file to write (default: stdout)")
+        cmd.set_defaults(fn=cmd_status if name == "status" else cmd_result)
     rn = add("run", help="start every stage (local use)")
     rn.add_argument("--workers", type=int, default=None,
                     help="OCR worker processes (CPU); default: one per core, as memory allows (1 GiB each)")
@@ -421,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.BAD_SETTING
     args.debug = args.debug or s.log_level.upper() == "DEBUG"
     _setup_logging(s, args.debug)
-    if args.fn in (cmd_stage, cmd_run):
+    if args.fn in (cmd_stage, cmd_sink, cmd_run):
         return args.fn(args, s)  # stages keep their own exit statuses (0, 2, 3) for their supervisor
     try:
         return args.fn(args, s)

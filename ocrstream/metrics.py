@@ -8,6 +8,8 @@ Prometheus series (prometheus-client, default registry):
 - ``ocrstream_batch_size`` (histogram, pages), ``ocrstream_batch_latency_seconds`` (histogram)
 - ``ocrstream_page_latency_seconds`` (histogram: ingest time -> page result)
 - ``ocrstream_dead_letters_total{stage,reason}``
+- ``ocrstream_outbox_documents_total{status}``, ``ocrstream_outbox_files_total{format}``,
+  ``ocrstream_outbox_pdf_skipped_total{reason}``
 - ``ocrstream_watch_published_total{trigger}`` (``event`` or ``scan``: the listing, a fallback in events mode)
 - ``ocrstream_batch_limit_pages``, ``ocrstream_inflight_pages``, ``ocrstream_paused_partitions``, ``ocrstream_consumer_lag{topic,partition}``
 - ``ocrstream_gpu_utilization_percent{gpu}``, ``ocrstream_gpu_memory_used_bytes{gpu}``,
@@ -48,6 +50,12 @@ INFLIGHT_PAGES = Gauge("ocrstream_inflight_pages", "Pages consumed and not yet c
 BATCH_LIMIT = Gauge("ocrstream_batch_limit_pages", "Current cap on pages per engine call (lowered after out of memory)")
 PAUSED_PARTITIONS = Gauge("ocrstream_paused_partitions", "Partitions paused by back-pressure")
 CONSUMER_LAG = Gauge("ocrstream_consumer_lag", "Messages behind the high watermark", ["topic", "partition"])
+# Outbox sink (consumers/sinks/outbox.py)
+OUTBOX_DOCUMENTS = Counter("ocrstream_outbox_documents", "Document results handled by the outbox sink "
+                           "(status succeeded, failed, or skipped: outside OCRSTREAM_OUTBOX_SCOPE)", ["status"])
+OUTBOX_FILES = Counter("ocrstream_outbox_files", "Files written by the outbox sink", ["format"])
+OUTBOX_PDF_SKIPPED = Counter("ocrstream_outbox_pdf_skipped", "Searchable PDFs not written: the source object was "
+                             "gone, replaced or unreadable", ["reason"])
 # Stage runtime (ocrstream/streaming/loop.py): liveness and the failure policy.
 LOOP_PROGRESS = Gauge("ocrstream_loop_last_progress_timestamp_seconds",
                       "Unix time the stage loop last advanced (polled, handled or committed)", ["stage"])

@@ -19,6 +19,10 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+OUTBOX_FORMATS = ("json", "txt", "hocr", "alto", "pdf")
+"""What the outbox sink can write per document (``OCRSTREAM_OUTBOX_FORMATS``)."""
+
+
 class Settings(BaseSettings):
     """ocrstream configuration (env prefix ``OCRSTREAM_``)."""
 
@@ -99,6 +103,21 @@ class Settings(BaseSettings):
     watch_rescan_s: float = Field(
         300.0, ge=0, description="`events` mode: full listing at start and every N seconds, for events lost "
         "while the notifier was down (0 = at start only)")
+
+    # --- Outbox sink (`ocrstream sink outbox`) ----------------------------------
+    outbox_prefix: str = Field("outbox/", description="where the outbox sink writes results in OCRSTREAM_BUCKET, "
+                               "mirroring the drop folder: `inbox/a/b.pdf` -> `outbox/a/b.pdf.txt`")
+    outbox_scope: Literal["inbox", "all"] = Field(
+        "inbox", description="`inbox`: results of drop-folder documents only; `all`: every document (its source "
+        "`bucket/key` is the path under the outbox)")
+    outbox_formats: str = Field(
+        "json,txt,hocr,alto,pdf", description="what the outbox sink writes per document, comma-separated: `json` "
+        "(the document result), `txt`, `hocr`, `alto` (ALTO XML), `pdf` (searchable PDF); a failed document gets "
+        "`.json` and `.error.json`")
+    outbox_inbox_action: Literal["none", "tag", "move"] = Field(
+        "none", description="after its outputs are written, the inbox object is left as it is (`none`), tagged "
+        "`ocrstream-status=succeeded|failed` (`tag`), or moved under OCRSTREAM_OUTBOX_DONE_PREFIX (`move`)")
+    outbox_done_prefix: str = Field("done/", description="where `move` puts processed inbox objects")
 
     # --- Local stack (`ocrstream stack`) ------------------------------------
     stack_dir: Path = Field(Path(".ocrstream"), description="data, logs and pids of the local stack")
@@ -202,11 +221,29 @@ class Settings(BaseSettings):
     http_port: int = Field(0, description="/metrics, /healthz, /readyz port; 0 = off")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
 
-    @field_validator("upload_prefix", "inbox_prefix", "slice_prefix")
+    @field_validator("upload_prefix", "inbox_prefix", "slice_prefix", "outbox_prefix", "outbox_done_prefix")
     @classmethod
     def _folder(cls, value: str) -> str:
         # A prefix is a folder: "inbox" would also admit "inbox-private/...".
         return value if not value or value.endswith("/") else value + "/"
+
+    @field_validator("outbox_formats")
+    @classmethod
+    def _formats(cls, value: str) -> str:
+        formats = [f.strip() for f in value.split(",") if f.strip()]
+        unknown = sorted(set(formats) - set(OUTBOX_FORMATS))
+        if unknown:
+            raise ValueError(f"unknown format(s) {unknown}; known: {', '.join(OUTBOX_FORMATS)}")
+        return ",".join(formats)
+
+    @model_validator(mode="after")
+    def _outbox_outside_inbox(self) -> "Settings":
+        # The watcher would OCR the sink's own outputs (and their outputs, forever).
+        a, b = self.outbox_prefix, self.inbox_prefix
+        if a.startswith(b) or b.startswith(a) or self.outbox_done_prefix.startswith(b):
+            raise ValueError(f"OCRSTREAM_OUTBOX_PREFIX ({a!r}) and OCRSTREAM_OUTBOX_DONE_PREFIX "
+                             f"({self.outbox_done_prefix!r}) must lie outside the drop folder ({b!r})")
+        return self
 
     @field_validator("allowed_sources")
     @classmethod

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import certifi
 import urllib3
 from minio import Minio
+from minio.commonconfig import CopySource, Tags
 from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.helpers import check_bucket_name, check_object_name
 
@@ -241,6 +242,48 @@ class ObjectStore:
             self.client.remove_object(bucket, key, version_id=version_id)
         except Exception as exc:  # noqa: BLE001 - nothing of the client escapes (see the class docstring)
             raise self._error(exc, bucket, key, "delete") from None
+
+    def set_tags(self, bucket: str, key: str, tags: dict[str, str], version_id: str | None = None) -> None:
+        """Replace an object's tags (S3 ``PutObjectTagging``; at most 10, keys <= 128 and values <= 256 chars).
+
+        Raises:
+            OcrstreamError: ``invalid_bucket``, ``invalid_key``, ``object_not_found``, ``storage_error``.
+        """
+        bucket = validate_bucket(bucket)
+        self._check_key(key)
+        t = Tags.new_object_tags()
+        t.update(tags)
+        try:
+            self.client.set_object_tags(bucket, key, t, version_id=version_id)
+        except Exception as exc:  # noqa: BLE001 - nothing of the client escapes (see the class docstring)
+            raise self._error(exc, bucket, key, "tag") from None
+
+    def get_tags(self, bucket: str, key: str, version_id: str | None = None) -> dict[str, str]:
+        """An object's tags (empty when it has none).
+
+        Raises:
+            OcrstreamError: ``invalid_bucket``, ``invalid_key``, ``object_not_found``, ``storage_error``.
+        """
+        bucket = validate_bucket(bucket)
+        self._check_key(key)
+        try:
+            return dict(self.client.get_object_tags(bucket, key, version_id=version_id) or {})
+        except Exception as exc:  # noqa: BLE001 - nothing of the client escapes (see the class docstring)
+            raise self._error(exc, bucket, key, "read tags of") from None
+
+    def copy(self, bucket: str, key: str, to_key: str, version_id: str | None = None) -> None:
+        """Server-side copy of ``key`` (that version) to ``to_key`` in the same bucket (objects up to 5 GiB).
+
+        Raises:
+            OcrstreamError: ``invalid_bucket``, ``invalid_key``, ``object_not_found``, ``storage_error``.
+        """
+        bucket = validate_bucket(bucket)
+        self._check_key(key)
+        self._check_key(to_key)
+        try:
+            self.client.copy_object(bucket, to_key, CopySource(bucket, key, version_id=version_id))
+        except Exception as exc:  # noqa: BLE001 - nothing of the client escapes (see the class docstring)
+            raise self._error(exc, bucket, key, "copy") from None
 
     @staticmethod
     def _check_key(key: str) -> None:

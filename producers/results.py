@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import time
 import uuid
+import zlib
 from typing import Callable, Iterable
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, TopicPartition
 
 from ocrstream.errors import OcrstreamError
-from ocrstream.kafka import assign_all, consumer_config, read_to_end
+from ocrstream.kafka import assign_all, consumer_config, read_to_end, topic_partitions, watermarks
 from ocrstream.settings import Settings
 from schemas import DocumentResult, decode
 from topology import follower_group
@@ -81,3 +82,40 @@ def read_latest_results(s: Settings, timeout_s: float = 30.0) -> dict[str, Docum
         return follower.read_to_end(timeout_s)
     finally:
         follower.close()
+
+
+def key_partition(key: str, partitions: int) -> int:
+    """The partition librdkafka's default partitioner (``consistent_random``: CRC32 of the key
+    modulo the partition count, for a non-empty key) gives ``key``; the stages produce document
+    results with it."""
+    return zlib.crc32(key.encode()) % partitions
+
+
+def find_result(s: Settings, document_id: str, timeout_s: float = 30.0) -> DocumentResult | None:
+    """The current result of one document from the compacted document-results topic (of
+    ``OCRSTREAM_TENANT``), or None when there is none (not completed yet, unknown, or deleted).
+
+    Reads only the partition that holds the key (:func:`key_partition`), from its beginning to
+    its end: compaction keeps that to about one record per document of the partition.
+
+    Raises:
+        OcrstreamError: a record of this document cannot be decoded.
+        KafkaException: the topic's metadata cannot be read.
+    """
+    conf = consumer_config(s, f"{s.group(follower_group(s.tenant))}-{uuid.uuid4().hex[:8]}",
+                           **{"enable.partition.eof": True})
+    consumer = Consumer(conf)
+    try:
+        topic = s.tenant_topic(s.tenant, "document-results")
+        part = key_partition(document_id, len(topic_partitions(consumer, topic)))
+        low, _ = watermarks(consumer, TopicPartition(topic, part))
+        tp = TopicPartition(topic, part, low)
+        consumer.assign([tp])
+        found: DocumentResult | None = None
+        for msg in read_to_end(consumer, [tp], timeout_s):
+            if (msg.key() or b"").decode(errors="replace") != document_id:
+                continue
+            found = None if msg.value() is None else decode(msg.value(), DocumentResult)
+        return found
+    finally:
+        consumer.close()

@@ -1,0 +1,1 @@
+"""Sinks: stages that write document results to where users look (object storage)."""
