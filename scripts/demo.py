@@ -45,6 +45,37 @@ def stop() -> None:
     print("stack stopped (data kept under", Path(s.stack_dir).resolve(), ")")
 
 
+def show_outbox(s, sample: Path, timeout_s: float = 180.0) -> None:
+    """Drop ``sample`` into the drop folder and show what the outbox sink writes for it."""
+    import pymupdf
+
+    from ocrstream.storage import ObjectStore
+
+    store = ObjectStore(s)
+    key = f"{s.inbox_prefix}demo/{sample.name}"
+    base = f"{s.outbox_prefix}demo/{sample.name}"
+    print(f"\n== drop folder: s3://{s.bucket}/{key} -> the outbox sink writes s3://{s.bucket}/{base}.*")
+    store.put_bytes(key, sample.read_bytes())
+    deadline = time.monotonic() + timeout_s
+    wanted = {base + x for x in (".json", ".txt", ".hocr", ".alto.xml", ".pdf")}
+    while time.monotonic() < deadline:
+        found = {o.key: o.size for o in store.list(f"{s.outbox_prefix}demo/")}
+        if wanted <= found.keys() or base + ".error.json" in found:
+            break
+        time.sleep(1.0)
+    else:
+        print(f"   not all outbox files within {timeout_s:.0f}s (see {Path(s.stack_dir).resolve() / 'run.log'})")
+    for k, size in sorted(found.items()):
+        print(f"   {k:60} {size:>9} bytes")
+    if base + ".txt" in found:
+        text = store.get_bytes(s.bucket, base + ".txt", 10 << 20).decode()
+        print("   .txt: " + " | ".join(text.split("\n")[:6]))
+    if base + ".pdf" in found:
+        with pymupdf.open(stream=store.get_bytes(s.bucket, base + ".pdf", 200 << 20)) as pdf:
+            print(f"   .pdf: {pdf.page_count} page(s), get_text() of page 1: "
+                  + " | ".join(pdf[0].get_text().split("\n")[:6]))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("files", nargs="*")
@@ -120,6 +151,8 @@ def main() -> int:
     ok = sum(r["status"] == "succeeded" for r in results)
     print(f"\n== summary: {len(results)} documents ({ok} succeeded), {pages} pages in {elapsed:.1f} s "
           f"= {pages / elapsed:.2f} pages/s with {args.workers} workers")
+    # A scan shows the searchable PDF's invisible text layer (born-digital pages keep their own text).
+    show_outbox(s, Path(next((d for d in docs if d.endswith("-scan.jpg")), docs[0])))
     print("   the stack and consumers keep running; stop them with: make stop")
     print("   more: .venv/bin/ocrstream submit --wait FILE...   |   drop files into s3://"
           f"{s.bucket}/{s.inbox_prefix} (S3 at {s.s3_endpoint})")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 
@@ -20,7 +22,7 @@ from ocrstream.streaming import StopFlag
 from producers.watch import DropFolderWatcher
 from schemas import DeadLetter, Detection, DocumentResult, ObjectRef, Page, decode
 
-from conftest import base_settings, committed_to_end, consume_all, make_pdf
+from conftest import REPO, base_settings, committed_to_end, consume_all, make_pdf, settings_env
 
 HOCR = "{http://www.w3.org/1999/xhtml}"
 ALTO = "{http://www.loc.gov/standards/alto/ns-v4#}"
@@ -151,7 +153,7 @@ def _wait_for_keys(store, prefix: str, wanted: set[str], timeout_s: float) -> se
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_dropped_files_show_up_in_the_outbox_in_every_format(settings, store, stages):
+def test_dropped_files_show_up_in_the_outbox_in_every_format(settings, store, stages, tmp_path):
     s = settings.model_copy(update={"outbox_inbox_action": "tag"})
     # A record on the results topic that is not a document result: dead-lettered, the sink goes on.
     p = Producer(producer_config(s))
@@ -192,6 +194,25 @@ def test_dropped_files_show_up_in_the_outbox_in_every_format(settings, store, st
     report = orjson.loads(store.get_bytes(s.bucket, "outbox/broken.pdf.error.json", 1 << 20))
     assert report["error"]["code"] == "corrupt_document"
     assert store.get_tags(s.bucket, "inbox/broken.pdf")["ocrstream-status"] == "failed"
+
+    # `ocrstream status` / `ocrstream result` read the same results from the compacted topic.
+    filing = decode(store.get_bytes(s.bucket, "outbox/scans/filing.pdf.json", 10 << 20), DocumentResult)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ocrstream.cli", *args], env=settings_env(s), cwd=REPO,
+                              capture_output=True, timeout=120)
+
+    status = cli("status", filing.document_id)
+    assert status.returncode == 0 and f"{filing.document_id} succeeded pages 2/2 " in status.stdout.decode()
+    failed = cli("status", report["document_id"])
+    assert failed.returncode == 1 and "corrupt_document" in failed.stdout.decode()
+    missing = cli("status", "no-such-document")
+    assert missing.returncode == 1 and "no result" in missing.stderr.decode()
+    hocr = cli("result", filing.document_id, "--format", "hocr")
+    assert hocr.returncode == 0 and hocr.stdout == store.get_bytes(s.bucket, "outbox/scans/filing.pdf.hocr", 10 << 20)
+    out = tmp_path / "filing.pdf"
+    assert cli("result", filing.document_id, "--format", "pdf", "-o", str(out)).returncode == 0
+    assert check_searchable_pdf(out.read_bytes(), filing) >= 2
 
     # A replay (a new group from the beginning) writes the same keys again, nothing more.
     first = {k: store.get_bytes(s.bucket, k, 50 << 20) for k in wanted if not k.endswith(".pdf")}

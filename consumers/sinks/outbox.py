@@ -164,19 +164,20 @@ class OutboxSink:
         Raises:
             OcrstreamError: ``storage_error`` (after retries).
         """
-        files: dict[str, tuple[bytes, str]] = {}
+        files: dict[str, tuple[str, bytes]] = {}  # key -> (format, body)
         if "json" in self.formats or result.status == "failed":
-            files[base + ".json"] = (encode(result), CONTENT_TYPES["json"])
+            files[base + ".json"] = ("json", encode(result))
         if result.status == "failed":
-            files[base + ".error.json"] = (error_report(result), CONTENT_TYPES["json"])
+            files[base + ".error.json"] = ("error", error_report(result))
         else:
             for fmt in self.formats:
                 body = self._render(fmt, result)
                 if body is not None:
-                    files[base + SUFFIX[fmt]] = (body, CONTENT_TYPES[fmt])
-        for key, (body, ctype) in files.items():
-            retry_transient(lambda: self.store.put_bytes(key, body, ctype), stop=self.stop.event)
-            m.OUTBOX_FILES.labels(key.rsplit(".", 1)[-1]).inc()
+                    files[base + SUFFIX[fmt]] = (fmt, body)
+        for key, (fmt, body) in files.items():
+            retry_transient(lambda: self.store.put_bytes(key, body, CONTENT_TYPES.get(fmt, CONTENT_TYPES["json"])),
+                            stop=self.stop.event)
+            m.OUTBOX_FILES.labels(fmt).inc()
         if result.status == "succeeded":  # a replayed dead letter that now succeeded: the old report goes
             retry_transient(lambda: self.store.remove(self.s.bucket, base + ".error.json"), stop=self.stop.event)
         return list(files)
