@@ -225,3 +225,30 @@ def test_dropped_files_show_up_in_the_outbox_in_every_format(settings, store, st
         time.sleep(1.0)
     assert {o.key for o in store.list("outbox/")} == wanted
     assert {k: store.get_bytes(s.bucket, k, 50 << 20) for k in first} == first
+
+
+def test_hostile_detections_never_break_the_formats():
+    """Control characters, coordinates far off the page, degenerate polygons, characters no font has:
+    hOCR and ALTO still parse, the PDF is written and carries only what it can say truthfully."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (400, 300), "white").save(buf, "PNG")
+    box = [[10, 10], [100, 10], [100, 30], [10, 30]]
+    dets = [Detection(text="ctrl\x00\x0b\x0cchars", polygon=box, confidence=0.5),
+            Detection(text="huge", polygon=[[1e30, 1e30], [2e30, 1e30], [2e30, 3e30], [1e30, 3e30]], confidence=0.5),
+            Detection(text="negative", polygon=[[-100, -100], [-10, -100], [-10, -50], [-100, -50]], confidence=0.5),
+            Detection(text="flat", polygon=[[10, 10]] * 4, confidence=0.5),
+            Detection(text="   ", polygon=box, confidence=0.5),
+            Detection(text="\ufffd\U0001F600 emoji", polygon=[[10, 50], [200, 50], [200, 80], [10, 80]], confidence=0.5)]
+    result = DocumentResult(document_id="d", source=ObjectRef(bucket="abc", key="k", filename="a<b>&\x01.png"),
+                            status="succeeded", page_count=1, completed_at=0,
+                            pages=[Page(page_number=1, width=400, height=300, detections=dets)])
+    hocr = ET.fromstring(to_hocr(result))
+    assert [e.text for e in hocr.iter(f"{HOCR}span")][0] == "ctrlchars"
+    assert ET.fromstring(to_alto(result)).find(f".//{ALTO}fileName").text == "a<b>&.png"
+    with pymupdf.open(stream=searchable_pdf(result, buf.getvalue())) as doc:
+        text = doc[0].get_text()
+    assert "ctrlchars" in text and "?? emoji" in text and "flat" not in text

@@ -9,14 +9,14 @@ from xml.sax.saxutils import escape, quoteattr
 
 from schemas import DocumentResult
 
-from .text import line_box
+from .text import line_box, xml_safe
 
 _NS = "http://www.loc.gov/standards/alto/ns-v4#"
 
 
 def to_alto(result: DocumentResult) -> str:
     """The document result as an ALTO 4.4 XML document."""
-    filename = result.source.filename if result.source else result.document_id
+    filename = xml_safe(result.source.filename if result.source else result.document_id)
     out = ['<?xml version="1.0" encoding="UTF-8"?>\n',
            f'<alto xmlns="{_NS}" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
            f'xsi:schemaLocation="{_NS} http://www.loc.gov/alto/v4/alto-4-4.xsd">\n',
@@ -31,7 +31,7 @@ def to_alto(result: DocumentResult) -> str:
         for n, det in enumerate(page.detections, 1):
             x0, y0, x1, y1 = line_box(det)
             box = f'HPOS="{x0}" VPOS="{y0}" WIDTH="{x1 - x0}" HEIGHT="{y1 - y0}"'
-            out.append(f'    <TextLine ID="{pid}_line_{n}" {box}><String {box} CONTENT={quoteattr(det.text)} '
+            out.append(f'    <TextLine ID="{pid}_line_{n}" {box}><String {box} CONTENT={quoteattr(xml_safe(det.text))} '
                        f'WC="{det.confidence:.3f}"/></TextLine>\n')
         out.append("   </PrintSpace>\n  </Page>\n")
     out.append(" </Layout>\n</alto>\n")

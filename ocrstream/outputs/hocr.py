@@ -13,7 +13,7 @@ from html import escape
 
 from schemas import Detection, DocumentResult
 
-from .text import line_box
+from .text import line_box, xml_safe
 
 _HEAD = """<?xml version="1.0" encoding="UTF-8"?>
 <!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN" "http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">
@@ -32,7 +32,7 @@ _HEAD = """<?xml version="1.0" encoding="UTF-8"?>
 def _line(det: Detection, page_no: int, n: int) -> str:
     x0, y0, x1, y1 = line_box(det)
     return (f'   <span class="ocr_line" id="line_{page_no}_{n}" '
-            f'title="bbox {x0} {y0} {x1} {y1}; x_wconf {round(det.confidence * 100)}">{escape(det.text)}</span>\n')
+            f'title="bbox {x0} {y0} {x1} {y1}; x_wconf {round(det.confidence * 100)}">{escape(xml_safe(det.text))}</span>\n')
 
 
 def to_hocr(result: DocumentResult) -> str:
@@ -43,7 +43,8 @@ def to_hocr(result: DocumentResult) -> str:
     """
     filename = result.source.filename if result.source else result.document_id
     engine = " ".join(x for x in (result.engine.name, result.engine.rec_model) if x) if result.engine else ""
-    out = [_HEAD.format(title=escape(filename), engine=escape(engine), pages=len(result.pages))]
+    filename = xml_safe(filename)
+    out = [_HEAD.format(title=escape(filename), engine=escape(xml_safe(engine)), pages=len(result.pages))]
     for page in result.pages:
         title = (f'image &quot;{escape(filename)}&quot;; ppageno {page.page_number - 1}; '
                  f'bbox 0 0 {page.width} {page.height}')

@@ -15,8 +15,9 @@ recognized line is written in text render mode 3 (neither fill nor stroke: PDF 3
   pixels are the ones that were OCR'd (EXIF orientation applied), so polygons fit as they are.
 
 Font: Helvetica (a PDF base-14 font, nothing embedded) when the text is WinAnsi, else MuPDF's
-built-in Droid Sans Fallback (CJK and most other scripts), so the extracted text is what was
-recognized. Each line gets a font size that makes its extracted box as tall as the polygon
+built-in Droid Sans Fallback (CJK and most other scripts; embedded as a subset), so the
+extracted text is what was recognized; a character neither font has (emoji, some scripts) is
+written as ``?`` and control characters are dropped. Each line gets a font size that makes its extracted box as tall as the polygon
 (``height / (ascender - descender)``) and a horizontal scale that makes it as wide.
 """
 
@@ -30,6 +31,8 @@ import pymupdf
 from ocrstream.documents import decode_image_page, open_image, open_pdf, sniff
 from ocrstream.errors import OcrstreamError, ReasonCode
 from schemas import Detection, DocumentResult, Page
+
+from .text import xml_safe
 
 _HELV = pymupdf.Font("helv")
 _FALLBACK: pymupdf.Font | None = None  # loaded on first need (a 4 MB font)
@@ -62,7 +65,7 @@ def add_text_layer(page: pymupdf.Page, detections: list[Detection], scale: float
     """
     written = 0
     for det in detections:
-        text = det.text.strip()
+        text = xml_safe(det.text).strip()  # control characters would end the text run in MuPDF
         if not text:
             continue
         pts = [pymupdf.Point(x * scale, y * scale) for x, y in det.polygon]
@@ -71,6 +74,8 @@ def add_text_layer(page: pymupdf.Page, detections: list[Detection], scale: float
         if width < 0.5 or height < 0.5:
             continue
         font = _font_for(text)
+        # A character the font has no glyph for would be extracted as some other character: "?" is honest.
+        text = "".join(c if c == " " or (c != "\ufffd" and font.has_glyph(ord(c))) else "?" for c in text)
         size = height / (font.ascender - font.descender)
         natural = font.text_length(text, fontsize=size)
         if natural <= 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from schemas import Detection, DocumentResult
 
@@ -20,3 +21,13 @@ def line_box(det: Detection) -> tuple[int, int, int, int]:
     xs = [p[0] for p in det.polygon]
     ys = [p[1] for p in det.polygon]
     return (max(0, math.floor(min(xs))), max(0, math.floor(min(ys))), math.ceil(max(xs)), math.ceil(max(ys)))
+
+
+# Characters XML 1.0 does not allow (section 2.2, "Char"): C0 controls but tab/LF/CR, surrogates,
+# U+FFFE/U+FFFF. A recognizer can emit them; hOCR and ALTO must still parse.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_safe(text: str) -> str:
+    """``text`` without the characters XML 1.0 forbids (not escaped: the caller escapes)."""
+    return _NOT_XML.sub("", text)
