@@ -52,7 +52,8 @@ PAUSED_PARTITIONS = Gauge("ocrstream_paused_partitions", "Partitions paused by b
 CONSUMER_LAG = Gauge("ocrstream_consumer_lag", "Messages behind the high watermark", ["topic", "partition"])
 # Outbox sink (consumers/sinks/outbox.py)
 OUTBOX_DOCUMENTS = Counter("ocrstream_outbox_documents", "Document results handled by the outbox sink "
-                           "(status succeeded, failed, or skipped: outside OCRSTREAM_OUTBOX_SCOPE)", ["status"])
+                           "(status succeeded, failed, deleted: files removed after a deletion request, or skipped: outside "
+                           "OCRSTREAM_OUTBOX_SCOPE)", ["status"])
 OUTBOX_FILES = Counter("ocrstream_outbox_files", "Files written by the outbox sink", ["format"])
 OUTBOX_PDF_SKIPPED = Counter("ocrstream_outbox_pdf_skipped", "Searchable PDFs not written: the source object was "
                              "gone, replaced or unreadable", ["reason"])

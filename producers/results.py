@@ -3,6 +3,7 @@ or read the compacted topic to its end (last value per key)."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 import zlib
@@ -15,6 +16,8 @@ from ocrstream.kafka import assign_all, consumer_config, read_to_end, topic_part
 from ocrstream.settings import Settings
 from schemas import DocumentResult, decode
 from topology import follower_group
+
+log = logging.getLogger(__name__)
 
 
 class ResultFollower:
@@ -67,8 +70,11 @@ class ResultFollower:
             key = (msg.key() or b"").decode()
             if msg.value() is None:
                 latest.pop(key, None)
-            else:
+                continue
+            try:
                 latest[key] = decode(msg.value(), DocumentResult)
+            except OcrstreamError as exc:  # not a document result: it must not hide the others
+                log.warning("skipping %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), exc)
         return latest
 
     def close(self) -> None:
@@ -98,8 +104,9 @@ def find_result(s: Settings, document_id: str, timeout_s: float = 30.0) -> Docum
     Reads only the partition that holds the key (:func:`key_partition`), from its beginning to
     its end: compaction keeps that to about one record per document of the partition.
 
+    A record under this key that is not a document result is skipped (logged).
+
     Raises:
-        OcrstreamError: a record of this document cannot be decoded.
         KafkaException: the topic's metadata cannot be read.
     """
     conf = consumer_config(s, f"{s.group(follower_group(s.tenant))}-{uuid.uuid4().hex[:8]}",
@@ -115,7 +122,13 @@ def find_result(s: Settings, document_id: str, timeout_s: float = 30.0) -> Docum
         for msg in read_to_end(consumer, [tp], timeout_s):
             if (msg.key() or b"").decode(errors="replace") != document_id:
                 continue
-            found = None if msg.value() is None else decode(msg.value(), DocumentResult)
+            if msg.value() is None:
+                found = None
+                continue
+            try:
+                found = decode(msg.value(), DocumentResult)
+            except OcrstreamError as exc:  # a record that is not a result does not replace the last one
+                log.warning("skipping %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), exc)
         return found
     finally:
         consumer.close()

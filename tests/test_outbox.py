@@ -171,7 +171,8 @@ def test_dropped_files_show_up_in_the_outbox_in_every_format(settings, store, st
     wanted = ({f"outbox/scans/filing.pdf{x}" for x in every} | {f"outbox/photo.png{x}" for x in every}
               | {"outbox/broken.pdf.json", "outbox/broken.pdf.error.json"})
     keys = _wait_for_keys(store, "outbox/", wanted, timeout_s=300)
-    assert keys == wanted  # nothing else: no .txt for the failed document, no stray files
+    index = {k for k in keys if k.startswith("outbox/.ocrstream/index/")}
+    assert keys - index == wanted and len(index) == 3  # no .txt for the failed document, no stray files
 
     dl = decode(consume_all(s, s.topic("dead-letters"), 1)[0].value(), DeadLetter)
     assert dl.stage == "outbox" and dl.reason == "invalid_json"
@@ -223,8 +224,19 @@ def test_dropped_files_show_up_in_the_outbox_in_every_format(settings, store, st
     while not committed_to_end(replay, replay.group("outbox"), s.topic("document-results")):
         assert time.monotonic() < deadline, "the replaying sink did not commit the results topic's end"
         time.sleep(1.0)
-    assert {o.key for o in store.list("outbox/")} == wanted
+    assert {o.key for o in store.list("outbox/")} == wanted | index
     assert {k: store.get_bytes(s.bucket, k, 50 << 20) for k in first} == first
+
+    # A deletion request (tombstone) removes the document's outbox files, and only those.
+    photo = decode(first["outbox/photo.png.json"], DocumentResult)
+    assert cli("delete", photo.document_id).returncode == 0
+    deadline = time.monotonic() + 120
+    while any(k.startswith("outbox/photo.png") for k in (o.key for o in store.list("outbox/"))):
+        assert time.monotonic() < deadline, "the deleted document's outbox files are still there"
+        time.sleep(1.0)
+    left = {o.key for o in store.list("outbox/")}
+    assert left == {k for k in wanted | index if not k.startswith("outbox/photo.png")} - {
+        f"outbox/.ocrstream/index/{photo.document_id}.json"}
 
 
 def test_hostile_detections_never_break_the_formats():

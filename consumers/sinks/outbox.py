@@ -20,8 +20,9 @@ In a versioned bucket each object version gets its own set: ``scan.pdf@<version_
 Delivery: at-least-once, one record at a time: the files are written, then the record's offset
 is committed (:meth:`StageRuntime.publish` with no outputs). A crash in between replays the
 record, and a replay writes the same keys again (idempotent). A record that is not a document
-result becomes a dead letter and the partition goes on; a tombstone (a deletion request) writes
-nothing. When the object store is away, the record is not skipped: the partition is rewound to
+result becomes a dead letter and the partition goes on. A tombstone (``ocrstream delete``, a
+deletion request) removes the document's files: their keys are recorded per document under
+``<outbox prefix>.ocrstream/index/<document_id>.json`` before the files are written. When the object store is away, the record is not skipped: the partition is rewound to
 the committed offset and tried again after a backoff (``storage_error``, transient).
 
 The searchable PDF needs the source object: it is read (within ``OCRSTREAM_ALLOWED_SOURCES``,
@@ -142,8 +143,9 @@ class OutboxSink:
             OcrstreamError: ``invalid_json``, ``schema_violation`` (the record; a dead letter), or a
                 transient ``storage_error`` (the store; the record is read again).
         """
-        if msg.value() is None:
-            return []  # a deletion request's tombstone
+        if msg.value() is None:  # a deletion request's tombstone: its files go too
+            self.forget((msg.key() or b"").decode(errors="replace"))
+            return []
         result = decode(msg.value(), DocumentResult)
         ctx.document_id = result.document_id
         base = outbox_base(self.s, result.source, result.document_id)
@@ -174,6 +176,10 @@ class OutboxSink:
                 body = self._render(fmt, result)
                 if body is not None:
                     files[base + SUFFIX[fmt]] = (fmt, body)
+        # The index first: a crash after it leaves files a deletion request can still find.
+        index = orjson.dumps({"document_id": result.document_id, "keys": sorted(files)})
+        retry_transient(lambda: self.store.put_bytes(self.index_key(result.document_id), index, "application/json"),
+                        stop=self.stop.event)
         for key, (fmt, body) in files.items():
             retry_transient(lambda: self.store.put_bytes(key, body, CONTENT_TYPES.get(fmt, CONTENT_TYPES["json"])),
                             stop=self.stop.event)
@@ -181,6 +187,37 @@ class OutboxSink:
         if result.status == "succeeded":  # a replayed dead letter that now succeeded: the old report goes
             retry_transient(lambda: self.store.remove(self.s.bucket, base + ".error.json"), stop=self.stop.event)
         return list(files)
+
+    def index_key(self, document_id: str) -> str:
+        """Where the keys of a document's files are recorded (for deletion requests, whose
+        tombstone carries only the document id)."""
+        return f"{self.s.outbox_prefix}.ocrstream/index/{document_id}.json"
+
+    def forget(self, document_id: str) -> int:
+        """Delete the files of a deleted document (``ocrstream delete``); returns how many.
+
+        Raises:
+            OcrstreamError: a transient ``storage_error`` (the record is read again).
+        """
+        if not document_id or "/" in document_id:
+            return 0  # not a key the sink wrote (tenants' keys have a slash; their results are not ours)
+        index_key = self.index_key(document_id)
+        try:
+            index = orjson.loads(retry_transient(lambda: self.store.get_bytes(self.s.bucket, index_key, 1 << 20),
+                                                 stop=self.stop.event))
+        except OcrstreamError as exc:
+            if exc.transient:
+                raise
+            return 0  # no files of this document (outside the scope, or already forgotten)
+        except orjson.JSONDecodeError:
+            index = {"keys": []}
+        keys = [k for k in index.get("keys", []) if isinstance(k, str) and k.startswith(self.s.outbox_prefix)]
+        for key in keys:
+            retry_transient(lambda: self.store.remove(self.s.bucket, key), stop=self.stop.event)
+        retry_transient(lambda: self.store.remove(self.s.bucket, index_key), stop=self.stop.event)
+        m.OUTBOX_DOCUMENTS.labels("deleted").inc()
+        log.info("outbox: %s deleted: %d files removed", document_id, len(keys))
+        return len(keys)
 
     def _render(self, fmt: str, result: DocumentResult) -> bytes | None:
         if fmt == "json":
