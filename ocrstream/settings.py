@@ -164,6 +164,13 @@ class Settings(BaseSettings):
     det_unclip_ratio: float = Field(
         1.6, gt=0, description="DB detection: how far a text region is grown before cropping "
                                "(RapidOCR default 1.6; PaddleOCR's 1.5 for PP-OCRv4)")
+    page_orientation: Literal["auto", "off"] = Field(
+        "auto", description="`auto`: a page whose lines read poorly or run vertically is read again turned by 180 "
+        "(or 90 and 270) degrees and the best reading kept (`rotation` in the result); upright pages cost nothing "
+        "more (ocrstream/engine/orientation.py). `off`: pages are read as stored")
+    orientation_min_confidence: float = Field(
+        0.85, ge=0, le=1, description="median line confidence from which a page with mostly wide lines counts as "
+        "upright (measured: upright pages 0.99, turned ones at most 0.76)")
     use_angle_cls: bool = Field(
         False, description="run the 0/180 degree line classifier (off: it flips upright long lines)")
     det_batch_size: int = Field(

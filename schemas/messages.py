@@ -203,6 +203,12 @@ class Page(_Message):
     dpi: int | None = Field(None, description="render DPI; null for images")
     detections: list[Detection] = Field(default_factory=list, description="reading order")
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    # written only for a turned page: upright pages' records stay as they were
+    rotation: Literal[90, 180, 270] | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="degrees the image was turned clockwise to be read (a page scanned sideways or upside down); "
+                    "polygons stay in pixels of the image as stored, each clockwise from the text's own top-left "
+                    "corner, and detections are in the upright page's reading order; absent = read as stored")
 
 
 class PageResult(Page):

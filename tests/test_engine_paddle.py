@@ -46,7 +46,8 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine(cache) -> PaddleEngine:
     s = Settings(engine="paddle", engine_device="cpu", model_dir=None, rec_batch_size=16, text_score=0.5,
-                 use_angle_cls=True, det_limit_side_len=2000, paddle_cache_dir=cache)
+                 use_angle_cls=True, det_limit_side_len=2000, paddle_cache_dir=cache,
+                 page_orientation="off")  # the engine itself (orientation wraps any engine: test_orientation.py)
     eng = create_engine(s)
     assert isinstance(eng, PaddleEngine)
     return eng

@@ -58,7 +58,7 @@ def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None
             detections=[Detection(text=l.text, polygon=l.polygon, confidence=l.confidence) for l in ocr.lines],
             engine=engine, worker_id=s.worker_id, submitted_at=task.submitted_at,
             completed_at=now_ms(), timings_ms={**item.timings, **ocr.timings_ms}, tenant=task.tenant,
-            placement=task.placement,
+            placement=task.placement, rotation=getattr(ocr, "rotation", 0) or None,
         )
     value = encode(result)
     key = document_key(task.tenant, task.document_id)  # one assembler partition per (tenant, document)
@@ -86,6 +86,8 @@ def outputs_for(s: Settings, items: list[WorkItem], results: list, engine: Engin
         if isinstance(item.error, OcrstreamError) and item.error.code == ReasonCode.WORKER_CRASH:
             m.POISON_PAGES.inc()
         m.PAGES_PROCESSED.labels("failed" if failed else "succeeded").inc()
+        if not failed and getattr(ocr, "rotation", 0):
+            m.PAGES_TURNED.labels(str(ocr.rotation)).inc()
         m.PAGE_LATENCY.observe(max(0.0, (now_ms() - item.task.submitted_at) / 1000))
     return outputs
 

@@ -10,7 +10,9 @@ from .runtime import resolve_runtime
 def create_engine(s: Settings) -> Engine:
     """Build the configured engine (``auto`` | ``openvino`` | ``onnxruntime`` | ``paddle`` |
     ``none``, see :func:`resolve_runtime`), or the one ``OCRSTREAM_ENGINE_PLUGIN``
-    (``module:factory``, called with the settings) names.
+    (``module:factory``, called with the settings) names. The PP-OCR runtimes read turned pages
+    upright (:class:`.orientation.OrientingEngine`) unless ``OCRSTREAM_PAGE_ORIENTATION=off``;
+    a plugin is used as it is.
 
     Raises:
         ValueError: unknown engine name, or a plugin spec without ``:``.
@@ -24,14 +26,20 @@ def create_engine(s: Settings) -> Engine:
             raise ValueError(f"OCRSTREAM_ENGINE_PLUGIN must be module:factory, got {s.engine_plugin!r}")
         return getattr(importlib.import_module(module), attr)(s)
     runtime, rec_runtime = resolve_runtime(s)
-    if runtime in ("onnxruntime", "openvino"):
-        from .onnx import OnnxEngine
+    if runtime in ("onnxruntime", "openvino", "paddle"):
+        if runtime == "paddle":
+            from .paddle import PaddleEngine
 
-        return OnnxEngine(s, runtime, rec_runtime)
-    if runtime == "paddle":
-        from .paddle import PaddleEngine
+            engine: Engine = PaddleEngine(s)
+        else:
+            from .onnx import OnnxEngine
 
-        return PaddleEngine(s)
+            engine = OnnxEngine(s, runtime, rec_runtime)
+        if s.page_orientation == "auto":
+            from .orientation import OrientingEngine
+
+            engine = OrientingEngine(engine, s.orientation_min_confidence)
+        return engine
     if runtime == "none":
         from .null import NullEngine
 

@@ -32,10 +32,13 @@ class TextLine:
 
 @dataclass
 class PageOcr:
-    """Engine output for one page: lines in reading order and per-stage times (ms)."""
+    """Engine output for one page: lines in reading order, per-stage times (ms), and how far the
+    page was turned clockwise to be read (degrees: 0, 90, 180, 270; polygons stay in pixels of
+    the image as given, see :mod:`.orientation`)."""
 
     lines: list[TextLine]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    rotation: int = 0
 
 
 class Engine(Protocol):
