@@ -57,7 +57,9 @@ def bench_settings(**kw) -> Settings:
     base = dict(kafka_bootstrap_servers="127.0.0.1:39092", kafka_port=39092, kafka_controller_port=39093,
                 s3_endpoint="127.0.0.1:39433", s3_port=39433, stack_port_base=41000,
                 stack_dir=REPO / ".ocrstream-bench", kafka_libs=REPO / "deploy" / "kafka" / "libs",
-                s3_access_key="ocrstream", s3_secret_key="ocrstream-secret")
+                s3_access_key="ocrstream", s3_secret_key="ocrstream-secret",
+                # OCR figures: born-digital pages must not take the text-layer fast path here.
+                text_layer="off")
     base.update(kw)
     return Settings(**base)
 

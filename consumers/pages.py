@@ -7,9 +7,11 @@ small LRU cache bounded in bytes.
 
 from __future__ import annotations
 
+import math
 import threading
-from typing import Callable
 import time
+from dataclasses import dataclass
+from typing import Callable
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +19,9 @@ from contextlib import contextmanager
 import numpy as np
 
 from ocrstream.documents import decode_image_page, open_pdf, render_pdf_page
+from ocrstream.engine.base import PageOcr
+from ocrstream.errors import OcrstreamError, ReasonCode
+from ocrstream.textlayer import read_text_layer
 from ocrstream.settings import Settings
 from ocrstream import metrics as m
 from ocrstream.slices import check_slice
@@ -163,18 +168,31 @@ class SourceCache:
                 doc.close()
 
 
+@dataclass
+class Prepared:
+    """A page ready for the engine (``image``: ``HxWx3 uint8 BGR``), or already read from its text
+    layer (``text_layer``, no image); ``shape`` is ``(height, width)`` pixels either way."""
+
+    image: np.ndarray | None
+    shape: tuple[int, int]
+    timings: dict[str, float]
+    text_layer: PageOcr | None = None
+
+
 def prepare_page(cache: SourceCache, task: PageTask, s: Settings, stop: threading.Event | None = None,
-                 on_phase: Callable[[str], None] | None = None) -> tuple[np.ndarray, dict[str, float]]:
-    """Download and render one page.
+                 on_phase: Callable[[str], None] | None = None) -> Prepared:
+    """Download and render one page, or read it from its text layer (``OCRSTREAM_TEXT_LAYER``,
+    :mod:`ocrstream.textlayer`).
 
     ``on_phase("download")`` and ``on_phase("render")`` are called as each phase starts, so the
     caller can hold each to its time budget (``OCRSTREAM_DOWNLOAD_TIMEOUT_S``, ``OCRSTREAM_RENDER_TIMEOUT_S``).
 
     Returns:
-        ``(HxWx3 uint8 BGR image, {"download_ms", "render_ms"})``.
+        the :class:`Prepared` page; timings ``download_ms`` and ``render_ms`` (or ``text_layer_ms``).
 
     Raises:
-        OcrstreamError: see :meth:`SourceCache.get`, plus ``page_too_large``.
+        OcrstreamError: see :meth:`SourceCache.get`, plus ``page_too_large``, and ``no_text_layer``
+            (``OCRSTREAM_TEXT_LAYER=only`` and the page has none to read).
     """
     phase = on_phase or (lambda name: None)
     phase("download")
@@ -183,11 +201,39 @@ def prepare_page(cache: SourceCache, task: PageTask, s: Settings, stop: threadin
         t1 = time.perf_counter()
         if task.kind == "pdf":
             phase("render")  # the wait for MuPDF counts against the render budget, not the download's
+            dpi = task.dpi or s.render_dpi
             with _MUPDF_LOCK:
                 page = 1 if task.slice is not None else task.page_number  # a slice holds only this page
-                image = render_pdf_page(doc, page, task.dpi or s.render_dpi, s.max_page_pixels)
+                if s.text_layer != "off":
+                    read = _text_layer(doc, page, dpi, s.max_page_pixels)
+                    if read is not None:
+                        ocr, shape = read
+                        ms = round((time.perf_counter() - t1) * 1000, 1)
+                        return Prepared(None, shape, {"download_ms": round((t1 - t0) * 1000, 1), "text_layer_ms": ms},
+                                        ocr)
+                    if s.text_layer == "only":
+                        raise OcrstreamError(ReasonCode.NO_TEXT_LAYER, f"page {task.page_number} has no text layer "
+                                             "that holds its visible text (OCRSTREAM_TEXT_LAYER=only)")
+                image = render_pdf_page(doc, page, dpi, s.max_page_pixels)
         else:
+            if s.text_layer == "only":
+                raise OcrstreamError(ReasonCode.NO_TEXT_LAYER, "an image has no text layer (OCRSTREAM_TEXT_LAYER=only)")
             phase("render")
             image = decode_image_page(data, task.page_number, s.max_page_pixels)
         t2 = time.perf_counter()
-    return image, {"download_ms": round((t1 - t0) * 1000, 1), "render_ms": round((t2 - t1) * 1000, 1)}
+    return Prepared(image, image.shape[:2], {"download_ms": round((t1 - t0) * 1000, 1),
+                                             "render_ms": round((t2 - t1) * 1000, 1)})
+
+
+def _text_layer(doc, page_number: int, dpi: int, max_page_pixels: int) -> tuple[PageOcr, tuple[int, int]] | None:
+    """``(detections, (height, width) of the page rendered at dpi)`` from the page's text layer, or
+    None (OCR it). The page-size limit applies as it would to the render."""
+    try:
+        page = doc.load_page(page_number - 1)
+    except Exception:  # noqa: BLE001 - the render reports a broken page with its reason code
+        return None
+    w, h = math.ceil(page.rect.width * dpi / 72), math.ceil(page.rect.height * dpi / 72)
+    if w * h > max_page_pixels:
+        return None  # render_pdf_page refuses it with page_too_large
+    ocr = read_text_layer(page, dpi)
+    return (ocr, (h, w)) if ocr is not None else None

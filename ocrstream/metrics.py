@@ -4,7 +4,7 @@
 Prometheus series (prometheus-client, default registry):
 
 - ``ocrstream_messages_consumed_total{stage}``, ``ocrstream_messages_produced_total{stage,topic}``
-- ``ocrstream_pages_processed_total{status}``, ``ocrstream_pages_turned_total{rotation}``
+- ``ocrstream_pages_processed_total{status}``, ``ocrstream_pages_turned_total{rotation}``, ``ocrstream_text_layer_pages_total``
 - ``ocrstream_batch_size`` (histogram, pages), ``ocrstream_batch_latency_seconds`` (histogram)
 - ``ocrstream_page_latency_seconds`` (histogram: ingest time -> page result)
 - ``ocrstream_dead_letters_total{stage,reason}``
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 MESSAGES_CONSUMED = Counter("ocrstream_messages_consumed", "Records consumed", ["stage"])
 MESSAGES_PRODUCED = Counter("ocrstream_messages_produced", "Records produced", ["stage", "topic"])
 PAGES_PROCESSED = Counter("ocrstream_pages_processed", "Pages OCR'd", ["status"])
+TEXT_LAYER_PAGES = Counter("ocrstream_text_layer_pages", "PDF pages whose detections came from their own text layer "
+                           "(OCRSTREAM_TEXT_LAYER; no OCR)")
 PAGES_TURNED = Counter("ocrstream_pages_turned", "Pages read turned (scanned sideways or upside down; "
                        "OCRSTREAM_PAGE_ORIENTATION)", ["rotation"])
 BATCH_SIZE = Histogram("ocrstream_batch_size", "Pages per engine micro-batch",

@@ -164,6 +164,10 @@ class Settings(BaseSettings):
     det_unclip_ratio: float = Field(
         1.6, gt=0, description="DB detection: how far a text region is grown before cropping "
                                "(RapidOCR default 1.6; PaddleOCR's 1.5 for PP-OCRv4)")
+    text_layer: Literal["auto", "off", "only"] = Field(
+        "auto", description="PDF pages whose text layer holds their visible text: `auto` reads their detections from "
+        "it (no render, no OCR; scans, mixed pages and invisible OCR layers still go to OCR, ocrstream/textlayer.py); "
+        "`off` OCRs every page; `only` fails pages without one (no_text_layer)")
     page_orientation: Literal["auto", "off"] = Field(
         "auto", description="`auto`: a page whose lines read poorly or run vertically is read again turned by 180 "
         "(or 90 and 270) degrees and the best reading kept (`rotation` in the result); upright pages cost nothing "

@@ -34,6 +34,7 @@ class ReasonCode(StrEnum):
     ENGINE_ERROR = "engine_error"
     ENGINE_TIMEOUT = "engine_timeout"
     RESULT_TOO_LARGE = "result_too_large"
+    NO_TEXT_LAYER = "no_text_layer"  # OCRSTREAM_TEXT_LAYER=only and the page has no usable text layer
     # Stage runtime (ocrstream/streaming): failures that are not the input's fault.
     INTERNAL_ERROR = "internal_error"  # an unexpected exception while handling a record (a bug)
     INCOMPLETE = "incomplete"  # a document still missing pages after OCRSTREAM_DOCUMENT_DEADLINE_S

@@ -203,6 +203,11 @@ class Page(_Message):
     dpi: int | None = Field(None, description="render DPI; null for images")
     detections: list[Detection] = Field(default_factory=list, description="reading order")
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    # written only for a page read from its text layer: OCR'd pages' records stay as they were
+    text_source: Literal["ocr", "text_layer"] | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="`text_layer`: the detections are the PDF page's own text lines (OCRSTREAM_TEXT_LAYER; "
+                    "confidence 1.0, polygons in pixels at `dpi`), no OCR ran; absent = OCR")
     # written only for a turned page: upright pages' records stay as they were
     rotation: Literal[90, 180, 270] | None = Field(
         None, exclude_if=lambda v: v is None,

@@ -49,6 +49,9 @@ def base_settings(**overrides) -> Settings:
         bucket="ocrstream-test",
         batch_max_wait_ms=100,
         session_timeout_ms=10_000,
+        # The tests OCR generated born-digital PDFs to test OCR: the text-layer fast path is
+        # tested where a test turns it on (tests/test_textlayer.py).
+        text_layer="off",
     )
     values.update(overrides)
     return Settings(**values)

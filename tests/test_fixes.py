@@ -91,8 +91,8 @@ def test_lease_closes_evicted_pdf_after_last_user(two_pdf_cache):
     with cache.lease(task_a) as (_, doc_a):
         with cache.lease(task_a) as (_, again):
             assert again is doc_a
-        image, timings = prepare_page(cache, _task("bucket", "b.pdf"), s)  # evicts A while it is leased
-        assert image.size and set(timings) == {"download_ms", "render_ms"}
+        prepared = prepare_page(cache, _task("bucket", "b.pdf"), s)  # evicts A while it is leased
+        assert prepared.image.size and set(prepared.timings) == {"download_ms", "render_ms"}
         assert not doc_a.is_closed
         assert render_pdf_page(doc_a, 2, 72, 50_000_000).size
     assert doc_a.is_closed

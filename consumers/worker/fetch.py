@@ -89,11 +89,12 @@ class Prefetch:
             old.shutdown(wait=False, cancel_futures=True)
 
     def take_failed(self) -> list[WorkItem]:
-        """Remove and return the items that skip the engine (invalid records, failed prepares)."""
+        """Remove and return the items that skip the engine (invalid records, failed prepares, pages
+        read from their text layer)."""
         failed, keep = [], deque()
         for item in self.queue:
             item.settle()
-            (failed if item.failed() else keep).append(item)
+            (failed if item.skips_engine() else keep).append(item)
         if failed:
             self.queue = keep
         return failed

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from confluent_kafka import Message
 
+from ocrstream.engine.base import PageOcr
 from ocrstream.errors import OcrstreamError
 from schemas import PageTask
 
@@ -32,6 +33,7 @@ class WorkItem:
     future: Future | None = None  # prepare_page future
     image: np.ndarray | None = None
     error: BaseException | None = None  # the page failed -> failed page result
+    text_layer: PageOcr | None = None  # read from the PDF's text layer: no OCR
     shape: tuple[int, int] = (0, 0)
     timings: dict[str, float] = field(default_factory=dict)
     phase: str = "queued"  # queued | download | render (set by the prepare thread)
@@ -59,12 +61,16 @@ class WorkItem:
         if self.future is None or not self.future.done():
             return
         try:
-            self.image, t = self.future.result()
-            self.shape = self.image.shape[:2]
-            self.timings.update(t)
+            prepared = self.future.result()
+            self.image, self.shape, self.text_layer = prepared.image, prepared.shape, prepared.text_layer
+            self.timings.update(prepared.timings)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a failed page result
             self.error = exc
         self.future = None
 
     def failed(self) -> bool:
         return self.bad is not None or self.error is not None
+
+    def skips_engine(self) -> bool:
+        """Published without OCR: invalid or failed, or read from its text layer."""
+        return self.failed() or self.text_layer is not None

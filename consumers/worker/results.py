@@ -59,6 +59,7 @@ def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None
             engine=engine, worker_id=s.worker_id, submitted_at=task.submitted_at,
             completed_at=now_ms(), timings_ms={**item.timings, **ocr.timings_ms}, tenant=task.tenant,
             placement=task.placement, rotation=getattr(ocr, "rotation", 0) or None,
+            text_source="text_layer" if item.text_layer is not None else None,
         )
     value = encode(result)
     key = document_key(task.tenant, task.document_id)  # one assembler partition per (tenant, document)
@@ -74,6 +75,7 @@ def outputs_for(s: Settings, items: list[WorkItem], results: list, engine: Engin
     """Dead letters for invalid records, page results for the rest; counts the metrics."""
     outputs: list[Output] = []
     for item, ocr in zip(items, results):
+        ocr = ocr if ocr is not None else item.text_layer
         if item.bad is not None:
             dl = dead_letter(item.msg, item.bad, STAGE)
             stats.errors[dl.reason] += 1
@@ -86,6 +88,8 @@ def outputs_for(s: Settings, items: list[WorkItem], results: list, engine: Engin
         if isinstance(item.error, OcrstreamError) and item.error.code == ReasonCode.WORKER_CRASH:
             m.POISON_PAGES.inc()
         m.PAGES_PROCESSED.labels("failed" if failed else "succeeded").inc()
+        if item.text_layer is not None and not failed:
+            m.TEXT_LAYER_PAGES.inc()
         if not failed and getattr(ocr, "rotation", 0):
             m.PAGES_TURNED.labels(str(ocr.rotation)).inc()
         m.PAGE_LATENCY.observe(max(0.0, (now_ms() - item.task.submitted_at) / 1000))

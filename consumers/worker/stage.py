@@ -190,11 +190,11 @@ class OcrWorker:
             return
         for it in batch:
             it.settle()
-        failed = [it for it in batch if it.failed()]  # finished (badly) since take_failed()
+        failed = [it for it in batch if it.skips_engine()]  # finished (badly, or from a text layer) since take_failed()
         if failed:
             self.fetch.remove(failed)
             self._publish(failed, None)
-            batch = [it for it in batch if not it.failed()]
+            batch = [it for it in batch if not it.skips_engine()]
             if not batch:
                 return
         try:
