@@ -16,8 +16,9 @@ text span with its render mode and opacity) and ``Page.get_image_info()``:
    picture that may hold text of its own (a mixed page), goes to OCR. Small logos and icons do
    not count against a page.
 
-A qualifying page's detections are its text lines (``get_text("dict", sort=True)``: reading
-order top to bottom, left to right), each with confidence 1.0 and a polygon in pixels of the page
+A qualifying page's detections are its text lines in the order of the page's own text blocks
+(``get_text("dict")``, as ``get_text()`` reads them: an index in two columns stays column by
+column, which sorting by position would interleave), each with confidence 1.0 and a polygon in pixels of the page
 rendered at the task's DPI (the grid an OCR'd page would have: PDF points * dpi / 72, after the
 page's own ``/Rotate``), clockwise from the text's top-left corner.
 """
@@ -102,7 +103,7 @@ def text_layer_lines(page: pymupdf.Page, dpi: int) -> list[TextLine]:
     """The page's text lines as detections (confidence 1.0), polygons in pixels at ``dpi``."""
     to_pixels = page.rotation_matrix * pymupdf.Matrix(dpi / 72, dpi / 72)
     lines = []
-    for block in page.get_text("dict", sort=True)["blocks"]:
+    for block in page.get_text("dict")["blocks"]:
         for line in block.get("lines", ()):
             text = "".join(span["text"] for span in line["spans"]).strip()
             if not text:
