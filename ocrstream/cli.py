@@ -166,7 +166,18 @@ def cmd_stage(args, s: Settings) -> int:
 
 
 def cmd_sink(args, s: Settings) -> int:
-    """Run a sink stage; exit status as :func:`cmd_stage`."""
+    """Run a sink stage; exit status as :func:`cmd_stage`. ``parquet --compact`` compacts instead."""
+    if args.compact:
+        if args.kind != "parquet":
+            raise SystemExit("--compact applies to `sink parquet`")
+        import orjson
+
+        from consumers.sinks.parquet import compact_closed_days
+
+        check_store(s)
+        for report in compact_closed_days(s, args.date):
+            print(orjson.dumps(report).decode())
+        return 0
     if args.kind == "outbox":
         from consumers.sinks.outbox import run_outbox_sink as run
     else:
@@ -303,7 +314,8 @@ def cmd_run(args, s: Settings) -> int:
 
         n_workers = default_workers(os.cpu_count() or 1, psutil.virtual_memory().available)
     # The drop folder's users read the outbox: its sink runs with the watcher.
-    stages = ["splitter", "assembler"] + ["worker"] * n_workers + ([] if args.no_watch else ["watch", "sink outbox"])
+    stages = (["splitter", "assembler"] + ["worker"] * n_workers + ([] if args.no_watch else ["watch", "sink outbox"])
+              + ([] if args.no_analytics else ["sink parquet"]))
     procs: dict[int, tuple[str, subprocess.Popen]] = {}
     started: dict[int, float] = {}
     delays: dict[int, float] = {}  # restart delay per child: 1 s doubling to 60 s, reset after 60 s up
@@ -447,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     sk = add("sink", help="write document results where users look: `outbox` (files next to the drop folder), "
                           "`parquet` (analytics tables)")
     sk.add_argument("kind", choices=["outbox", "parquet"])
+    sk.add_argument("--compact", action="store_true",
+                    help="parquet: merge each date folder into one file (default: every date before today, UTC)")
+    sk.add_argument("--date", default=None, help="parquet --compact: only this date (YYYY-MM-DD)")
     sk.set_defaults(fn=cmd_sink)
     for name, text in [("status", "a document's status (exit 1: failed or no result)"),
                        ("result", "a document's result: json, txt, hocr, alto or a searchable pdf")]:
@@ -463,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--gpus", default="", help="GPU indices, e.g. 0,1: run --workers-per-gpu workers on each")
     rn.add_argument("--workers-per-gpu", type=int, default=1,
                     help="engine processes per GPU (each a consumer-group member); with --gpus")
-    rn.add_argument("--no-watch", action="store_true")
+    rn.add_argument("--no-watch", action="store_true", help="no drop-folder watcher (nor its outbox sink)")
+    rn.add_argument("--no-analytics", action="store_true", help="no Parquet analytics sink")
     rn.set_defaults(fn=cmd_run)
     dq = add("dlq", help="dead letters")
     dq.add_argument("action", choices=["list", "replay"])

@@ -10,6 +10,8 @@ Prometheus series (prometheus-client, default registry):
 - ``ocrstream_dead_letters_total{stage,reason}``
 - ``ocrstream_outbox_documents_total{status}``, ``ocrstream_outbox_files_total{format}``,
   ``ocrstream_outbox_pdf_skipped_total{reason}``
+- ``ocrstream_analytics_rows_total{table}``, ``ocrstream_analytics_files_total{table}``,
+  ``ocrstream_analytics_compactions_total{table}``
 - ``ocrstream_watch_published_total{trigger}`` (``event`` or ``scan``: the listing, a fallback in events mode)
 - ``ocrstream_batch_limit_pages``, ``ocrstream_inflight_pages``, ``ocrstream_paused_partitions``, ``ocrstream_consumer_lag{topic,partition}``
 - ``ocrstream_gpu_utilization_percent{gpu}``, ``ocrstream_gpu_memory_used_bytes{gpu}``,
@@ -61,6 +63,10 @@ OUTBOX_DOCUMENTS = Counter("ocrstream_outbox_documents", "Document results handl
 OUTBOX_FILES = Counter("ocrstream_outbox_files", "Files written by the outbox sink", ["format"])
 OUTBOX_PDF_SKIPPED = Counter("ocrstream_outbox_pdf_skipped", "Searchable PDFs not written: the source object was "
                              "gone, replaced or unreadable", ["reason"])
+# Analytics sink (consumers/sinks/parquet.py)
+ANALYTICS_ROWS = Counter("ocrstream_analytics_rows", "Rows written to the Parquet tables", ["table"])
+ANALYTICS_FILES = Counter("ocrstream_analytics_files", "Parquet files written by the analytics sink", ["table"])
+ANALYTICS_COMPACTIONS = Counter("ocrstream_analytics_compactions", "Date folders compacted into one file", ["table"])
 # Stage runtime (ocrstream/streaming/loop.py): liveness and the failure policy.
 LOOP_PROGRESS = Gauge("ocrstream_loop_last_progress_timestamp_seconds",
                       "Unix time the stage loop last advanced (polled, handled or committed)", ["stage"])

@@ -119,6 +119,14 @@ class Settings(BaseSettings):
         "`ocrstream-status=succeeded|failed` (`tag`), or moved under OCRSTREAM_OUTBOX_DONE_PREFIX (`move`)")
     outbox_done_prefix: str = Field("done/", description="where `move` puts processed inbox objects")
 
+    # --- Analytics sink (`ocrstream sink parquet`) -------------------------------
+    analytics_prefix: str = Field("analytics/", description="where the analytics sink writes its Parquet tables in "
+                                  "OCRSTREAM_BUCKET (`<prefix><table>/dt=YYYY-MM-DD/`)")
+    parquet_flush_rows: int = Field(10_000, ge=1, description="the analytics sink writes a partition's buffer once it "
+                                    "holds this many page rows")
+    parquet_flush_s: float = Field(60.0, gt=0, description="... or once its oldest record waited this long "
+                                   "(seconds): how far the tables lag the results topic")
+
     # --- Local stack (`ocrstream stack`) ------------------------------------
     stack_dir: Path = Field(Path(".ocrstream"), description="data, logs and pids of the local stack")
     kafka_libs: Path = Field(Path("deploy/kafka/libs"), description="Kafka jars fetched by Maven")
@@ -232,7 +240,8 @@ class Settings(BaseSettings):
     http_port: int = Field(0, description="/metrics, /healthz, /readyz port; 0 = off")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
 
-    @field_validator("upload_prefix", "inbox_prefix", "slice_prefix", "outbox_prefix", "outbox_done_prefix")
+    @field_validator("upload_prefix", "inbox_prefix", "slice_prefix", "outbox_prefix", "outbox_done_prefix",
+                     "analytics_prefix")
     @classmethod
     def _folder(cls, value: str) -> str:
         # A prefix is a folder: "inbox" would also admit "inbox-private/...".
@@ -251,9 +260,11 @@ class Settings(BaseSettings):
     def _outbox_outside_inbox(self) -> "Settings":
         # The watcher would OCR the sink's own outputs (and their outputs, forever).
         a, b = self.outbox_prefix, self.inbox_prefix
-        if a.startswith(b) or b.startswith(a) or self.outbox_done_prefix.startswith(b):
-            raise ValueError(f"OCRSTREAM_OUTBOX_PREFIX ({a!r}) and OCRSTREAM_OUTBOX_DONE_PREFIX "
-                             f"({self.outbox_done_prefix!r}) must lie outside the drop folder ({b!r})")
+        if a.startswith(b) or b.startswith(a) or any(p.startswith(b) for p in (self.outbox_done_prefix,
+                                                                                self.analytics_prefix)):
+            raise ValueError(f"OCRSTREAM_OUTBOX_PREFIX ({a!r}), OCRSTREAM_OUTBOX_DONE_PREFIX "
+                             f"({self.outbox_done_prefix!r}) and OCRSTREAM_ANALYTICS_PREFIX "
+                             f"({self.analytics_prefix!r}) must lie outside the drop folder ({b!r})")
         return self
 
     @field_validator("allowed_sources")

@@ -296,8 +296,8 @@ class StageProcesses:
         import subprocess
         import sys
 
-        log = open(self.tmp / f"{stage}-{len(self.procs)}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "ocrstream.cli", stage], env=settings_env(s, **env),
+        log = open(self.tmp / f"{stage.replace(' ', '-')}-{len(self.procs)}.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "ocrstream.cli", *stage.split()], env=settings_env(s, **env),
                                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         proc.log_path = log.name
         self.procs.append(proc)
