@@ -238,14 +238,19 @@ def committed_to_end(s: Settings, group: str, topic: str) -> bool:
     """True when consumer group ``group`` has committed every partition of ``topic`` up to its
     high watermark (an empty partition counts when nothing is committed): the stage has
     processed everything there is, so "nothing more arrives" can be checked."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
     from ocrstream.kafka import consumer_config, topic_partitions, watermarks
 
     c = Consumer(consumer_config(s, group))
     try:
         parts = [TopicPartition(topic, p) for p in topic_partitions(c, topic)]
-        committed = {tp.partition: tp.offset for tp in c.committed(parts, timeout=10)}
+        try:
+            committed = {tp.partition: tp.offset for tp in c.committed(parts, timeout=10)}
+        except KafkaException as exc:
+            if exc.args[0].retriable() or exc.args[0].code() == KafkaError.NOT_COORDINATOR:
+                return False  # the group coordinator is loading or moving: not known yet, ask again
+            raise
         return all(max(committed[tp.partition], 0) == watermarks(c, tp)[1] for tp in parts)
     finally:
         c.close()
