@@ -31,6 +31,11 @@ def test_the_data_flow():
     assert "ocr.ingest" not in _allowed("worker", "WRITE") | _allowed("assembler", "WRITE")
     assert _allowed("assembler", "WRITE") == {"ocr.document-results", "ocr.dead-letters", "ocr.assembler-state"}
     assert _allowed("watcher", "WRITE") == {"ocr.ingest", "ocr.watch-state"}
+    for sink in ("outbox", "analytics"):  # read the results, write only dead letters, in their own group
+        assert _allowed(sink, "READ") == {"ocr.document-results"}
+        assert _allowed(sink, "WRITE") == {"ocr.dead-letters"}
+        assert _allowed(sink, "READ", "group") == {f"ocrstream.{sink}"}
+        assert _allowed(sink, "WRITE", "transactional_id") == {f"ocrstream.{sink}-"}
     assert _allowed("worker", "READ", "group") == {"ocrstream.worker", "ocrstream.restore-"}
     assert _allowed("assembler", "DESCRIBE", "group") == {"ocrstream.worker"}  # the document deadline's lag check
     assert _allowed("splitter", "WRITE", "transactional_id") == {"ocrstream.splitter-"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -27,7 +28,7 @@ from producers.results import ResultFollower
 from topology import ROLES, apply_topics, follower_group, tenant_topic, topic_specs
 from topology.acls import tenant_role
 
-from conftest import REPO, base_settings, make_pdf, settings_env
+from conftest import REPO, base_settings, committed_to_end, make_pdf, settings_env
 from test_security import _make_certificates, sasl_ssl_props
 
 pytestmark = pytest.mark.integration
@@ -172,7 +173,7 @@ def test_every_stage_runs_with_only_its_own_acls(roles, processes, tmp_path):
 
     ObjectStore(roles["admin"]).ensure_bucket()
     for stage, role in (("splitter", "splitter"), ("worker", "worker"), ("assembler", "assembler"),
-                        ("watch", "watcher")):
+                        ("watch", "watcher"), ("sink outbox", "outbox"), ("sink parquet", "analytics")):
         processes.start(roles[role], stage)
     path = tmp_path / "acl.pdf"
     path.write_bytes(make_pdf([["LEAST PRIVILEGE"]]))
@@ -190,6 +191,13 @@ def test_every_stage_runs_with_only_its_own_acls(roles, processes, tmp_path):
             follower.close()
         assert results[doc_id].status == "succeeded", results[doc_id].error
         assert "LEAST" in results[doc_id].text()
+    # The sinks read the results as their own principals and commit in their own groups.
+    admin = roles["admin"]
+    deadline = time.monotonic() + 120
+    for group in ("outbox", "analytics"):
+        while not committed_to_end(admin, admin.group(group), admin.topic("document-results")):
+            assert time.monotonic() < deadline, f"the {group} sink did not commit the results with its own ACLs"
+            time.sleep(1.0)
     for p in processes.procs:
         log = open(p.log_path, errors="replace").read()
         assert "AUTHORIZATION_FAILED" not in log, p.log_path

@@ -85,7 +85,7 @@ def test_each_role_can_do_its_job_and_nothing_else(tls_minio):
     admin = MinioAdmin(endpoint=s.s3_endpoint, credentials=StaticProvider(ROOT_USER, ROOT_PASSWORD), secure=True,
                        http_client=urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(ca_file)))
     stores = {}
-    for role in ("submitter", "splitter", "reader", "watcher"):
+    for role in ("submitter", "splitter", "reader", "watcher", "outbox", "analytics"):
         admin.policy_add(f"ocrstream-{role}", policy=_policy(role, s.bucket))
         admin.user_add(f"{role}-user", f"{role}-secret-key")
         admin.policy_set(f"ocrstream-{role}", user=f"{role}-user")
@@ -122,3 +122,21 @@ def test_each_role_can_do_its_job_and_nothing_else(tls_minio):
     assert watcher.stat(s.bucket, "inbox/drop.pdf").size > 0
     assert _denied(lambda: watcher.list("internal/"))
     assert _denied(lambda: watcher.get_bytes(s.bucket, "uploads/doc.pdf", 10_000_000))
+    # outbox sink: reads the sources, writes under outbox/, tags or moves inbox objects, nothing else
+    out = stores["outbox"]
+    assert out.get_bytes(s.bucket, "inbox/drop.pdf", 10_000_000).startswith(b"%PDF")
+    out.put_bytes("outbox/drop.pdf.txt", b"text")
+    out.remove(s.bucket, "outbox/drop.pdf.txt")
+    out.set_tags(s.bucket, "inbox/drop.pdf", {"ocrstream-status": "succeeded"})
+    out.copy(s.bucket, "inbox/drop.pdf", "done/drop.pdf")
+    assert _denied(lambda: out.put_bytes("uploads/x.pdf", b"x"))
+    assert _denied(lambda: out.get_bytes(s.bucket, "internal/payroll.pdf", 10_000_000))
+    assert _denied(lambda: out.remove(s.bucket, "uploads/doc.pdf"))
+    # analytics sink: its own prefix only
+    ana = stores["analytics"]
+    ana.put_bytes("analytics/pages/dt=2026-11-24/p000-1-2.parquet", b"PAR1")
+    assert [o.key for o in ana.list("analytics/pages/")] == ["analytics/pages/dt=2026-11-24/p000-1-2.parquet"]
+    ana.remove(s.bucket, "analytics/pages/dt=2026-11-24/p000-1-2.parquet")
+    assert _denied(lambda: ana.get_bytes(s.bucket, "uploads/doc.pdf", 10_000_000))
+    assert _denied(lambda: ana.list("inbox/"))
+    assert _denied(lambda: ana.put_bytes("outbox/x.txt", b"x"))

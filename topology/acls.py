@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .tenants import check_tenant_name, follower_group, tenant_topic
 
-ROLES = ("submitter", "splitter", "worker", "assembler", "watcher", "operator")
+ROLES = ("submitter", "splitter", "worker", "assembler", "watcher", "outbox", "analytics", "operator")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,10 @@ GRANTS: dict[str, RoleGrants] = {
                             transactional=True, restores=True),
     "watcher": RoleGrants(reads=("object-events", "watch-state"), writes=("ingest", "watch-state"),
                           group="watch", transactional=True, restores=True),
+    # sinks: document results to files in object storage (S3 rights from their policies)
+    "outbox": RoleGrants(reads=("document-results",), writes=("dead-letters",), group="outbox", transactional=True),
+    "analytics": RoleGrants(reads=("document-results",), writes=("dead-letters",), group="analytics",
+                            transactional=True),
     # people: `dlq list|replay` (a replay re-produces to the topic the record failed on),
     # `delete` (tombstones in document-results), `top` (metrics); S3 rights come from its policy
     "operator": RoleGrants(reads=("dead-letters", "metrics", "document-results"),

@@ -95,3 +95,18 @@ def detection_rows(result: DocumentResult, partition: int, offset: int) -> list[
 
 
 ROWS = {"pages": page_rows, "detections": detection_rows}
+
+
+def s3_filesystem(s):
+    """A :class:`pyarrow.fs.S3FileSystem` for the configured S3 endpoint (``OCRSTREAM_S3_*``), so
+    pyarrow (and DuckDB scanning a pyarrow dataset) reads the tables in place, without DuckDB's
+    ``httpfs`` extension (a download)::
+
+        ds.dataset(f"{s.bucket}/{s.analytics_prefix}pages", filesystem=s3_filesystem(s),
+                   format="parquet", partitioning="hive")
+    """
+    from pyarrow import fs
+
+    return fs.S3FileSystem(access_key=s.s3_access_key.get_secret_value(),
+                           secret_key=s.s3_secret_key.get_secret_value(), endpoint_override=s.s3_endpoint,
+                           scheme="https" if s.s3_secure else "http", region=s.s3_region)
