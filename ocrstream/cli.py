@@ -180,8 +180,10 @@ def cmd_sink(args, s: Settings) -> int:
         return 0
     if args.kind == "outbox":
         from consumers.sinks.outbox import run_outbox_sink as run
-    else:
+    elif args.kind == "parquet":
         from consumers.sinks.parquet import run_parquet_sink as run
+    else:
+        raise SystemExit(f"unknown sink {args.kind}")
     return run(s) or 0
 
 

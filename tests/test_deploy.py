@@ -54,7 +54,12 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "ocrstream.json"
 K8S_VERSION = "1.32.0"
 
 SETTINGS_ENV = {f"OCRSTREAM_{name.upper()}" for name in Settings.model_fields}
-STAGES = ("splitter", "worker", "assembler", "watch")
+STAGES = ("splitter", "worker", "assembler", "watch", "sink-outbox", "sink-parquet")
+
+
+def stage_of(args) -> str:
+    """The stage a parsed command line runs: the subcommand, or ``sink-<kind>`` for a sink."""
+    return f"sink-{args.kind}" if args.command == "sink" else args.command
 
 
 # --------------------------------------------------------------------------- helpers
@@ -66,9 +71,11 @@ def defaults() -> Settings:
 
 
 def stage_modules() -> dict[str, str]:
-    """Stage -> module, read from ``ocrstream.cli.cmd_stage`` (the code the container runs)."""
+    """Stage -> module, read from ``ocrstream.cli.cmd_stage`` and ``cmd_sink`` (the code the container runs)."""
     src = (ROOT / "ocrstream" / "cli.py").read_text()
     found = dict(re.findall(r'args\.command == "(\w+)":\s*\n\s*from ([\w.]+) import', src))
+    found |= {f"sink-{kind}": module for kind, module in
+              re.findall(r'args\.kind == "(\w+)":\s*\n\s*from ([\w.]+) import', src)}
     assert set(found) == set(STAGES), f"cli.cmd_stage dispatches {sorted(found)}, expected {STAGES}"
     return found
 
@@ -126,8 +133,9 @@ def stage_services() -> dict[str, str]:
     out = {}
     for name, svc in services().items():
         cmd = command_of(svc)
-        if is_ocrstream_service(svc) and cmd and cmd[0] in STAGES:
-            out[name] = cmd[0]
+        stage = "-".join(cmd[:2]) if cmd and cmd[0] == "sink" else (cmd[0] if cmd else None)
+        if is_ocrstream_service(svc) and stage in STAGES:
+            out[name] = stage
     return out
 
 
@@ -291,7 +299,7 @@ def test_compose_commands_are_cli_subcommands():
         cmd = command_of(svc)
         assert cmd, f"{name}: no command"
         args = parser.parse_args(cmd)  # SystemExit (test error) on an unknown subcommand or argument
-        seen.add(args.command)
+        seen.add(stage_of(args))
     assert set(STAGES) <= seen, f"stages without a compose service: {set(STAGES) - seen}"
     assert "topics" in seen, "no service runs `ocrstream topics apply`"
 
@@ -698,16 +706,17 @@ def check_stages(docs, where: str):
     for w in workloads(docs):
         (container,) = pod_spec(w)["containers"]
         args = parser.parse_args(container["args"])
-        assert args.command == component(w), f"{where}: {w['metadata']['name']} runs {args.command}"
-        by_stage[args.command] = (w, container)
+        stage = stage_of(args)
+        assert stage == component(w), f"{where}: {w['metadata']['name']} runs {stage}"
+        by_stage[stage] = (w, container)
         refs = {(src.get("configMapRef") or src.get("secretRef") or {}).get("name") for src in container.get("envFrom", [])}
         assert {"ocrstream-config", "ocrstream-secrets"} <= refs, f"{where}: {w['metadata']['name']} envFrom"
-        if not serves_http(args.command):
+        if not serves_http(stage):
             for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
                 assert "httpGet" not in container.get(probe, {}), \
-                    f"{where}: {args.command} does not serve HTTP ({stage_modules()[args.command]})"
+                    f"{where}: {stage} does not serve HTTP ({stage_modules()[stage]})"
         else:
-            assert "livenessProbe" in container and "readinessProbe" in container, f"{where}: {args.command} probes"
+            assert "livenessProbe" in container and "readinessProbe" in container, f"{where}: {stage} probes"
     assert set(by_stage) == set(STAGES), f"{where}: stages {sorted(by_stage)}"
     watch = by_stage["watch"][0]
     assert watch["spec"]["replicas"] == 1 and watch["spec"]["strategy"]["type"] == "Recreate", \
