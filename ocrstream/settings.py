@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     )
     acl_principal: str = Field(
         "User:ocrstream-{role}", description="principal of each role for `ocrstream acls apply` ({role}: "
-                                             "submitter, splitter, worker, assembler, watcher, operator, and "
+                                             "submitter, splitter, worker, assembler, watcher, outbox, analytics, "
+                                             "operator, and "
                                              "tenant-<name> for each tenant)")
     kafka_debug: str | None = Field(
         None, description="librdkafka debug contexts, e.g. `consumer,cgrp,fetch` (logged at DEBUG through "
