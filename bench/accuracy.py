@@ -54,7 +54,7 @@ from ocrstream.settings import Settings  # noqa: E402
 DEFAULT_RECEIPTS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sroie-dev"
 # Settings that change what the engine outputs or how fast: echoed in every summary.
 ENGINE_FIELDS = ("engine", "engine_device", "engine_threads", "det_limit_side_len", "use_angle_cls",
-                 "rec_batch_size", "text_score", "model_dir", "render_dpi")
+                 "rec_batch_size", "text_score", "rec_space_threshold", "model_dir", "render_dpi")
 
 
 def log(msg: str) -> None:

@@ -193,6 +193,10 @@ class Settings(BaseSettings):
         0, ge=0, description="text-line crops per recognition call; 0 = auto: 1 on CPU (each crop padded only "
                              "to its own width: faster there), 6 on a GPU (64 or more keeps a large one busy)")
     text_score: float = Field(0.5, description="drop detections below this recognition confidence")
+    rec_space_threshold: float = Field(
+        0.05, ge=0, lt=1, description="recognition: write a space between two characters when the recognizer's space "
+        "probability between them exceeds this (PP-OCRv6 drops many spaces it has seen; 0 = the model's own spaces "
+        "only; ocrstream/engine/ctc.py; measured best on receipts 000-049)")
     model_dir: Path | None = Field(None, description="directory with det/rec model files (offline)")
     det_int8: bool = Field(False, description="openvino: run detection as int8 (NNCF post-training quantization of "
                                               "the det model, built on first use and cached; needs the `int8` extra)")

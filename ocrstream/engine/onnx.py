@@ -4,8 +4,9 @@ of a micro-batch.
 Models: PP-OCRv6 small detection and recognition as shipped inside the
 ``rapidocr`` 3.10 wheel (offline; no download), or ``OCRSTREAM_MODEL_DIR``
 holding ``*det*.onnx`` / ``*rec*.onnx``. Pre- and post-processing (DB
-detection post-processing, rotated crops, CTC decoding) are RapidOCR's, so
-results match PaddleOCR's reference pipeline.
+detection post-processing, rotated crops) are RapidOCR's, so results match PaddleOCR's
+reference pipeline; CTC decoding is PaddleOCR's best path plus spaces where the recognizer
+saw a gap (:mod:`.ctc`, ``OCRSTREAM_REC_SPACE_THRESHOLD``).
 
 Batching: detection batches pages of the same size on a GPU (``det_batch_size``; one
 page per call on CPU, where batching is slower); the text-line crops
@@ -35,6 +36,7 @@ from schemas import EngineInfo
 
 from ..settings import Settings
 from .base import PageOcr, TextLine
+from .ctc import ctc_greedy_decode
 
 
 REC_MIN_WIDTH = 16
@@ -186,6 +188,8 @@ class OnnxEngine:
                 raise RuntimeError(f"OCRSTREAM_ENGINE_DEVICE={device} but ONNX Runtime runs on {used} "
                                    "(install onnxruntime-gpu and CUDA 12/13 + cuDNN 9)")
         self.text_score = s.text_score
+        self.space_threshold = s.rec_space_threshold
+        self._characters = self._rec.postprocess_op.character
         self.rec_batch_size = rec_batch
         # On CPU a batch of same-size pages is slower per page than one page at a time (5 scanned
         # Letter pages at 150 DPI: 1827 vs ~700-1185 ms/page, 2 cores): the activations outgrow
@@ -259,10 +263,9 @@ class OnnxEngine:
             for start in range(0, len(members), self.rec_batch_size):
                 chunk = members[start:start + self.rec_batch_size]
                 batch = np.stack([rec.resize_norm_img(crops[i], max_ratio) for i in chunk]).astype(np.float32)
-                lines, _ = rec.postprocess_op(rec.session(batch), False,
-                                              wh_ratio_list=[ratios[i] for i in chunk], max_wh_ratio=max_ratio)
-                for i, (text, score) in zip(chunk, lines):
-                    out[i] = (text, float(score))
+                probs = rec.session(batch)
+                for i, line_probs in zip(chunk, probs):
+                    out[i] = ctc_greedy_decode(line_probs, self._characters, self.space_threshold)
         return out
 
     def ocr_batch(self, images: list[np.ndarray]) -> list[PageOcr]:
