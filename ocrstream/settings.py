@@ -128,6 +128,32 @@ class Settings(BaseSettings):
     parquet_flush_s: float = Field(60.0, gt=0, description="... or once its oldest record waited this long "
                                    "(seconds): how far the tables lag the results topic")
 
+    # --- HTTP gateway (`ocrstream gateway`, producers/gateway/) -------------------
+    gateway_host: str = Field("0.0.0.0", description="address the HTTP gateway listens on")
+    gateway_port: int = Field(8080, ge=0, le=65535, description="port of the HTTP gateway")
+    gateway_api_keys: SecretStr = Field(
+        SecretStr(""), description="API keys of the HTTP gateway and the tenant each one acts as, `key=tenant,...` "
+        "(`key=-`: the default tenant; tenants must be in OCRSTREAM_TENANTS); sent as `Authorization: Bearer KEY` or "
+        "`X-API-Key: KEY`. Empty: the gateway refuses to start (never logged)")
+    gateway_max_upload_bytes: int = Field(
+        100 * 1024 * 1024, ge=1, description="largest file the gateway accepts in one upload (bytes; a larger one "
+        "gets 413, and so does a request body this much plus 64 KiB of multipart framing)")
+    gateway_quota_per_minute: int = Field(
+        600, ge=0, description="documents each tenant may submit through one gateway process per minute (a token "
+        "bucket that holds a minute's worth); beyond it 429 with Retry-After. 0 = no quota")
+    gateway_max_backlog_pages: int = Field(
+        10_000, ge=0, description="submissions get 429 with Retry-After while the OCR workers' group lags more than "
+        "this many page tasks behind the pages topic's end (committed offsets vs high watermarks); 0 = no limit")
+    gateway_backlog_cache_s: float = Field(
+        5.0, gt=0, description="how long the gateway reuses a measured page backlog (seconds); also the "
+        "Retry-After of a backlog 429")
+    gateway_results_cache_bytes: int = Field(
+        256 * 1024 * 1024, ge=0, description="document results the gateway keeps in memory (bytes of their JSON, "
+        "most recent first); older ones are re-read from the results topic by offset when asked for")
+    gateway_pending_ids: int = Field(
+        100_000, ge=0, description="document ids accepted by this gateway process it remembers, to answer "
+        "`pending` (not 404) until their result arrives (most recent first)")
+
     # --- Local stack (`ocrstream stack`) ------------------------------------
     stack_dir: Path = Field(Path(".ocrstream"), description="data, logs and pids of the local stack")
     kafka_libs: Path = Field(Path("deploy/kafka/libs"), description="Kafka jars fetched by Maven")
@@ -294,6 +320,33 @@ class Settings(BaseSettings):
         from topology.tenants import check_tenant_name
 
         return value if value is None else check_tenant_name(value)
+
+    @model_validator(mode="after")
+    def _gateway_keys(self) -> "Settings":
+        self.gateway_tenants()  # raises ValueError on a malformed entry or an unknown tenant
+        return self
+
+    def gateway_tenants(self) -> dict[str, str | None]:
+        """``OCRSTREAM_GATEWAY_API_KEYS`` as ``{api key: tenant}`` (None: the default tenant).
+
+        Raises:
+            ValueError: an entry is not ``key=tenant``, a key repeats, or the tenant is not in
+                ``OCRSTREAM_TENANTS``.
+        """
+        keys: dict[str, str | None] = {}
+        for entry in filter(None, (e.strip() for e in self.gateway_api_keys.get_secret_value().split(","))):
+            key, sep, tenant = entry.rpartition("=")
+            # The message names the tenant, never the key: it is a secret.
+            if not sep or not key.strip() or not tenant.strip():
+                raise ValueError("OCRSTREAM_GATEWAY_API_KEYS: an entry is not `key=tenant` (`key=-` for the "
+                                 "default tenant)")
+            key, tenant = key.strip(), tenant.strip()
+            if key in keys:
+                raise ValueError(f"OCRSTREAM_GATEWAY_API_KEYS: a key is given twice (tenant {tenant})")
+            if tenant != "-" and tenant not in self.tenants:
+                raise ValueError(f"OCRSTREAM_GATEWAY_API_KEYS: tenant {tenant!r} is not in OCRSTREAM_TENANTS")
+            keys[key] = None if tenant == "-" else tenant
+        return keys
 
     @model_validator(mode="after")
     def _aws_fallback(self) -> "Settings":
