@@ -144,6 +144,9 @@ class Gateway:
         self.intake.close()
         self.tailer.close()
         self.fetcher.close()
+        # An AdminClient has no close(): dropping the last references destroys it (its threads and
+        # connections) now, not whenever the app's reference cycles are collected.
+        self.admin = self.backlog.admin = None
 
 
 class _Guard:

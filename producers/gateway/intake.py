@@ -162,7 +162,8 @@ class Intake:
         raise PublishError(f"reference not acknowledged after {resend} resends: {err.str()}")
 
     def close(self) -> None:
-        """Deliver what is queued (up to 10 s) and stop the delivery thread."""
+        """Deliver what is queued (up to 10 s), stop the delivery thread, close the producer."""
         self.producer.flush(10)
         self._stop.set()
         self._poller.join(5)
+        self.producer.close()
