@@ -41,10 +41,15 @@ def _setup_logging(s: Settings, debug: bool = False) -> None:
 
 def _settings_error(exc) -> str:
     """One line per invalid ``OCRSTREAM_*`` value of a pydantic ``ValidationError``."""
+    from pydantic import SecretStr
+
     lines = []
     for e in exc.errors():
         name = "OCRSTREAM_" + "_".join(str(part) for part in e["loc"]).upper()
-        value = os.environ.get(name, e.get("input"))
+        field = Settings.model_fields.get(str(e["loc"][0])) if e["loc"] else None
+        # A secret's value stays out of the message, as out of every log.
+        value = "***" if field is not None and field.annotation in (SecretStr, SecretStr | None) else \
+            os.environ.get(name, e.get("input"))
         lines.append(f"ocrstream: {name}={value!r} is invalid: {e['msg']}. Fix or unset it "
                      "(`ocrstream config` lists every setting)")
     return "\n".join(lines)

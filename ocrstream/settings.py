@@ -321,32 +321,16 @@ class Settings(BaseSettings):
 
         return value if value is None else check_tenant_name(value)
 
-    @model_validator(mode="after")
-    def _gateway_keys(self) -> "Settings":
-        self.gateway_tenants()  # raises ValueError on a malformed entry or an unknown tenant
-        return self
+    @field_validator("gateway_api_keys")
+    @classmethod
+    def _gateway_keys(cls, value: SecretStr, info) -> SecretStr:
+        parse_api_keys(value.get_secret_value(), info.data.get("tenants", {}))  # raises ValueError
+        return value
 
     def gateway_tenants(self) -> dict[str, str | None]:
-        """``OCRSTREAM_GATEWAY_API_KEYS`` as ``{api key: tenant}`` (None: the default tenant).
-
-        Raises:
-            ValueError: an entry is not ``key=tenant``, a key repeats, or the tenant is not in
-                ``OCRSTREAM_TENANTS``.
-        """
-        keys: dict[str, str | None] = {}
-        for entry in filter(None, (e.strip() for e in self.gateway_api_keys.get_secret_value().split(","))):
-            key, sep, tenant = entry.rpartition("=")
-            # The message names the tenant, never the key: it is a secret.
-            if not sep or not key.strip() or not tenant.strip():
-                raise ValueError("OCRSTREAM_GATEWAY_API_KEYS: an entry is not `key=tenant` (`key=-` for the "
-                                 "default tenant)")
-            key, tenant = key.strip(), tenant.strip()
-            if key in keys:
-                raise ValueError(f"OCRSTREAM_GATEWAY_API_KEYS: a key is given twice (tenant {tenant})")
-            if tenant != "-" and tenant not in self.tenants:
-                raise ValueError(f"OCRSTREAM_GATEWAY_API_KEYS: tenant {tenant!r} is not in OCRSTREAM_TENANTS")
-            keys[key] = None if tenant == "-" else tenant
-        return keys
+        """``OCRSTREAM_GATEWAY_API_KEYS`` as ``{api key: tenant}`` (None: the default tenant),
+        see :func:`parse_api_keys`."""
+        return parse_api_keys(self.gateway_api_keys.get_secret_value(), self.tenants)
 
     @model_validator(mode="after")
     def _aws_fallback(self) -> "Settings":
@@ -392,6 +376,28 @@ class Settings(BaseSettings):
     def group(self, name: str) -> str:
         """Full consumer group id for a stage name (``worker`` -> ``ocrstream.worker``)."""
         return f"{self.group_prefix}{name}"
+
+
+def parse_api_keys(text: str, tenants: dict[str, str]) -> dict[str, str | None]:
+    """``"k1=acme,k2=-"`` -> ``{"k1": "acme", "k2": None}`` (``-``: the default tenant). A key may
+    contain ``=`` (base64): the tenant is after the last one.
+
+    Raises:
+        ValueError: an entry is not ``key=tenant``, a key repeats, or a tenant is not in
+            ``tenants``. The message never contains a key (they are secrets).
+    """
+    keys: dict[str, str | None] = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        key, sep, tenant = entry.rpartition("=")
+        key, tenant = key.strip(), tenant.strip()
+        if not sep or not key or not tenant:
+            raise ValueError("an entry is not `key=tenant` (`key=-` for the default tenant)")
+        if key in keys:
+            raise ValueError(f"a key is given twice (tenant {tenant})")
+        if tenant != "-" and tenant not in tenants:
+            raise ValueError(f"tenant {tenant!r} is not in OCRSTREAM_TENANTS")
+        keys[key] = None if tenant == "-" else tenant
+    return keys
 
 
 def settings_table() -> str:

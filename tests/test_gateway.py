@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -31,7 +34,7 @@ from producers.publish import stable_document_id
 from schemas import DocumentOptions
 from topology import apply_topics, topic_specs
 
-from conftest import StageThreads, base_settings, make_pdf
+from conftest import REPO, StageThreads, base_settings, make_pdf, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -296,3 +299,42 @@ def test_probes_metrics_and_openapi(gateway):
                                   "/v1/documents/{document_id}/json"}
     assert set(spec["paths"]["/v1/documents"]["post"]["requestBody"]["content"]) == {"multipart/form-data",
                                                                                      "application/json"}
+
+
+def test_the_command_serves_until_sigterm_and_refuses_to_start_without_keys(pipeline, tmp_path):
+    run = [sys.executable, "-m", "ocrstream.cli", "gateway"]
+    proc = subprocess.run(run, env=settings_env(pipeline, OCRSTREAM_GATEWAY_API_KEYS=""), cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 10 and "OCRSTREAM_GATEWAY_API_KEYS is empty" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    proc = subprocess.run(run, env=settings_env(pipeline, OCRSTREAM_GATEWAY_API_KEYS="sekrit=nobody"), cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 10 and "'nobody' is not in OCRSTREAM_TENANTS" in proc.stderr, proc.stderr
+    assert "sekrit" not in proc.stderr
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(tmp_path / "gateway.log", "wb")
+    server = subprocess.Popen(run, env=settings_env(pipeline, OCRSTREAM_GATEWAY_HOST="127.0.0.1",
+                                                    OCRSTREAM_GATEWAY_PORT=str(port)),
+                              cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get("/readyz").status_code == 200:
+                        break
+                assert server.poll() is None, (tmp_path / "gateway.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "`ocrstream gateway` not ready within 30 s"
+                time.sleep(0.2)
+            assert client.get("/v1/documents/x", headers=HEADERS["globex"]).status_code == 404
+            assert client.get("/v1/documents/x").status_code == 401
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(20) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+        log.close()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Annotated
 
 import orjson
 from confluent_kafka import KafkaException
@@ -32,7 +33,7 @@ from fastapi import Depends, FastAPI, Header, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.datastructures import UploadFile
 
 from ocrstream.errors import OcrstreamError, ReasonCode
@@ -83,6 +84,9 @@ class SourceBody(BaseModel):
     bucket: str = Field(min_length=1, max_length=63)
     key: str = Field(min_length=1, max_length=1024)
     dpi: int | None = Field(None, ge=36, le=600, description="PDF render DPI for this document")
+
+
+_DPI = TypeAdapter(Annotated[int, Field(ge=36, le=600)])  # the multipart `dpi` field, as SourceBody.dpi
 
 
 class Gateway:
@@ -270,8 +274,7 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
                     if len(data) > s.gateway_max_upload_bytes:
                         raise _upload_too_large(tenant)
                     try:
-                        dpi_value = None if dpi in (None, "") else SourceBody.model_validate(
-                            {"bucket": "b", "key": "k", "dpi": dpi}).dpi
+                        dpi_value = None if dpi in (None, "") else _DPI.validate_python(dpi)
                     except ValidationError:
                         raise ApiError(422, "invalid_request", "dpi must be an integer 36..600") from None
                     return await run_in_threadpool(gw.intake.upload, tenant, file.filename, data, dpi_value), "upload"
@@ -373,9 +376,22 @@ def serve(s: Settings) -> int:
     Raises:
         ValueError, KafkaException: as :class:`Gateway`.
     """
+    import signal
+
     import uvicorn
 
     app = create_app(s)
-    uvicorn.Server(uvicorn.Config(app, host=s.gateway_host, port=s.gateway_port, log_level=s.log_level.lower(),
-                                  access_log=s.log_level.upper() == "DEBUG")).run()
+    server = uvicorn.Server(uvicorn.Config(app, host=s.gateway_host, port=s.gateway_port,
+                                           log_level=s.log_level.lower(), access_log=s.log_level.upper() == "DEBUG"))
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again under the
+    # handlers it found; these make that a no-op, so the command exits 0 like the stages do.
+    stopped: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: stopped.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("gateway stopped (%s)", ", ".join(signal.Signals(n).name for n in stopped) or "no signal")
     return 0
