@@ -129,8 +129,9 @@ def _wait_done(client: httpx.Client, document_id: str, tenant: str | None, timeo
     pytest.fail(f"document {document_id} still pending after {timeout_s}s")
 
 
-def _upload(client, tenant, name: str, data: bytes, **kw) -> httpx.Response:
-    return client.post("/v1/documents", headers=HEADERS[tenant], files={"file": (name, data, "application/pdf")}, **kw)
+def _upload(client, tenant, name: str, content: bytes, **kw) -> httpx.Response:
+    return client.post("/v1/documents", headers=HEADERS[tenant], files={"file": (name, content, "application/pdf")},
+                       **kw)
 
 
 @pytest.fixture(scope="module")
@@ -240,8 +241,22 @@ def test_reference_outside_the_tenants_sources_is_403_and_not_read(pipeline, gat
     r = gateway.post("/v1/documents", headers=HEADERS["acme"], json={"bucket": pipeline.bucket,
                                                                      "key": "tenants/acme/missing.pdf"})
     assert r.status_code == 422 and r.json()["code"] == "object_not_found"
-    r = gateway.post("/v1/documents", headers={**HEADERS["acme"], "Content-Type": "text/plain"}, content=b"x")
-    assert r.status_code == 415
+
+
+def test_malformed_submissions_are_422_or_415(pipeline, gateway):
+    h = HEADERS[None]
+    for body in ({"bucket": pipeline.bucket}, {"bucket": pipeline.bucket, "key": "uploads/a.pdf", "extra": 1},
+                 {"bucket": pipeline.bucket, "key": "uploads/a.pdf", "dpi": 5000}):
+        r = gateway.post("/v1/documents", headers=h, json=body)
+        assert r.status_code == 422 and r.json()["code"] == "invalid_request", (body, r.text)
+    assert gateway.post("/v1/documents", headers={**h, "Content-Type": "application/json"},
+                        content=b"{not json").status_code == 422
+    r = _upload(gateway, None, "a.pdf", make_pdf([["A"]]), data={"dpi": "20"})
+    assert r.status_code == 422 and "dpi" in r.json()["detail"]
+    r = gateway.post("/v1/documents", headers=h, files={"other": ("a.pdf", b"%PDF-1.7", "application/pdf")})
+    assert r.status_code == 422 and "file" in r.json()["detail"]
+    r = gateway.post("/v1/documents", headers={**h, "Content-Type": "text/plain"}, content=b"x")
+    assert r.status_code == 415 and r.json()["code"] == "unsupported_media_type"
 
 
 def test_quota_exceeded_is_429_with_retry_after_per_tenant(pipeline, gateway, acme_doc):
