@@ -224,6 +224,10 @@ def test_oversize_upload_is_413(pipeline, gateway):
     # Far over: refused from its Content-Length, unread.
     r = _upload(gateway, None, "huge.pdf", b"%PDF-1.7\n" + b"0" * (3 * LIMIT))
     assert r.status_code == 413, r.text
+    # Streamed without a length (chunked): cut off while it is read.
+    r = gateway.post("/v1/documents", headers={**HEADERS[None], "Content-Type": "application/json"},
+                     content=iter([b" " * 100_000] * 4))
+    assert r.status_code == 413 and r.json()["code"] == "too_large", r.text
     assert ObjectStore(pipeline).list(pipeline.upload_prefix) == before  # nothing was stored
 
 
