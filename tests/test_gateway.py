@@ -100,13 +100,13 @@ def pipeline(stack):
     """One namespace with the splitter, an OCR worker and the assembler running in threads."""
     s = _namespace(uuid.uuid4().hex[:8])
     runner = StageThreads()
-    for stage in (Splitter(s, StopFlag(install_signals=False)),
-                  OcrWorker(s, engine=create_engine(s), stop=StopFlag(install_signals=False)),
-                  Assembler(s, StopFlag(install_signals=False))):
-        runner.start(stage)
+    runner.start(Splitter(s, StopFlag(install_signals=False)))
+    runner.start(OcrWorker(s, engine=create_engine(s), stop=StopFlag(install_signals=False)))
+    runner.start(Assembler(s, StopFlag(install_signals=False)))
     yield s
     runner.stop_all()
     assert not runner.errors, f"stage threads raised: {runner.errors}"
+    runner.running.clear()  # the stages' admin clients (no close()) go with their last reference
     _drop_topics(s)
 
 
