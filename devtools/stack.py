@@ -268,6 +268,13 @@ def _stop(pid_file: Path, timeout_s: float) -> None:
     os.killpg(pid, signal.SIGTERM) if _is_group_leader(pid) else os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        # Started by this process (the test session): once it exits it is a zombie, which
+        # kill(pid, 0) still finds, until it is reaped here.
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                break
+        except ChildProcessError:  # not our child: init reaps it
+            pass
         try:
             os.kill(pid, 0)
         except OSError:

@@ -11,6 +11,7 @@
     ocrstream delete DOCUMENT_ID...    delete source objects and results (deletion requests)
     ocrstream schemas export           write schemas/json/*.schema.json
     ocrstream top                      live worker metrics (pages/s, batch, GPU, lag)
+    ocrstream gateway                  HTTP API: POST /v1/documents, GET /v1/documents/{id}[/text|hocr|alto|json]
     ocrstream config                   configuration reference (env vars and defaults)
 """
 
@@ -40,10 +41,15 @@ def _setup_logging(s: Settings, debug: bool = False) -> None:
 
 def _settings_error(exc) -> str:
     """One line per invalid ``OCRSTREAM_*`` value of a pydantic ``ValidationError``."""
+    from pydantic import SecretStr
+
     lines = []
     for e in exc.errors():
         name = "OCRSTREAM_" + "_".join(str(part) for part in e["loc"]).upper()
-        value = os.environ.get(name, e.get("input"))
+        field = Settings.model_fields.get(str(e["loc"][0])) if e["loc"] else None
+        # A secret's value stays out of the message, as out of every log.
+        value = "***" if field is not None and field.annotation in (SecretStr, SecretStr | None) else \
+            os.environ.get(name, e.get("input"))
         lines.append(f"ocrstream: {name}={value!r} is invalid: {e['msg']}. Fix or unset it "
                      "(`ocrstream config` lists every setting)")
     return "\n".join(lines)
@@ -418,6 +424,23 @@ def cmd_top(args, s: Settings) -> int:
     return 0
 
 
+def cmd_gateway(args, s: Settings) -> int:
+    """The HTTP gateway until SIGTERM/SIGINT (0); setting, broker, topic and store failures exit as
+    any command's do."""
+    tenants = list(dict.fromkeys(s.gateway_tenants().values()))
+    if not tenants:
+        raise PreflightError(ExitCode.BAD_SETTING, "OCRSTREAM_GATEWAY_API_KEYS is empty: set `key=tenant,...` "
+                             "(`key=-` for the default tenant)")
+    if None in tenants:
+        check_uploads_allowed(s)
+    check_kafka(s, [s.topic("pages"), *(s.tenant_topic(t, n) for t in tenants for n in ("ingest", "document-results"))],
+                quiet=not args.debug)
+    check_store(s)
+    from producers.gateway import serve
+
+    return serve(s)
+
+
 def cmd_config(args, s: Settings) -> int:
     from .settings import settings_table
 
@@ -498,6 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     tp2 = add("top", help="live view of worker metrics (metrics topic)")
     tp2.add_argument("--once", action="store_true", help="read for 5 s, print one table, exit")
     tp2.set_defaults(fn=cmd_top)
+    add("gateway", help="HTTP API for submitting documents and reading results (OCRSTREAM_GATEWAY_*)").set_defaults(
+        fn=cmd_gateway)
     add("config", help="print the configuration reference (env vars, defaults)").set_defaults(fn=cmd_config)
     return p
 

@@ -14,6 +14,9 @@ Prometheus series (prometheus-client, default registry):
   ``ocrstream_analytics_compactions_total{table}``
 - ``ocrstream_watch_published_total{trigger}`` (``event`` or ``scan``: the listing, a fallback in events mode)
 - ``ocrstream_batch_limit_pages``, ``ocrstream_inflight_pages``, ``ocrstream_paused_partitions``, ``ocrstream_consumer_lag{topic,partition}``
+- ``ocrstream_gateway_requests_total{route,code}``, ``ocrstream_gateway_documents_total{tenant,kind}``,
+  ``ocrstream_gateway_refused_total{tenant,reason}``, ``ocrstream_gateway_page_backlog``,
+  ``ocrstream_gateway_results{kind}``
 - ``ocrstream_gpu_utilization_percent{gpu}``, ``ocrstream_gpu_memory_used_bytes{gpu}``,
   ``ocrstream_gpu_memory_total_bytes{gpu}`` (only where NVML finds GPUs)
 """
@@ -81,6 +84,14 @@ POISON_PAGES = Counter("ocrstream_poison_pages", "Pages failed with worker_crash
                        "OCRSTREAM_MAX_PAGE_ATTEMPTS attempts that ended the worker process")
 PAGE_RETRIES = Counter("ocrstream_page_retries", "Pages started again after an attempt that ended the worker "
                        "process (crash, kill, engine timeout)")
+# HTTP gateway (producers/gateway/)
+GATEWAY_REQUESTS = Counter("ocrstream_gateway_requests", "HTTP requests answered by the gateway", ["route", "code"])
+GATEWAY_DOCUMENTS = Counter("ocrstream_gateway_documents", "Documents the gateway accepted (202)", ["tenant", "kind"])
+GATEWAY_REFUSED = Counter("ocrstream_gateway_refused", "Submissions the gateway refused", ["tenant", "reason"])
+GATEWAY_PAGE_BACKLOG = Gauge("ocrstream_gateway_page_backlog", "Page tasks the worker group has not committed "
+                             "(last measurement; OCRSTREAM_GATEWAY_MAX_BACKLOG_PAGES)")
+GATEWAY_RESULTS = Gauge("ocrstream_gateway_results", "Documents in the gateway's results table (indexed: every "
+                        "result seen; cached: held in memory; pending: accepted, no result yet)", ["kind"])
 GPU_UTIL = Gauge("ocrstream_gpu_utilization_percent", "GPU utilisation", ["gpu"])
 GPU_MEM_USED = Gauge("ocrstream_gpu_memory_used_bytes", "GPU memory used", ["gpu"])
 GPU_MEM_TOTAL = Gauge("ocrstream_gpu_memory_total_bytes", "GPU memory total", ["gpu"])

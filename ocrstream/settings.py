@@ -128,6 +128,32 @@ class Settings(BaseSettings):
     parquet_flush_s: float = Field(60.0, gt=0, description="... or once its oldest record waited this long "
                                    "(seconds): how far the tables lag the results topic")
 
+    # --- HTTP gateway (`ocrstream gateway`, producers/gateway/) -------------------
+    gateway_host: str = Field("0.0.0.0", description="address the HTTP gateway listens on")
+    gateway_port: int = Field(8080, ge=0, le=65535, description="port of the HTTP gateway")
+    gateway_api_keys: SecretStr = Field(
+        SecretStr(""), description="API keys of the HTTP gateway and the tenant each one acts as, `key=tenant,...` "
+        "(`key=-`: the default tenant; tenants must be in OCRSTREAM_TENANTS); sent as `Authorization: Bearer KEY` or "
+        "`X-API-Key: KEY`. Empty: the gateway refuses to start (never logged)")
+    gateway_max_upload_bytes: int = Field(
+        100 * 1024 * 1024, ge=1, description="largest file the gateway accepts in one upload (bytes; a larger one "
+        "gets 413, and so does a request body this much plus 64 KiB of multipart framing)")
+    gateway_quota_per_minute: int = Field(
+        600, ge=0, description="documents each tenant may submit through one gateway process per minute (a token "
+        "bucket that holds a minute's worth); beyond it 429 with Retry-After. 0 = no quota")
+    gateway_max_backlog_pages: int = Field(
+        10_000, ge=0, description="submissions get 429 with Retry-After while the OCR workers' group lags more than "
+        "this many page tasks behind the pages topic's end (committed offsets vs high watermarks); 0 = no limit")
+    gateway_backlog_cache_s: float = Field(
+        5.0, gt=0, description="how long the gateway reuses a measured page backlog (seconds); also the "
+        "Retry-After of a backlog 429")
+    gateway_results_cache_bytes: int = Field(
+        256 * 1024 * 1024, ge=0, description="document results the gateway keeps in memory (bytes of their JSON, "
+        "most recent first); older ones are re-read from the results topic by offset when asked for")
+    gateway_pending_ids: int = Field(
+        100_000, ge=0, description="document ids accepted by this gateway process it remembers, to answer "
+        "`pending` (not 404) until their result arrives (most recent first)")
+
     # --- Local stack (`ocrstream stack`) ------------------------------------
     stack_dir: Path = Field(Path(".ocrstream"), description="data, logs and pids of the local stack")
     kafka_libs: Path = Field(Path("deploy/kafka/libs"), description="Kafka jars fetched by Maven")
@@ -299,6 +325,17 @@ class Settings(BaseSettings):
 
         return value if value is None else check_tenant_name(value)
 
+    @field_validator("gateway_api_keys")
+    @classmethod
+    def _gateway_keys(cls, value: SecretStr, info) -> SecretStr:
+        parse_api_keys(value.get_secret_value(), info.data.get("tenants", {}))  # raises ValueError
+        return value
+
+    def gateway_tenants(self) -> dict[str, str | None]:
+        """``OCRSTREAM_GATEWAY_API_KEYS`` as ``{api key: tenant}`` (None: the default tenant),
+        see :func:`parse_api_keys`."""
+        return parse_api_keys(self.gateway_api_keys.get_secret_value(), self.tenants)
+
     @model_validator(mode="after")
     def _aws_fallback(self) -> "Settings":
         # The S3 ecosystem's standard variables work too, so one .env serves both.
@@ -343,6 +380,28 @@ class Settings(BaseSettings):
     def group(self, name: str) -> str:
         """Full consumer group id for a stage name (``worker`` -> ``ocrstream.worker``)."""
         return f"{self.group_prefix}{name}"
+
+
+def parse_api_keys(text: str, tenants: dict[str, str]) -> dict[str, str | None]:
+    """``"k1=acme,k2=-"`` -> ``{"k1": "acme", "k2": None}`` (``-``: the default tenant). A key may
+    contain ``=`` (base64): the tenant is after the last one.
+
+    Raises:
+        ValueError: an entry is not ``key=tenant``, a key repeats, or a tenant is not in
+            ``tenants``. The message never contains a key (they are secrets).
+    """
+    keys: dict[str, str | None] = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        key, sep, tenant = entry.rpartition("=")
+        key, tenant = key.strip(), tenant.strip()
+        if not sep or not key or not tenant:
+            raise ValueError("an entry is not `key=tenant` (`key=-` for the default tenant)")
+        if key in keys:
+            raise ValueError(f"a key is given twice (tenant {tenant})")
+        if tenant != "-" and tenant not in tenants:
+            raise ValueError(f"tenant {tenant!r} is not in OCRSTREAM_TENANTS")
+        keys[key] = None if tenant == "-" else tenant
+    return keys
 
 
 def settings_table() -> str:
