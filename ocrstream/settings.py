@@ -223,6 +223,9 @@ class Settings(BaseSettings):
         0.05, ge=0, lt=1, description="recognition: write a space between two characters when the recognizer's space "
         "probability between them exceeds this (PP-OCRv6 drops many spaces it has seen; 0 = the model's own spaces "
         "only; ocrstream/engine/ctc.py; measured best on receipts 000-049)")
+    rec_space_threshold_letters: float = Field(
+        0.3, ge=0, lt=1, description="the same between two letters: a space inside a word needs more evidence "
+        "(at 0.05 words in monospaced type were split; 0.3 keeps born-digital pages as without the rule)")
     model_dir: Path | None = Field(None, description="directory with det/rec model files (offline)")
     det_int8: bool = Field(False, description="openvino: run detection as int8 (NNCF post-training quantization of "
                                               "the det model, built on first use and cached; needs the `int8` extra)")

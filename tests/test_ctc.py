@@ -52,6 +52,16 @@ def test_a_space_is_written_where_the_space_probability_between_characters_excee
     assert ctc_greedy_decode(probs, CHARS, 0.05)[1] == pytest.approx(0.9)
 
 
+def test_between_two_letters_a_space_needs_the_letters_threshold():
+    # CHARS: A, B, C letters, ":" not
+    between_letters = _steps({1: 0.9}, {SPACE: 0.2}, {2: 0.9})
+    after_colon = _steps({4: 0.9}, {SPACE: 0.2}, {2: 0.9})
+    assert ctc_greedy_decode(between_letters, CHARS, 0.05, 0.3)[0] == "AB"
+    assert ctc_greedy_decode(between_letters, CHARS, 0.05, 0.1)[0] == "A B"
+    assert ctc_greedy_decode(after_colon, CHARS, 0.05, 0.3)[0] == ": B"
+    assert ctc_greedy_decode(between_letters, CHARS, 0.0, 0.1)[0] == "AB"  # 0 turns the rule off
+
+
 def test_the_models_own_spaces_are_kept_and_never_doubled():
     probs = _steps({1: 0.9}, {SPACE: 0.8}, {SPACE: 0.3}, {2: 0.9})
     assert ctc_greedy_decode(probs, CHARS, 0.05)[0] == "A B"
@@ -89,7 +99,7 @@ def test_on_a_real_receipt_the_rule_writes_the_spaces_the_page_has():
     image = np.ascontiguousarray(np.asarray(Image.open(RECEIPTS / "051.jpg").convert("RGB"))[:, :, ::-1])
     truth = load_sroie_truth(RECEIPTS / "051.csv")
     engine = OnnxEngine(Settings(), "onnxruntime")
-    assert engine.space_threshold == 0.05  # the default
+    assert (engine.space_threshold, engine.letters_space_threshold) == (0.05, 0.3)  # the defaults
     texts = {}
     for threshold in (0.0, 0.05):
         engine.space_threshold = threshold

@@ -9,13 +9,16 @@ Spaces. PP-OCRv6 small often writes no space where the page has one (``TEL:03-32
 space class (the last one in PP-OCR's character list) still gets some probability in the time
 steps between the two characters: the model has seen the gap, it just ranks blank above space.
 :func:`ctc_greedy_decode` inserts a space between two characters when the space probability
-somewhere between their time steps exceeds ``space_threshold``, and keeps the model's own
-spaces. Measured on SROIE receipts 000-049 (the tuning half; README "Performance and accuracy",
-``python bench/accuracy.py receipts --half tune``): whitespace word F1 0.865 with the model's
-spaces only, 0.885 at a threshold of 0.05 (flat within 0.001 from 0.03 to 0.1, falling below
-0.02: spaces inside words). A rule on the *width* of the gap between characters (relative to
-the line's character pitch), the other evidence the CTC output has, added nothing on top of it
-(one time step is 8 input pixels, about a third of a character).
+somewhere between their time steps exceeds ``space_threshold`` (``letters_threshold`` between
+two letters), and keeps the model's own spaces. Measured on SROIE receipts 000-049 (the tuning
+half; README "Performance and accuracy", ``python bench/accuracy.py receipts --half tune``):
+whitespace word F1 0.865 with the model's spaces only, 0.885 at a threshold of 0.05 (flat within
+0.001 from 0.03 to 0.1, falling below 0.02), 0.887 with 0.3 between two letters. The second
+threshold is for born-digital pages: at 0.05 everywhere it split words set in monospaced type
+(``subcl as ses``; 53 manual pages: word F1 0.9052 -> 0.9046, CER 0.0578 -> 0.0581), at 0.3
+between letters they read as without the rule (0.9052, 0.0579). A rule on the *width* of the gap
+between characters (relative to the line's character pitch), the other evidence the CTC output
+has, added nothing (one time step is 8 input pixels, about a third of a character).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ BLANK = 0
 """CTC blank class (PaddleOCR's ``CTCLabelDecode`` puts it first)."""
 
 
-def ctc_greedy_decode(probs: np.ndarray, characters: list[str], space_threshold: float = 0.0) -> tuple[str, float]:
+def ctc_greedy_decode(probs: np.ndarray, characters: list[str], space_threshold: float = 0.0,
+                      letters_threshold: float | None = None) -> tuple[str, float]:
     """Best-path decoding of one line's recognition output.
 
     Args:
@@ -37,6 +41,9 @@ def ctc_greedy_decode(probs: np.ndarray, characters: list[str], space_threshold:
         space_threshold: insert a space between two characters when the space class's
             probability exceeds this at some time step between them (0 = the model's own
             spaces only, exactly PaddleOCR's decoding).
+        letters_threshold: the same between two letters (None = ``space_threshold``): inside
+            words, where letters are spaced out (monospaced type), the space class gets as much
+            probability as between words, so a space between letters needs more evidence.
 
     Returns:
         ``(text, confidence)``: confidence is the mean probability of the kept time steps (0.0
@@ -58,6 +65,8 @@ def ctc_greedy_decode(probs: np.ndarray, characters: list[str], space_threshold:
     if space_threshold <= 0 or characters[space] != " ":
         return "".join(characters[i] for i in best[frames]), confidence
     space_prob = probs[:, space]
+    if letters_threshold is None:
+        letters_threshold = space_threshold
     out: list[str] = []
     prev = -1  # time step of the previous character kept
     for f in frames:
@@ -65,7 +74,8 @@ def ctc_greedy_decode(probs: np.ndarray, characters: list[str], space_threshold:
         if prev >= 0 and ch != " " and out[-1] != " ":
             # The steps strictly between the two characters; adjacent steps: the two themselves.
             gap = space_prob[prev + 1:f] if f > prev + 1 else space_prob[prev:f + 1]
-            if gap.max() > space_threshold:
+            threshold = letters_threshold if ch.isalpha() and out[-1].isalpha() else space_threshold
+            if gap.max() > threshold:
                 out.append(" ")
         out.append(ch)
         prev = f

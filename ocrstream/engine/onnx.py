@@ -189,6 +189,7 @@ class OnnxEngine:
                                    "(install onnxruntime-gpu and CUDA 12/13 + cuDNN 9)")
         self.text_score = s.text_score
         self.space_threshold = s.rec_space_threshold
+        self.letters_space_threshold = s.rec_space_threshold_letters
         self._characters = self._rec.postprocess_op.character
         self.rec_batch_size = rec_batch
         # On CPU a batch of same-size pages is slower per page than one page at a time (5 scanned
@@ -265,7 +266,8 @@ class OnnxEngine:
                 batch = np.stack([rec.resize_norm_img(crops[i], max_ratio) for i in chunk]).astype(np.float32)
                 probs = rec.session(batch)
                 for i, line_probs in zip(chunk, probs):
-                    out[i] = ctc_greedy_decode(line_probs, self._characters, self.space_threshold)
+                    out[i] = ctc_greedy_decode(line_probs, self._characters, self.space_threshold,
+                                               self.letters_space_threshold)
         return out
 
     def ocr_batch(self, images: list[np.ndarray]) -> list[PageOcr]:
