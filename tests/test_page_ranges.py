@@ -3,7 +3,7 @@
 Unit tests of the parser and of every producer's early check, then one module-scoped pipeline
 against the real broker and S3 server: splitter, worker and assembler in threads, the worker
 reading born-digital pages from their text layer (``OCRSTREAM_TEXT_LAYER=auto``: each page says
-``PAGE n``, so a result shows which pages were really rendered, without OCR time). Through it:
+``PAGE n ...``, so a result shows which pages were really rendered, without OCR time). Through it:
 ``publish_object(pages=...)``, ``ocrstream submit --pages`` (in process), the gateway over real
 HTTP (form field and JSON field), and hostile references written past the producers' checks.
 Every wait is bounded and fails the test when it runs out.
@@ -109,12 +109,12 @@ def test_the_assembler_trusts_no_page_range_it_cannot_read():
 
 @pytest.fixture(scope="module")
 def pipeline(stack):
-    """Topics, bucket and an 8-page PDF (``uploads/eight.pdf``, page n says ``PAGE n``) of one
+    """Topics, bucket and an 8-page PDF (``uploads/eight.pdf``, page n says :func:`_line` (n)) of one
     namespace, with splitter, worker (text layer, no OCR engine) and assembler running."""
     from test_gateway import _drop_topics, _namespace  # the gateway tests' namespace: tenants, API keys
 
     s = _namespace(uuid.uuid4().hex[:8], text_layer="auto")
-    ObjectStore(s).put_bytes("uploads/eight.pdf", make_pdf([[f"PAGE {n}"] for n in range(1, PAGES + 1)]),
+    ObjectStore(s).put_bytes("uploads/eight.pdf", make_pdf([[_line(n)] for n in range(1, PAGES + 1)]),
                              "application/pdf")
     runner = StageThreads()
     runner.start(Splitter(s, StopFlag(install_signals=False)))
@@ -125,6 +125,11 @@ def pipeline(stack):
     assert not runner.errors, f"stage threads raised: {runner.errors}"
     runner.running.clear()
     _drop_topics(s)
+
+
+def _line(n: int) -> str:
+    """The text of page ``n`` (20 characters or more: the worker's text-layer fast path reads it)."""
+    return f"PAGE {n} OF THE PAGE RANGE TEST"
 
 
 def _page_texts(result) -> dict[int, str]:
@@ -173,7 +178,7 @@ def test_only_the_requested_pages_are_ocred_and_hostile_ranges_fail_clearly(pipe
     r = results[wanted]
     assert r.status == "succeeded", r.error
     assert (r.page_count, r.page_range, [p.page_number for p in r.pages]) == (4, "1-3,7", [1, 2, 3, 7])
-    assert _page_texts(r) == {n: f"PAGE {n}" for n in (1, 2, 3, 7)}  # those pages, rendered from the object
+    assert _page_texts(r) == {n: _line(n) for n in (1, 2, 3, 7)}  # those pages, rendered from the object
     full = results[everything]
     assert full.page_count == PAGES and full.page_range is None and list(_page_texts(full)) == list(range(1, 9))
     assert wanted != everything  # other pages of one object: another document
@@ -198,7 +203,7 @@ def test_submit_and_the_gateway_take_pages(pipeline, tmp_path):
 
     s = pipeline
     doc = tmp_path / "five.pdf"
-    doc.write_bytes(make_pdf([[f"PAGE {n}"] for n in range(1, 6)]))
+    doc.write_bytes(make_pdf([[_line(n)] for n in range(1, 6)]))
     out = io.StringIO()  # `ocrstream submit --pages 5,2 --wait --json five.pdf`, in process
     assert submit_files(s, [doc], wait=True, as_json=True, timeout_s=60, pages="5,2", out=out) == 0
     r = orjson.loads(out.getvalue())
