@@ -84,12 +84,21 @@ is processed (about 1 s plus the time to read its changelog). Memory: the page
 results of documents in progress, plus one done marker (document id + time)
 per document finished within the retention.
 
+Requested pages
+---------------
+A document submitted with page ranges (``DocumentRef.pages``) has page tasks, and page results,
+only for those pages: ``page_range`` names them, ``page_count`` is their number. The document is
+complete when those pages are in; its result lists exactly them (``page_count`` = their number,
+``page_range`` echoed), each with its own page number.
+
 Bad input
 ---------
 A value that fails ``decode`` (``invalid_json``, ``schema_violation``,
 ``unsupported_schema_version``), a key that is not the ``document_id``
 (``invalid_key``: pages of one document must share a partition), a
-``page_number`` above ``page_count`` or a ``page_count`` that disagrees with
+``page_number`` that is not one of the document's pages (above ``page_count``, or
+outside ``page_range`` for a document of requested pages), a ``page_range`` that does not
+parse or hold ``page_count`` pages, or a ``page_count`` / ``page_range`` that disagrees with
 earlier pages (``schema_violation``) becomes a :class:`~schemas.DeadLetter`
 (stage ``assembler``) and processing continues.
 
@@ -117,6 +126,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions
 from ocrstream import metrics as m
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import make_admin, topic_partitions
+from ocrstream.page_ranges import parse_page_ranges
 from ocrstream.settings import Settings
 from ocrstream.streaming import Output, StageRuntime, StopFlag, now_ms, run_stage
 from ocrstream.streaming.changelog import read_partitions
@@ -151,7 +161,8 @@ def assemble(pages: Iterable[PageResult], completed_at: int) -> DocumentResult:
         failed page's error (message prefixed ``"page N: "``). ``pages`` sorted by
         page number; ``timings_ms`` the per-stage times summed over pages (ms)
         plus ``end_to_end_ms`` = ``completed_at`` - the earliest ``submitted_at``.
-        Source and engine are those of the lowest-numbered page.
+        Source and engine are those of the lowest-numbered page; ``page_count`` and
+        ``page_range`` are the pages' (a document of requested pages: their number and ranges).
 
     Raises:
         ValueError: ``pages`` is empty.
@@ -176,10 +187,30 @@ def assemble(pages: Iterable[PageResult], completed_at: int) -> DocumentResult:
     return DocumentResult(
         document_id=first.document_id, source=first.source,
         status="failed" if failed is not None else "succeeded", error=error,
-        page_count=first.page_count,
+        page_count=first.page_count, page_range=first.page_range,
         pages=[Page.model_construct(**{f: getattr(p, f) for f in page_fields}) for p in ordered],
         engine=first.engine, timings_ms=dict(timings), submitted_at=submitted_at, completed_at=completed_at,
     )
+
+
+def expected_pages(result: PageResult) -> range | list[int]:
+    """The page numbers of ``result``'s document: those of its ``page_range`` (the requested
+    pages), else 1..``page_count``.
+
+    Raises:
+        OcrstreamError: ``schema_violation``: a ``page_range`` that does not parse, or does not
+            hold ``page_count`` pages (records are not trusted more than their writer).
+    """
+    if result.page_range is None:
+        return range(1, result.page_count + 1)
+    try:
+        ranges = parse_page_ranges(result.page_range)
+    except OcrstreamError as exc:
+        raise OcrstreamError(ReasonCode.SCHEMA_VIOLATION, f"page_range: {exc.message}") from None
+    if sum(b - a + 1 for a, b in ranges) != result.page_count:
+        raise OcrstreamError(ReasonCode.SCHEMA_VIOLATION,
+                             f"page_range {result.page_range!r} does not hold page_count {result.page_count} pages")
+    return [n for a, b in ranges for n in range(a, b + 1)]
 
 
 def without_detections(result: DocumentResult) -> DocumentResult:
@@ -475,9 +506,11 @@ class Assembler:
             raise OcrstreamError(ReasonCode.INVALID_KEY, f"key {key!r} is not the document key "
                                  f"{document_key(result.tenant, result.document_id)!r} "
                                  f"(pages of a document must share a partition)")
-        if result.page_number > result.page_count:
+        expected = expected_pages(result)
+        if result.page_number not in expected:
             raise OcrstreamError(ReasonCode.SCHEMA_VIOLATION,
-                                 f"page_number {result.page_number} exceeds page_count {result.page_count}")
+                                 f"page_number {result.page_number} is not one of the document's pages "
+                                 f"({result.page_range or f'1-{result.page_count}'})")
         self._accept(msg, result, batch)
         return []
 
@@ -490,10 +523,11 @@ class Assembler:
             return
         pages = st.pages.get(doc)
         if pages:
-            expected = next(iter(pages.values())).page_count
-            if result.page_count != expected:
+            earlier = next(iter(pages.values()))
+            if (result.page_count, result.page_range) != (earlier.page_count, earlier.page_range):
                 raise OcrstreamError(ReasonCode.SCHEMA_VIOLATION,
-                                     f"page_count {result.page_count} disagrees with {expected} of earlier pages")
+                                     f"page_count {result.page_count} / page_range {result.page_range} disagree "
+                                     f"with {earlier.page_count} / {earlier.page_range} of earlier pages")
             old = pages.get(number)
             if old is not None and old.status == "succeeded" and result.status == "failed":
                 log.info("page %d of %s: keeping the earlier succeeded result", number, doc)
@@ -548,8 +582,7 @@ class Assembler:
             return
         n_pages = len(idle_pages[1])
         for p, doc, pages in due:
-            page_count = next(iter(pages.values())).page_count
-            missing = [n for n in range(1, page_count + 1) if n not in pages]
+            missing = [n for n in expected_pages(next(iter(pages.values()))) if n not in pages]
             upstream = self._upstream(doc, pages, missing, idle_pages[0])
             if p not in caught_up or (n_pages and not upstream <= idle_pages[1]):
                 continue  # a backlog still holds work for this document: no false `incomplete`

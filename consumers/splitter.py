@@ -14,6 +14,12 @@ every run of pages. Hashing the
 documents (33 pages + warm-up) with 2 workers, one worker got 28 pages and the
 other 17, and the run lasted as long as the busier one needed.
 
+Page ranges (``DocumentRef.pages``, :mod:`ocrstream.page_ranges`): only the requested pages get a
+page task; their ``page_count`` is the number of requested pages and ``page_range`` the canonical
+ranges, so the assembler completes the document when those pages are in. A malformed range is
+refused before the object is read, one beyond the document's pages once they are counted
+(``invalid_page_range``).
+
 Anything wrong with a document becomes a dead-letter record plus a ``failed``
 document result (when its id is known); the partition never stops. That policy, the
 commit and the Kafka error handling are the stage runtime's
@@ -31,6 +37,7 @@ from ocrstream import metrics as m
 from ocrstream.documents import inspect, open_pdf, page_weights
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import make_admin
+from ocrstream.page_ranges import format_page_ranges, parse_page_ranges, select_pages
 from ocrstream.settings import Settings
 from ocrstream.slices import page_pdf, slice_key, wants_slices
 from ocrstream.sources import check_source
@@ -189,6 +196,8 @@ class Splitter:
         ref = decode(msg.value(), DocumentRef)
         ctx.document_id, ctx.source, ctx.submitted_at = ref.document_id, ref.source, ref.submitted_at
         key = check_source(s, ref.source.bucket, ref.source.key, tenant)  # before any read: the trust boundary
+        if ref.pages is not None:
+            parse_page_ranges(ref.pages)  # junk costs no download
         data = retry_transient(
             lambda: self.store.get_bytes(ref.source.bucket, key, s.max_object_bytes, ref.source.version_id,
                                  etag=ref.source.etag),
@@ -198,28 +207,40 @@ class Splitter:
         dpi = (ref.options.dpi or s.render_dpi) if info.kind == "pdf" else None
         source = ref.source.model_copy(update={"size": len(data)})
         doc_key = document_key(tenant, ref.document_id)
-        slices = (self._write_slices(tenant, ref, data, info.page_count)
+        if ref.pages is None:
+            numbers, page_range = list(range(1, info.page_count + 1)), None
+        else:
+            numbers = select_pages(ref.pages, info.page_count)
+            page_range = format_page_ranges(parse_page_ranges(ref.pages))
+        slices = (self._write_slices(tenant, ref, data, numbers)
                   if wants_slices(s, info.kind, len(data), info.page_count) else {})
-        weights = [1.0] * info.page_count
-        if info.kind == "pdf" and info.page_count <= (self.placement.partitions() or 0):  # else unused
+        # Placement is indexed by page number (page n on placement[(n - 1) % len]), which is how the
+        # assembler finds the partitions of missing pages: pages not requested weigh nothing.
+        last = numbers[-1]
+        weights = [1.0] * last
+        if info.kind == "pdf" and last <= (self.placement.partitions() or 0):  # else unused
             try:
                 with open_pdf(data) as doc:
-                    weights = page_weights(doc)
+                    weights = page_weights(doc)[:last]
             except Exception as exc:  # a PDF that renders may still have odd stream entries
                 log.info("page weights of %s unknown (%s): equal weights", ref.document_id, exc)
+        if page_range is not None:
+            wanted = set(numbers)
+            weights = [w if n in wanted else 0.0 for n, w in enumerate(weights, start=1)]
         placement = self.placement.place(ref.document_id, weights)
         return [
             Output(s.topic("pages"), f"{doc_key}/{n}", encode(PageTask(
-                document_id=ref.document_id, source=source, page_number=n, page_count=info.page_count,
+                document_id=ref.document_id, source=source, page_number=n, page_count=len(numbers),
                 kind=info.kind, dpi=dpi, submitted_at=ref.submitted_at, tenant=tenant, slice=slices.get(n),
-                placement=placement,
+                placement=placement, page_range=page_range,
             )), partition=placed_partition(placement, n) if placement else None)
-            for n in range(1, info.page_count + 1)
+            for n in numbers
         ]
 
-    def _write_slices(self, tenant: str | None, ref: DocumentRef, data: bytes, page_count: int) -> dict[int, ObjectRef]:
-        """One-page PDFs of a large document (:mod:`ocrstream.slices`), written before its page
-        tasks are published. A slice that exists already (a replayed ingest record) is kept as it
+    def _write_slices(self, tenant: str | None, ref: DocumentRef, data: bytes,
+                      numbers: list[int]) -> dict[int, ObjectRef]:
+        """One-page PDFs of the pages ``numbers`` (1-based) of a large document
+        (:mod:`ocrstream.slices`), written before its page tasks are published. A slice that exists already (a replayed ingest record) is kept as it
         is: a page task published before may still name its ETag.
 
         Raises:
@@ -228,7 +249,7 @@ class Splitter:
         s, out = self.s, {}
         doc = open_pdf(data)
         try:
-            for n in range(1, page_count + 1):
+            for n in numbers:
                 key = slice_key(s, tenant, ref.document_id, n)
                 try:
                     info = retry_transient(lambda: self.store.stat(s.bucket, key), stop=self.stop.event)
@@ -242,7 +263,7 @@ class Splitter:
                                    version_id=info.version_id, size=info.size, content_type="application/pdf")
         finally:
             doc.close()
-        m.SLICES_WRITTEN.inc(page_count)
+        m.SLICES_WRITTEN.inc(len(numbers))
         return out
 
     def run(self) -> None:

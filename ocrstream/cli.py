@@ -153,7 +153,18 @@ def cmd_submit(args, s: Settings) -> int:
     check_store(s)
 
     return submit_files(s, [Path(f) for f in args.files], wait=args.wait, as_json=args.json,
-                        timeout_s=args.timeout or None, dpi=args.dpi)
+                        timeout_s=args.timeout or None, dpi=args.dpi, pages=args.pages)
+
+
+def _page_ranges(text: str) -> str:
+    """argparse type of ``submit --pages``: the canonical ranges, or a usage error (exit 2)."""
+    from .errors import OcrstreamError
+    from .page_ranges import normalize_page_ranges
+
+    try:
+        return normalize_page_ranges(text)
+    except OcrstreamError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def cmd_stage(args, s: Settings) -> int:
@@ -477,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--json", action="store_true", help="print results as JSON Lines")
     sm.add_argument("--timeout", type=float, default=0, help="seconds to wait (0 = no limit)")
     sm.add_argument("--dpi", type=int, default=None, help="PDF render DPI for these documents")
+    sm.add_argument("--pages", type=_page_ranges, default=None, metavar="RANGES",
+                    help='pages to OCR of each document, 1-based inclusive ranges, e.g. "1-3,7" (default: all)')
     sm.set_defaults(fn=cmd_submit)
     for name, text in [("worker", "OCR worker (consumer group member)"), ("splitter", "documents -> pages"),
                        ("assembler", "page results -> document results"), ("watch", "drop folder -> ingest")]:

@@ -23,6 +23,7 @@ from confluent_kafka import KafkaError, Producer
 from ocrstream.documents import content_type_for
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import DeliveryTracker, producer_config
+from ocrstream.page_ranges import normalize_page_ranges
 from ocrstream.settings import Settings
 from ocrstream.sources import check_source
 from ocrstream.storage import ObjectStore
@@ -39,7 +40,8 @@ def now_ms() -> int:
 
 
 def stable_document_id(bucket: str, key: str, etag: str, version_id: str | None = None,
-                       options: DocumentOptions | None = None, tenant: str | None = None) -> str:
+                       options: DocumentOptions | None = None, tenant: str | None = None,
+                       pages: str | None = None) -> str:
     """A document id derived from the object version and the processing options:
     republishing the same version with the same options yields the same id, so its
     result overwrites itself in the compacted results topic (and the assembler's
@@ -47,8 +49,10 @@ def stable_document_id(bucket: str, key: str, etag: str, version_id: str | None 
     another DPI) is another document. Options equal to :class:`DocumentOptions`'
     defaults (what the drop-folder watcher publishes) leave the id as it was before
     options were part of it. A tenant's id differs from another tenant's for the same object
-    (the pipeline keeps them apart by tenant anyway, see ``topology.tenants``). 32 hex chars
-    (SHA-256 prefix)."""
+    (the pipeline keeps them apart by tenant anyway, see ``topology.tenants``). Page ranges
+    (``pages``, canonical form: :func:`~ocrstream.page_ranges.normalize_page_ranges`) are part of
+    the identity too: the same version with other pages is another document (its result must not
+    replace the other's); None leaves the id as before. 32 hex chars (SHA-256 prefix)."""
     material = f"{bucket}\0{key}\0{etag}\0{version_id or ''}"
     if tenant is not None:
         material = f"tenant\0{tenant}\0{material}"
@@ -57,6 +61,8 @@ def stable_document_id(bucket: str, key: str, etag: str, version_id: str | None 
         changed = options.model_dump(mode="json", exclude_defaults=True)
         if changed:
             material += "\0" + json.dumps(changed, sort_keys=True, separators=(",", ":"))
+    if pages is not None:
+        material += f"\0pages\0{pages}"
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
@@ -100,37 +106,47 @@ class DocumentPublisher:
         return ref.document_id
 
     def publish_object(self, bucket: str, key: str, *, filename: str | None = None,
-                       document_id: str | None = None, dpi: int | None = None) -> str:
+                       document_id: str | None = None, dpi: int | None = None, pages: str | None = None) -> str:
         """Publish a reference to an object that is already stored (stat'ed for ETag/size).
 
         The document id (unless given) is :func:`stable_document_id` of the object version
         and the options: the same version with the same options is the same document
-        (idempotent), with another ``dpi`` a new one.
+        (idempotent), with another ``dpi`` or ``pages`` a new one.
+
+        Args:
+            pages: page ranges to OCR, 1-based inclusive (``"1-3,7"``); None = every page. Sent in
+                canonical form; whether they exist in the document is the splitter's check (a
+                ``failed`` result with ``invalid_page_range``).
 
         Raises:
-            OcrstreamError: ``invalid_bucket``, ``invalid_key``, ``forbidden_source`` (outside
+            OcrstreamError: ``invalid_page_range`` (malformed ``pages``, checked before anything
+                else), ``invalid_bucket``, ``invalid_key``, ``forbidden_source`` (outside
                 ``OCRSTREAM_ALLOWED_SOURCES``), ``object_not_found``, ``storage_error``.
         """
+        pages = None if pages is None else normalize_page_ranges(pages)
         key = check_source(self.s, bucket, key, self.s.tenant)  # fail here, not as a dead letter later
         info = self.store.stat(bucket, key)
         options = DocumentOptions(dpi=dpi)
         ref = DocumentRef(
             document_id=document_id or stable_document_id(bucket, key, info.etag, info.version_id, options,
-                                                          self.s.tenant),
+                                                          self.s.tenant, pages),
             source=ObjectRef(bucket=bucket, key=key, filename=filename or PurePosixPath(key).name,
                              etag=info.etag, version_id=info.version_id, size=info.size,
                              content_type=info.content_type),
-            submitted_at=now_ms(), options=options,
+            submitted_at=now_ms(), options=options, pages=pages,
         )
         return self.publish_ref(ref)
 
-    def upload_and_publish(self, path: Path, *, dpi: int | None = None) -> str:
-        """Upload a local file under ``upload_prefix/<document_id>/<name>`` and publish it.
+    def upload_and_publish(self, path: Path, *, dpi: int | None = None, pages: str | None = None) -> str:
+        """Upload a local file under ``upload_prefix/<document_id>/<name>`` and publish it
+        (``pages``: as :meth:`publish_object`).
 
         Raises:
             OSError: the file cannot be read.
-            OcrstreamError: ``storage_error``, ``message_too_large``.
+            OcrstreamError: ``invalid_page_range`` (before the upload), ``storage_error``,
+                ``message_too_large``.
         """
+        pages = None if pages is None else normalize_page_ranges(pages)
         document_id = uuid.uuid4().hex
         data = Path(path).read_bytes()
         key = f"{self.s.upload_prefix}{document_id}/{Path(path).name}"
@@ -139,7 +155,7 @@ class DocumentPublisher:
             document_id=document_id,
             source=ObjectRef(bucket=info.bucket, key=key, filename=Path(path).name, etag=info.etag,
                              version_id=info.version_id, size=info.size, content_type=info.content_type),
-            submitted_at=now_ms(), options=DocumentOptions(dpi=dpi),
+            submitted_at=now_ms(), options=DocumentOptions(dpi=dpi), pages=pages,
         )
         return self.publish_ref(ref)
 

@@ -34,6 +34,7 @@ class ReasonCode(StrEnum):
     ENGINE_ERROR = "engine_error"
     ENGINE_TIMEOUT = "engine_timeout"
     RESULT_TOO_LARGE = "result_too_large"
+    INVALID_PAGE_RANGE = "invalid_page_range"  # DocumentRef.pages malformed, or beyond the document's pages
     NO_TEXT_LAYER = "no_text_layer"  # OCRSTREAM_TEXT_LAYER=only and the page has no usable text layer
     # Stage runtime (ocrstream/streaming): failures that are not the input's fault.
     INTERNAL_ERROR = "internal_error"  # an unexpected exception while handling a record (a bug)

@@ -143,11 +143,24 @@ class DocumentRef(_Message):
     source: ObjectRef
     submitted_at: int = Field(description="ms since epoch")
     options: DocumentOptions = Field(default_factory=DocumentOptions)
+    # Not constrained here: a malformed value is the splitter's `invalid_page_range` (a failed
+    # result naming what is wrong), not a bare `schema_violation`. Written only when set.
+    pages: str | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="pages to OCR, 1-based inclusive comma-separated ranges, e.g. \"1-3,7\" (ocrstream.page_ranges); "
+                    "pages beyond the document's, reversed (3-1), overlapping or empty ranges fail the document "
+                    "with `invalid_page_range`; absent = every page. A splitter that predates the field OCRs "
+                    "every page")
 
 
 PLACEMENT_DOC = ("partitions of the pages topic that hold this document's page tasks: page n is on "
                  "placement[(n - 1) % len(placement)] (set by the splitter; absent in older records: "
                  "topology.page_partition)")
+
+
+PAGE_RANGE_DOC = ("the pages of the document that were requested, canonical ranges (\"1-3,7\", "
+                  "from DocumentRef.pages, set by the splitter); `page_count` is then the number of those pages "
+                  "and page numbers stay the document's; absent = every page 1..page_count")
 
 
 class PageTask(_Message):
@@ -172,6 +185,7 @@ class PageTask(_Message):
                                                 "document: render its page 1 instead of downloading source")
     placement: list[Annotated[int, Field(ge=0)]] | None = Field(None, exclude_if=lambda v: v is None, min_length=1,
                                         description=PLACEMENT_DOC)
+    page_range: str | None = Field(None, exclude_if=lambda v: v is None, description=PAGE_RANGE_DOC)
 
 
 class Detection(_Message):
@@ -231,6 +245,8 @@ class PageResult(Page):
     completed_at: int
     placement: list[Annotated[int, Field(ge=0)]] | None = Field(None, exclude_if=lambda v: v is None, min_length=1,
                                         description=PLACEMENT_DOC + "; copied from the page task")
+    page_range: str | None = Field(None, exclude_if=lambda v: v is None,
+                                   description=PAGE_RANGE_DOC + "; copied from the page task")
     # written only for a tenant's document: the default tenant's records stay as they were
     tenant: str | None = Field(None, exclude_if=lambda v: v is None,
                                description="the tenant whose ingest topic the document came from (set by the "
@@ -238,7 +254,13 @@ class PageResult(Page):
 
 
 class DocumentResult(_Message):
-    """Document-results topic value (compacted). Key: ``document_id``."""
+    """Document-results topic value (compacted). Key: ``document_id``.
+
+    ``page_count`` is the number of pages the result covers: every page of the document, or,
+    when the reference asked for some (``DocumentRef.pages``, echoed as ``page_range``), the
+    number of those pages, so ``len(pages) == page_count`` holds for every complete result and a
+    result of "1-3,7" lists pages 1, 2, 3 and 7 with their own page numbers. 0: the document
+    was refused before any page (e.g. ``invalid_page_range``)."""
 
     schema_: Literal["document_result"] = Field("document_result", alias="schema")
     schema_version: Literal[1] = 1
@@ -246,8 +268,11 @@ class DocumentResult(_Message):
     source: ObjectRef | None
     status: Literal["succeeded", "failed"]
     error: Error | None = None
-    page_count: int = Field(ge=0)
+    page_count: int = Field(ge=0, description="pages the result covers (the requested ones when `page_range` is set)")
     pages: list[Page] = Field(default_factory=list, description="ordered by page_number")
+    page_range: str | None = Field(None, exclude_if=lambda v: v is None,
+                                   description="the pages requested (DocumentRef.pages, canonical: \"1-3,7\"); "
+                                               "absent = every page of the document")
     engine: EngineInfo | None = None
     timings_ms: dict[str, float] = Field(
         default_factory=dict, description="summed per-stage times and end-to-end latency"

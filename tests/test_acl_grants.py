@@ -50,3 +50,25 @@ def test_bindings_name_the_principal_of_each_role():
     bindings = acl_bindings(acl_grants("ocr.", "ocrstream."), lambda role: f"User:ocrstream-{role}")
     assert {b.principal for b in bindings} == {f"User:ocrstream-{r}" for r in ROLES}
     assert all(b.host == "*" for b in bindings)
+
+
+def test_the_gateway_publishes_and_follows_for_every_tenant_and_nothing_else():
+    """The HTTP gateway: writes each ingest topic it serves, reads their results, describes the
+    page backlog (the pages topic's offsets, the worker group's commits) and names only
+    ``gateway-*`` groups, which it never joins or commits (it assign()s): DESCRIBE, not READ."""
+    grants = [g for g in acl_grants("ocr.", "ocrstream.", tenants=("acme",)) if g.role == "gateway"]
+
+    def names(op: str, resource: str = "topic") -> set[str]:
+        return {g.name for g in grants if g.operation == op and g.resource == resource}
+
+    assert names("WRITE") == {"ocr.ingest", "ocr.tenant.acme.ingest"}
+    assert names("READ") == {"ocr.document-results", "ocr.tenant.acme.document-results"}
+    assert names("DESCRIBE") == {"ocr.ingest", "ocr.tenant.acme.ingest", "ocr.pages"}
+    assert names("DESCRIBE", "group") == {"ocrstream.worker", "ocrstream.gateway-"}
+    assert not names("READ", "group")  # no group it could join, commit in, or read offsets of
+    assert {g.resource for g in grants} == {"topic", "group"}  # no transactional id, no cluster right
+    assert {(g.name, g.pattern) for g in grants if g.resource == "group"} == {
+        ("ocrstream.worker", "literal"), ("ocrstream.gateway-", "prefixed")}
+    # the pipeline's internals stay out of reach: no page tasks, page results or dead letters
+    assert not {g.name for g in grants} & {"ocr.page-results", "ocr.dead-letters", "ocr.assembler-state"}
+    assert names("WRITE") & {"ocr.pages"} == set()

@@ -7,15 +7,21 @@ per role plus ``admin`` (the only super user besides the broker's own PLAINTEXT 
 - a matrix of denials, each checked against the broker: a role cannot write, read, join a
   group or use a transactional id that is not its own;
 - every stage runs end to end as a subprocess with only its own principal (no wildcard grant):
-  a document submitted by the submitter principal gets its result.
+  a document submitted by the submitter principal gets its result, and so do documents
+  submitted through the HTTP gateway (``ocrstream gateway`` as its own principal, a real POST
+  and GET over HTTP for the default tenant and a tenant).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import time
 import uuid
+
+import httpx
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -33,7 +39,9 @@ from test_security import _make_certificates, sasl_ssl_props
 
 pytestmark = pytest.mark.integration
 
-SASL_PORT, INTERNAL_PORT, CONTROLLER_PORT = 29492, 29494, 29493
+# moved with the rest of the test stack, so two checkouts' sessions can run this side by side
+_OFFSET = int(os.environ.get("OCRSTREAM_TEST_PORT_OFFSET", "0"))
+SASL_PORT, INTERNAL_PORT, CONTROLLER_PORT = 29492 + _OFFSET, 29494 + _OFFSET, 29493 + _OFFSET
 TENANTS = ("acme", "globex")
 USERS = ("admin", *ROLES, *(tenant_role(t) for t in TENANTS))
 
@@ -163,6 +171,13 @@ def test_each_role_is_refused_what_is_not_its_own(roles):
         denied_topic
     assert _read_error(acme, "ingest", group=acme.group("splitter")) == denied_group
     assert _produce_error(acme, tenant_topic("acme", "ingest")) is None
+    # the gateway publishes references and reads results, but is no stage: no page tasks, no
+    # page results, no group it could join (it assign()s; its `gateway-*` groups are DESCRIBE only)
+    gw = roles["gateway"]
+    assert _produce_error(gw, "pages") == denied_topic
+    assert _produce_error(gw, "page-results") == denied_topic
+    assert _read_error(gw, "document-results", group=gw.group("gateway") + "-joined") == denied_group
+    assert _produce_error(gw, tenant_topic("globex", "ingest")) is None  # every tenant's ingest topic
     # ... and allowed what is: the same calls on its own resources succeed
     assert _produce_error(roles["submitter"], "ingest") is None
     assert _txn_error(roles["worker"], roles["worker"].group("worker") + "-x") is None
@@ -191,6 +206,7 @@ def test_every_stage_runs_with_only_its_own_acls(roles, processes, tmp_path):
             follower.close()
         assert results[doc_id].status == "succeeded", results[doc_id].error
         assert "LEAST" in results[doc_id].text()
+    _gateway_round_trip(roles, processes, path)
     # The sinks read the results as their own principals and commit in their own groups.
     admin = roles["admin"]
     deadline = time.monotonic() + 120
@@ -201,3 +217,50 @@ def test_every_stage_runs_with_only_its_own_acls(roles, processes, tmp_path):
     for p in processes.procs:
         log = open(p.log_path, errors="replace").read()
         assert "AUTHORIZATION_FAILED" not in log, p.log_path
+
+
+def _gateway_round_trip(roles, processes, path) -> None:
+    """``ocrstream gateway`` as principal ``gateway``: an upload POSTed for the default tenant and
+    one for a tenant, each followed by GETs until its result is there. The backlog limit is on
+    (each POST describes ``pages`` and the worker group: a refused measurement would be a 503) and
+    the results cache is 0 bytes (each GET re-reads the result by offset with the fetch consumer),
+    so every grant of the role is used; the caller asserts no AUTHORIZATION_FAILED in its log."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    keys = {None: "gw-key-default", "acme": "gw-key-acme"}
+    gw = roles["gateway"].model_copy(update={"gateway_host": "127.0.0.1", "gateway_port": port,
+                                             "gateway_max_backlog_pages": 1000, "gateway_results_cache_bytes": 0})
+    proc = processes.start(gw, "gateway", OCRSTREAM_GATEWAY_API_KEYS=",".join(f"{k}={t or '-'}" for t, k in keys.items()))
+
+    def failure(what: str) -> AssertionError:
+        return AssertionError(f"gateway with its own ACLs: {what}\n{open(proc.log_path, errors='replace').read()[-3000:]}")
+
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:  # not listening yet
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise failure("not ready within 60 s")
+            time.sleep(0.3)
+        for tenant, key in keys.items():
+            auth = {"Authorization": f"Bearer {key}"}
+            r = client.post("/v1/documents", headers=auth, files={"file": ("acl.pdf", path.read_bytes(), "application/pdf")})
+            if r.status_code != 202:
+                raise failure(f"POST as {tenant or 'default'}: {r.status_code} {r.text}")
+            doc_id = r.json()["document_id"]
+            deadline = time.monotonic() + 180
+            while (body := client.get(f"/v1/documents/{doc_id}", headers=auth).json())["status"] == "pending":
+                if time.monotonic() > deadline:
+                    raise failure(f"no result for {doc_id} ({tenant or 'default'}) within 180 s")
+                time.sleep(0.5)
+            assert body["status"] == "succeeded", body
+            assert "LEAST" in client.get(f"/v1/documents/{doc_id}/text", headers=auth).text
+            # a tenant's key does not see the default tenant's document, and vice versa
+            other = keys["acme" if tenant is None else None]
+            assert client.get(f"/v1/documents/{doc_id}", headers={"X-API-Key": other}).status_code == 404

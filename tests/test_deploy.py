@@ -55,6 +55,10 @@ K8S_VERSION = "1.32.0"
 
 SETTINGS_ENV = {f"OCRSTREAM_{name.upper()}" for name in Settings.model_fields}
 STAGES = ("splitter", "worker", "assembler", "watch", "sink-outbox", "sink-parquet")
+GATEWAY = "gateway"
+"""The HTTP gateway (``ocrstream gateway``, producers/gateway/): deployed like a stage, but it is
+no stage-runtime loop and serves /healthz, /readyz and /metrics on ``OCRSTREAM_GATEWAY_PORT``."""
+DEPLOYED = (*STAGES, GATEWAY)
 
 
 def stage_of(args) -> str:
@@ -80,9 +84,25 @@ def stage_modules() -> dict[str, str]:
     return found
 
 
+def port_setting(stage: str) -> str:
+    """The variable holding the port a deployed stage serves /healthz and /metrics on."""
+    return "OCRSTREAM_GATEWAY_PORT" if stage == GATEWAY else "OCRSTREAM_HTTP_PORT"
+
+
+def gateway_serves_probes() -> bool:
+    """Whether the gateway's app has /healthz, /readyz and /metrics routes and listens on
+    ``Settings.gateway_port`` (read from producers/gateway/app.py, the code the container runs)."""
+    src = (ROOT / "producers" / "gateway" / "app.py").read_text()
+    return (all(f'@app.get("/{path}"' in src for path in ("healthz", "readyz", "metrics"))
+            and re.search(r"port=s\.gateway_port\b", src) is not None)
+
+
 def serves_http(stage: str) -> bool:
     """Whether the stage's code reads ``Settings.http_port``, i.e. starts the /metrics, /healthz,
-    /readyz server (:class:`ocrstream.streaming.health.HealthServer`) when OCRSTREAM_HTTP_PORT is set."""
+    /readyz server (:class:`ocrstream.streaming.health.HealthServer`) when OCRSTREAM_HTTP_PORT is set
+    (the gateway: whether it serves them on its own port, :func:`gateway_serves_probes`)."""
+    if stage == GATEWAY:
+        return gateway_serves_probes()
     spec = importlib.util.find_spec(stage_modules()[stage])
     if spec is None or spec.origin is None:  # module not written yet: serves nothing
         return False
@@ -134,7 +154,7 @@ def stage_services() -> dict[str, str]:
     for name, svc in services().items():
         cmd = command_of(svc)
         stage = "-".join(cmd[:2]) if cmd and cmd[0] == "sink" else (cmd[0] if cmd else None)
-        if is_ocrstream_service(svc) and stage in STAGES:
+        if is_ocrstream_service(svc) and stage in DEPLOYED:
             out[name] = stage
     return out
 
@@ -300,7 +320,7 @@ def test_compose_commands_are_cli_subcommands():
         assert cmd, f"{name}: no command"
         args = parser.parse_args(cmd)  # SystemExit (test error) on an unknown subcommand or argument
         seen.add(stage_of(args))
-    assert set(STAGES) <= seen, f"stages without a compose service: {set(STAGES) - seen}"
+    assert set(DEPLOYED) <= seen, f"stages without a compose service: {set(DEPLOYED) - seen}"
     assert "topics" in seen, "no service runs `ocrstream topics apply`"
 
 
@@ -326,16 +346,34 @@ def test_compose_gpu_workers_reserve_gpus_and_cpu_profile_has_a_worker_without()
     assert set(workers) == set(gpu) | set(cpu)
 
 
+def served_port(name: str, svc: dict) -> str | None:
+    """The port a compose service serves /healthz and /metrics on: ``OCRSTREAM_HTTP_PORT``, or the
+    gateway's ``OCRSTREAM_GATEWAY_PORT`` (its default when unset); None when it serves none."""
+    env = env_dict(svc.get("environment"))
+    if stage_services().get(name) == GATEWAY:
+        return env.get("OCRSTREAM_GATEWAY_PORT", str(defaults().gateway_port))
+    port = env.get("OCRSTREAM_HTTP_PORT")
+    return port if port and port != "0" else None
+
+
 def test_compose_healthchecks_probe_the_http_port_of_their_service():
     for name, svc in services().items():
-        env = env_dict(svc.get("environment"))
         check = healthcheck_text(svc)
-        port = env.get("OCRSTREAM_HTTP_PORT")
-        if port and port != "0":
+        port = served_port(name, svc)
+        if port:
             assert f":{port}/healthz" in check, f"{name}: healthcheck {check!r} does not probe :{port}/healthz"
         elif "/healthz" in check:
             pytest.fail(f"{name}: probes /healthz but sets no OCRSTREAM_HTTP_PORT")
     for name, stage in stage_services().items():
+        if stage == GATEWAY:
+            assert serves_http(stage), f"{name}: the gateway app no longer serves /healthz /readyz /metrics on gateway_port"
+            env = env_dict(services()[name].get("environment"))
+            assert "OCRSTREAM_HTTP_PORT" not in env, f"{name}: the gateway serves on OCRSTREAM_GATEWAY_PORT only"
+            assert env.get("OCRSTREAM_GATEWAY_HOST", defaults().gateway_host) == "0.0.0.0", \
+                f"{name}: listening on loopback only, the published port would reach nothing"
+            assert f"{served_port(name, services()[name])}:" in " ".join(
+                str(p) for p in services()[name].get("ports", [])), f"{name}: port not published"
+            continue
         port = env_dict(services()[name].get("environment")).get("OCRSTREAM_HTTP_PORT")
         if serves_http(stage):
             assert port, f"{name}: {stage} serves /healthz; set OCRSTREAM_HTTP_PORT and a healthcheck"
@@ -400,9 +438,8 @@ def test_prometheus_scrapes_every_service_with_metrics():
             for target in sc["targets"]:
                 host, _, port = target.rpartition(":")
                 scraped[host] = int(port)
-    http = {name: int(env_dict(svc.get("environment"))["OCRSTREAM_HTTP_PORT"])
-            for name, svc in services().items()
-            if env_dict(svc.get("environment")).get("OCRSTREAM_HTTP_PORT", "0") != "0"}
+    http = {name: int(served_port(name, svc)) for name, svc in services().items() if served_port(name, svc)}
+    assert GATEWAY in http, "the gateway's /metrics is not scraped"
     assert http, "no service serves /metrics"
     for name, port in http.items():
         assert scraped.get(name) == port, f"{name} serves /metrics on {port}; Prometheus scrapes {scraped.get(name)}"
@@ -700,6 +737,38 @@ def check_worker(docs, where: str) -> dict:
     return container
 
 
+def check_gateway(docs, gateway: dict, container: dict, where: str) -> None:
+    """The gateway's Deployment: probes (readiness /readyz, liveness /healthz) and the Prometheus
+    annotations on ``OCRSTREAM_GATEWAY_PORT``, its API keys from a Secret (never a plain value or
+    the ConfigMap), a Service that selects its pods and targets that port."""
+    configmaps = by_kind(docs, "ConfigMap")
+    port = container_env_value(container, "OCRSTREAM_GATEWAY_PORT", configmaps) or str(defaults().gateway_port)
+    assert container_env_value(container, "OCRSTREAM_HTTP_PORT", configmaps) in (None, "0"), \
+        f"{where}: the gateway serves on OCRSTREAM_GATEWAY_PORT only"
+    ports = {p.get("name"): p["containerPort"] for p in container["ports"]}
+
+    def resolve(p):
+        return ports[p] if isinstance(p, str) else p
+
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", where
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", where
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        if probe in container:
+            assert str(resolve(container[probe]["httpGet"]["port"])) == port, f"{where}: gateway {probe} port"
+    annotations = gateway["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == port, where
+    keys = next(e for e in container["env"] if e["name"] == "OCRSTREAM_GATEWAY_API_KEYS")
+    ref = keys["valueFrom"]["secretKeyRef"]
+    secret = next(d for d in by_kind(docs, "Secret") if d["metadata"]["name"] == ref["name"])
+    assert ref["key"] in (secret.get("stringData") or {}) | (secret.get("data") or {}), f"{where}: API keys"
+    assert not ref.get("optional"), f"{where}: a gateway without keys refuses to start; the Secret is required"
+    assert all("OCRSTREAM_GATEWAY_API_KEYS" not in (cm.get("data") or {}) for cm in configmaps), where
+    pod_labels = gateway["spec"]["template"]["metadata"]["labels"]
+    svcs = [d for d in by_kind(docs, "Service") if d["spec"]["selector"].items() <= pod_labels.items()]
+    assert len(svcs) == 1, f"{where}: one Service for the gateway"
+    assert any(str(resolve(p["targetPort"])) == port for p in svcs[0]["spec"]["ports"]), f"{where}: Service port"
+
+
 def check_stages(docs, where: str):
     parser = build_parser()
     by_stage = {}
@@ -708,6 +777,8 @@ def check_stages(docs, where: str):
         args = parser.parse_args(container["args"])
         stage = stage_of(args)
         assert stage == component(w), f"{where}: {w['metadata']['name']} runs {stage}"
+        if stage == GATEWAY:
+            check_gateway(docs, w, container, where)
         by_stage[stage] = (w, container)
         refs = {(src.get("configMapRef") or src.get("secretRef") or {}).get("name") for src in container.get("envFrom", [])}
         assert {"ocrstream-config", "ocrstream-secrets"} <= refs, f"{where}: {w['metadata']['name']} envFrom"
@@ -717,7 +788,7 @@ def check_stages(docs, where: str):
                     f"{where}: {stage} does not serve HTTP ({stage_modules()[stage]})"
         else:
             assert "livenessProbe" in container and "readinessProbe" in container, f"{where}: {stage} probes"
-    assert set(by_stage) == set(STAGES), f"{where}: stages {sorted(by_stage)}"
+    assert set(by_stage) == set(DEPLOYED), f"{where}: stages {sorted(by_stage)}"
     watch = by_stage["watch"][0]
     assert watch["spec"]["replicas"] == 1 and watch["spec"]["strategy"]["type"] == "Recreate", \
         f"{where}: one watcher at a time (transactional.id fencing)"

@@ -85,7 +85,7 @@ def test_each_role_can_do_its_job_and_nothing_else(tls_minio):
     admin = MinioAdmin(endpoint=s.s3_endpoint, credentials=StaticProvider(ROOT_USER, ROOT_PASSWORD), secure=True,
                        http_client=urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(ca_file)))
     stores = {}
-    for role in ("submitter", "splitter", "reader", "watcher", "outbox", "analytics"):
+    for role in ("submitter", "splitter", "reader", "watcher", "outbox", "analytics", "gateway"):
         admin.policy_add(f"ocrstream-{role}", policy=_policy(role, s.bucket))
         admin.user_add(f"{role}-user", f"{role}-secret-key")
         admin.policy_set(f"ocrstream-{role}", user=f"{role}-user")
@@ -140,3 +140,18 @@ def test_each_role_can_do_its_job_and_nothing_else(tls_minio):
     assert _denied(lambda: ana.get_bytes(s.bucket, "uploads/doc.pdf", 10_000_000))
     assert _denied(lambda: ana.list("inbox/"))
     assert _denied(lambda: ana.put_bytes("outbox/x.txt", b"x"))
+    # gateway: uploads like a submitter, and stats (HEAD) what a JSON submission references under
+    # the allowed sources, the way Intake.reference does before publishing; its preflight passes
+    gw = stores["gateway"]
+    check_store(gw.settings)
+    gw.put_bytes("uploads/gw/new.pdf", b"%PDF-1.7 gw", "application/pdf")
+    assert gw.stat(s.bucket, "uploads/doc.pdf").size > 0
+    assert gw.stat(s.bucket, "inbox/drop.pdf").size > 0
+    with pytest.raises(OcrstreamError) as gone:  # a missing object is "not found" (a 422), not "denied"
+        gw.stat(s.bucket, "uploads/missing.pdf")
+    assert gone.value.code == "object_not_found"
+    assert _denied(lambda: gw.stat(s.bucket, "internal/payroll.pdf"))
+    assert _denied(lambda: gw.put_bytes("inbox/x.pdf", b"x"))  # the drop folder is the watcher's input
+    assert _denied(lambda: gw.put_bytes("internal/x.pdf", b"x"))
+    assert _denied(lambda: gw.remove(s.bucket, "uploads/doc.pdf"))
+    assert _denied(lambda: gw.list("inbox/"))

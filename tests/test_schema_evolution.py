@@ -238,3 +238,32 @@ def test_messages_built_in_code_emit_only_declared_fields():
     assert ref.model_extra == {} and ref.source.model_extra == {}
     assert set(wire(ref)) == {"schema", "schema_version", "document_id", "source", "submitted_at", "options"}
     assert decode(encode(ref), DocumentRef) == ref
+
+
+# --- a compatible change: page ranges (DocumentRef.pages, page_range downstream) --------------
+
+@pytest.mark.parametrize("name, make, model, field, value", [
+    ("document_ref", document_ref, DocumentRef, "pages", "1-3,7"),
+    ("page_task", page_task, PageTask, "page_range", "1-3"),
+    ("page_result", page_result, PageResult, "page_range", "1-2"),
+    ("document_result", document_result, DocumentResult, "page_range", "1")])
+def test_page_ranges_are_an_optional_field_that_old_records_do_without(name, make, model, field, value):
+    old = make()  # a record of a producer that predates the field: reads as "every page", unchanged
+    decoded = decode(raw(old), model)
+    assert getattr(decoded, field) is None and field not in wire(decoded)
+    assert wire(decoded) == old
+    new = {**old, field: value}  # a newer producer's record: valid for today's readers and the exported schema
+    validator(name).validate(new)
+    assert getattr(decode(raw(new), model), field) == value and wire(decode(raw(new), model)) == new
+
+
+@pytest.mark.parametrize("pages", ["", "3-1", "a", "x" * 5000])
+def test_a_malformed_page_range_is_not_a_schema_violation(pages):
+    """The schema does not constrain ``pages``: the splitter refuses it with the clearer
+    ``invalid_page_range`` (tests/test_page_ranges.py), after reading the record's id."""
+    ref = decode(raw({**document_ref(), "pages": pages}), DocumentRef)
+    assert ref.pages == pages
+    validator("document_ref").validate({**document_ref(), "pages": pages})
+    with pytest.raises(OcrstreamError) as e:  # a wrong type still is one
+        decode(raw({**document_ref(), "pages": 7}), DocumentRef)
+    assert e.value.code == "schema_violation"

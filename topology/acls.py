@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from .tenants import check_tenant_name, follower_group, tenant_topic
 
-ROLES = ("submitter", "splitter", "worker", "assembler", "watcher", "outbox", "analytics", "operator")
+ROLES = ("submitter", "splitter", "worker", "assembler", "watcher", "outbox", "analytics", "operator",
+         "gateway")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class RoleGrants:
     group: str | None = None  # consumer group it joins and commits as
     describes_groups: tuple[str, ...] = ()  # groups whose committed offsets it reads
     group_families: tuple[str, ...] = ()  # "<group_prefix><name>-*": one throwaway group per run
+    # "<group_prefix><name>-*" named by consumers that only assign(): DESCRIBE (the coordinator
+    # lookup librdkafka makes for any group.id), never READ (no join, no offset fetch or commit)
+    describe_group_families: tuple[str, ...] = ()
+    tenants_too: bool = False  # its reads/writes of ingest and document-results include every tenant's
     transactional: bool = False  # transactional ids "<group_prefix><stage>-*"
     restores: bool = False  # reads a state topic by assignment (group "<group_prefix>restore-*")
 
@@ -57,6 +62,11 @@ GRANTS: dict[str, RoleGrants] = {
     "operator": RoleGrants(reads=("dead-letters", "metrics", "document-results"),
                            writes=("ingest", "pages", "page-results", "document-results"),
                            group="dlq-replay", group_families=("dlq-list", "top", "follower")),
+    # the HTTP gateway (`ocrstream gateway`): publishes references for the tenants of its API keys,
+    # tails their results topics by assignment (groups `gateway-<id>`, `gateway-fetch-<id>`), and
+    # measures the page backlog (watermarks of `pages`, committed offsets of the worker group)
+    "gateway": RoleGrants(writes=("ingest",), reads=("document-results",), describes=("pages",),
+                          describes_groups=("worker",), describe_group_families=("gateway",), tenants_too=True),
 }
 
 
@@ -87,7 +97,8 @@ def acl_grants(topic_prefix: str, group_prefix: str, roles: tuple[str, ...] = RO
     Tenants (see :mod:`topology.tenants`): a tenant's principal writes only its own ingest topic
     and reads only its own results topic; the splitter reads every tenant's ingest topic, and
     the stages that publish document results (splitter: failed ones, assembler) and the operator
-    reach every tenant's results topic, each by name.
+    reach every tenant's results topic, each by name; the gateway writes every tenant's ingest
+    topic and reads every tenant's results topic (it acts as the tenant of each request's API key).
     """
     out: list[Grant] = []
     for tenant in tenants:
@@ -104,6 +115,11 @@ def acl_grants(topic_prefix: str, group_prefix: str, roles: tuple[str, ...] = RO
                         Grant(stage, "topic", results, "literal", "DESCRIBE")]
         if "operator" in roles:
             out.append(Grant("operator", "topic", results, "literal", "READ"))
+        for role_name in roles:
+            if GRANTS[role_name].tenants_too:  # the gateway: the tenant's ingest and results topics
+                out += [Grant(role_name, "topic", ingest, "literal", "WRITE"),
+                        Grant(role_name, "topic", ingest, "literal", "DESCRIBE"),
+                        Grant(role_name, "topic", results, "literal", "READ")]
     for role in roles:
         g = GRANTS[role]
         for t in g.reads:
@@ -127,4 +143,6 @@ def acl_grants(topic_prefix: str, group_prefix: str, roles: tuple[str, ...] = RO
             out.append(Grant(role, "cluster", "kafka-cluster", "literal", "DESCRIBE_CONFIGS"))
         for family in g.group_families:  # read by assignment; librdkafka still looks the group up
             out.append(Grant(role, "group", f"{group_prefix}{family}-", "prefixed", "READ"))
+        for family in g.describe_group_families:
+            out.append(Grant(role, "group", f"{group_prefix}{family}-", "prefixed", "DESCRIBE"))
     return out

@@ -1,6 +1,7 @@
 """``ocrstream gateway``: an HTTP front door (FastAPI on uvicorn) for clients of FastAPI+Celery OCR servers.
 
-    POST /v1/documents                   multipart `file` (+ optional `dpi`), or JSON {"bucket", "key", "dpi"?}
+    POST /v1/documents                   multipart `file` (+ optional `dpi`, `pages`), or JSON
+                                         {"bucket", "key", "dpi"?, "pages"?}; `pages`: "1-3,7" (1-based ranges)
                                          -> 202 {"document_id"}, Location: /v1/documents/{id}
     GET  /v1/documents/{id}              {"document_id", "status": pending|succeeded|failed, ...}; 404 unknown
     GET  /v1/documents/{id}/text|hocr|alto|json   the result rendered (409 while pending)
@@ -16,7 +17,8 @@ whether they exist).
 Status codes: 401 no or unknown key; 403 a reference outside the tenant's allowed sources
 (``forbidden_source``, nothing read); 413 upload over ``OCRSTREAM_GATEWAY_MAX_UPLOAD_BYTES``;
 415 neither multipart nor JSON; 422 a malformed body, an invalid bucket/key, an object that
-does not exist; 429 + ``Retry-After`` over the tenant's quota or while the page backlog is over
+does not exist, malformed page ranges (``invalid_page_range``; pages beyond the document's are
+found by the splitter: a ``failed`` result with that code); 429 + ``Retry-After`` over the tenant's quota or while the page backlog is over
 ``OCRSTREAM_GATEWAY_MAX_BACKLOG_PAGES``; 503 broker or object store unavailable. Error bodies
 are ``{"code": ..., "detail": ...}``.
 """
@@ -61,7 +63,7 @@ DOCUMENT_ID = r"^[A-Za-z0-9._:\-]{1,200}$"  # as schemas.DocumentRef.document_id
 # forbidden_source is 403 (the caller may not make the service read there, whoever they are);
 # the others name something malformed or absent: 422. Storage trouble is the service's: 503.
 _STATUS_OF = {ReasonCode.FORBIDDEN_SOURCE: 403, ReasonCode.INVALID_KEY: 422, ReasonCode.INVALID_BUCKET: 422,
-              ReasonCode.OBJECT_NOT_FOUND: 422, ReasonCode.MESSAGE_TOO_LARGE: 413,
+              ReasonCode.OBJECT_NOT_FOUND: 422, ReasonCode.INVALID_PAGE_RANGE: 422, ReasonCode.MESSAGE_TOO_LARGE: 413,
               ReasonCode.STORAGE_ERROR: 503, ReasonCode.STORAGE_TIMEOUT: 503}
 
 
@@ -84,6 +86,8 @@ class SourceBody(BaseModel):
     bucket: str = Field(min_length=1, max_length=63)
     key: str = Field(min_length=1, max_length=1024)
     dpi: int | None = Field(None, ge=36, le=600, description="PDF render DPI for this document")
+    pages: str | None = Field(None, description="pages to OCR, 1-based inclusive ranges, e.g. \"1-3,7\"; "
+                                                "absent = every page")
 
 
 _DPI = TypeAdapter(Annotated[int, Field(ge=36, le=600)])  # the multipart `dpi` field, as SourceBody.dpi
@@ -205,7 +209,8 @@ def _ocr_error(exc: OcrstreamError) -> ApiError:
 _UPLOAD_BODY = {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary", "description": "the document (PDF, PNG, JPEG, TIFF, ...)"},
-        "dpi": {"type": "integer", "minimum": 36, "maximum": 600, "description": "PDF render DPI"}}}},
+        "dpi": {"type": "integer", "minimum": 36, "maximum": 600, "description": "PDF render DPI"},
+        "pages": {"type": "string", "description": "pages to OCR, 1-based inclusive ranges, e.g. \"1-3,7\""}}}},
     "application/json": {"schema": SourceBody.model_json_schema()},
 }
 
@@ -265,7 +270,7 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
         try:
             if ctype == "multipart/form-data":
                 async with request.form(max_files=1, max_fields=4) as form:
-                    file, dpi = form.get("file"), form.get("dpi")
+                    file, dpi, pages = form.get("file"), form.get("dpi"), form.get("pages")
                     if not isinstance(file, UploadFile):
                         raise ApiError(422, "invalid_request", "multipart body without a `file` part")
                     if file.size is not None and file.size > s.gateway_max_upload_bytes:
@@ -277,15 +282,18 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
                         dpi_value = None if dpi in (None, "") else _DPI.validate_python(dpi)
                     except ValidationError:
                         raise ApiError(422, "invalid_request", "dpi must be an integer 36..600") from None
-                    return await run_in_threadpool(gw.intake.upload, tenant, file.filename, data, dpi_value), "upload"
+                    if pages is not None and not isinstance(pages, str):
+                        raise ApiError(422, "invalid_request", "pages must be a form field, not a file")
+                    return await run_in_threadpool(gw.intake.upload, tenant, file.filename, data, dpi_value,
+                                                   pages), "upload"
             if ctype == "application/json":
                 try:
                     body = SourceBody.model_validate_json(await request.body())
                 except ValidationError as exc:
                     raise ApiError(422, "invalid_request", "; ".join(
                         f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())) from None
-                return await run_in_threadpool(gw.intake.reference, tenant, body.bucket, body.key, body.dpi), \
-                    "reference"
+                return await run_in_threadpool(gw.intake.reference, tenant, body.bucket, body.key, body.dpi,
+                                               body.pages), "reference"
         except OcrstreamError as exc:
             if exc.code == ReasonCode.FORBIDDEN_SOURCE:
                 GATEWAY_REFUSED.labels(tenant or "default", "forbidden_source").inc()
