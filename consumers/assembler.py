@@ -506,6 +506,11 @@ class Assembler:
             raise OcrstreamError(ReasonCode.INVALID_KEY, f"key {key!r} is not the document key "
                                  f"{document_key(result.tenant, result.document_id)!r} "
                                  f"(pages of a document must share a partition)")
+        if result.page_count > self.s.max_pages:
+            # The splitter refuses such documents (too_many_pages): a crafted count must not make
+            # the assembler enumerate a billion expected pages.
+            raise OcrstreamError(ReasonCode.SCHEMA_VIOLATION, f"page_count {result.page_count} is over "
+                                 f"OCRSTREAM_MAX_PAGES ({self.s.max_pages})")
         expected = expected_pages(result)
         if result.page_number not in expected:
             raise OcrstreamError(ReasonCode.SCHEMA_VIOLATION,

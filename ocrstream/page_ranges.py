@@ -24,7 +24,7 @@ MAX_SPEC_CHARS = 1000
 MAX_DIGITS = 9
 """Most digits of one page number (a document has far fewer pages; bounds the parse)."""
 
-_RANGE = re.compile(r"\s*(\d{1,%d})\s*(?:-\s*(\d{1,%d})\s*)?" % (MAX_DIGITS, MAX_DIGITS))
+_RANGE = re.compile(r"\s*(\d{1,%d})\s*(?:-\s*(\d{1,%d})\s*)?" % (MAX_DIGITS, MAX_DIGITS), re.ASCII)  # no "１-３"
 
 
 def _refuse(message: str) -> OcrstreamError:

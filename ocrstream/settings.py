@@ -27,7 +27,8 @@ class Settings(BaseSettings):
     """ocrstream configuration (env prefix ``OCRSTREAM_``)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="OCRSTREAM_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="OCRSTREAM_", env_file=".env", extra="ignore", frozen=True,
+        hide_input_in_errors=True,  # a rejected value may be a secret (API keys): the CLI names the variable itself
     )
 
     # --- Kafka ---------------------------------------------------------------

@@ -89,7 +89,7 @@ RECEIPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sroie-dev"
 @pytest.mark.skipif(not (RECEIPTS / "051.jpg").is_file(), reason="../shared/data/sroie-dev absent")
 def test_on_a_real_receipt_the_rule_writes_the_spaces_the_page_has():
     """Receipt 051 through the real engine: with the rule more of its ground-truth words are read,
-    and no word is read that the model's own spaces had right."""
+    and only spaces differ between the two readings."""
     from PIL import Image
 
     from devtools.textmetrics import load_sroie_truth, word_counts

@@ -17,7 +17,7 @@ import uuid
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from consumers.assembler import Assembler, expected_pages
 from consumers.splitter import Splitter
@@ -25,14 +25,14 @@ from consumers.worker import OcrWorker
 from ocrstream.cli import build_parser
 from ocrstream.engine.null import NullEngine
 from ocrstream.errors import OcrstreamError
-from ocrstream.kafka import consumer_config
+from ocrstream.kafka import consumer_config, producer_config
 from ocrstream.page_ranges import MAX_SPEC_CHARS, normalize_page_ranges, parse_page_ranges, select_pages
 from ocrstream.storage import ObjectStore
 from ocrstream.streaming import StopFlag
 from producers.publish import DocumentPublisher, stable_document_id
 from producers.results import ResultFollower
 from producers.submit import submit_files
-from schemas import DocumentOptions, DocumentRef, ObjectRef, PageResult, PageTask, decode
+from schemas import DocumentOptions, DocumentRef, ObjectRef, PageResult, PageTask, decode, encode
 
 from conftest import StageThreads, base_settings, make_pdf
 
@@ -160,6 +160,19 @@ def _records(s, topic: str) -> list:
 @pytest.mark.integration
 def test_only_the_requested_pages_are_ocred_and_hostile_ranges_fail_clearly(pipeline, tmp_path):
     s = pipeline
+    # Page results no worker would write, straight onto the assembler's input: a page outside its
+    # range, and a range of a billion pages (which must not be enumerated): each a dead letter.
+    page = dict(source=ObjectRef(bucket=s.bucket, key="uploads/eight.pdf", filename="eight.pdf"),
+                engine={"name": "none"}, worker_id="w", submitted_at=1, completed_at=2, width=1, height=1)
+    crafted = {f"c{uuid.uuid4().hex[:12]}": PageResult(**page, document_id="x", page_number=5, page_count=2,
+                                                        page_range="1-2"),
+               f"c{uuid.uuid4().hex[:12]}": PageResult(**page, document_id="x", page_number=3,
+                                                        page_count=999_999_999, page_range="1-999999999")}
+    producer = Producer(producer_config(s))
+    for doc_id, result in crafted.items():
+        producer.produce(s.topic("page-results"), key=doc_id,
+                         value=encode(result.model_copy(update={"document_id": doc_id})))
+    assert producer.flush(10) == 0
     follower = ResultFollower(s)  # positioned before publishing: no result slips past
     try:
         with DocumentPublisher(s) as pub:
@@ -190,6 +203,8 @@ def test_only_the_requested_pages_are_ocred_and_hostile_ranges_fail_clearly(pipe
     letters = [orjson.loads(m.value()) for m in _records(s, s.topic("dead-letters"))]
     by_doc = {d["document_id"]: d for d in letters if d["stage"] == "splitter"}
     assert {doc_id: by_doc[doc_id]["reason"] for doc_id in hostile} == {d: "invalid_page_range" for d in hostile}
+    by_doc = {d["document_id"]: d for d in letters if d["stage"] == "assembler"}
+    assert {doc_id: by_doc[doc_id]["reason"] for doc_id in crafted} == {d: "schema_violation" for d in crafted}
     # exactly the requested pages became page tasks: 4 of the ranged document, 8 of the full one, none of the hostile
     tasks = [decode(m.value(), PageTask) for m in _records(s, s.topic("pages"))]
     assert sorted(t.page_number for t in tasks if t.document_id == wanted) == [1, 2, 3, 7]

@@ -359,7 +359,7 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
                         "application/json")
 
     @app.get("/healthz", summary="Liveness: the process answers")
-    def healthz() -> dict:
+    async def healthz() -> dict:  # on the event loop: a thread pool full of slow submissions must not fail liveness
         return {"status": "ok"}
 
     @app.get("/readyz", summary="Readiness: broker reachable, results table caught up")
