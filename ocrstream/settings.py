@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     gateway_backlog_cache_s: float = Field(
         5.0, gt=0, description="how long the gateway reuses a measured page backlog (seconds); also the "
         "Retry-After of a backlog 429")
+    gateway_max_concurrent_uploads: int = Field(
+        4, ge=1, description="uploads the gateway holds in memory at once (each at most GATEWAY_MAX_UPLOAD_BYTES) "
+        "while storing them; more wait their turn")
     gateway_results_cache_bytes: int = Field(
         256 * 1024 * 1024, ge=0, description="document results the gateway keeps in memory (bytes of their JSON, "
         "most recent first); older ones are re-read from the results topic by offset when asked for")

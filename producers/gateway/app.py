@@ -25,6 +25,7 @@ are ``{"code": ..., "detail": ...}``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Annotated
@@ -223,6 +224,10 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
         ValueError, KafkaException: as :class:`Gateway`.
     """
     gw = gateway or Gateway(s)
+    # An upload is held in memory while it is stored (at most OCRSTREAM_GATEWAY_MAX_UPLOAD_BYTES):
+    # this many at once bounds that memory; later ones wait their turn (their bodies are spooled
+    # to disk by the multipart parser meanwhile).
+    uploads = asyncio.Semaphore(s.gateway_max_concurrent_uploads)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -275,17 +280,18 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
                         raise ApiError(422, "invalid_request", "multipart body without a `file` part")
                     if file.size is not None and file.size > s.gateway_max_upload_bytes:
                         raise _upload_too_large(tenant)
-                    data = await file.read(s.gateway_max_upload_bytes + 1)
-                    if len(data) > s.gateway_max_upload_bytes:
-                        raise _upload_too_large(tenant)
                     try:
                         dpi_value = None if dpi in (None, "") else _DPI.validate_python(dpi)
                     except ValidationError:
                         raise ApiError(422, "invalid_request", "dpi must be an integer 36..600") from None
                     if pages is not None and not isinstance(pages, str):
                         raise ApiError(422, "invalid_request", "pages must be a form field, not a file")
-                    return await run_in_threadpool(gw.intake.upload, tenant, file.filename, data, dpi_value,
-                                                   pages), "upload"
+                    async with uploads:
+                        data = await file.read(s.gateway_max_upload_bytes + 1)
+                        if len(data) > s.gateway_max_upload_bytes:
+                            raise _upload_too_large(tenant)
+                        return await run_in_threadpool(gw.intake.upload, tenant, file.filename, data, dpi_value,
+                                                       pages), "upload"
             if ctype == "application/json":
                 try:
                     body = SourceBody.model_validate_json(await request.body())
