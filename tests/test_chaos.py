@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import Counter
 import re
 import signal
 import time
@@ -192,7 +193,11 @@ def test_kill_between_publish_and_commit(settings, processes, tmp_path, corpus, 
     seen = [(p.document_id, p.page_number) for p in pages if p.document_id in ids]
     assert set(seen) == {(d, 1) for d in ids}
     if delivery == "exactly-once":
-        assert len(seen) == len(ids), "a read_committed consumer saw a duplicate page result"
+        twice = {k for k, v in Counter(seen).items() if v > 1}
+        # what a rare failure needs to be traced: who wrote each copy, when, with what status
+        copies = [(p.document_id[:8], p.worker_id, p.status, p.error and p.error.code, p.completed_at)
+                  for p in pages if (p.document_id, p.page_number) in twice]
+        assert len(seen) == len(ids), f"a read_committed consumer saw a duplicate page result: {copies}"
         assert _raw_result_count(s, ids) == len(ids)
         # The kills did land inside transactions: the log holds aborted page results too.
         raw = consume_all(s.model_copy(), s.topic("page-results"), 3 * N_DOCS, timeout_s=10, read_uncommitted=True,
