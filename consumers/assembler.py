@@ -187,7 +187,7 @@ def assemble(pages: Iterable[PageResult], completed_at: int) -> DocumentResult:
     return DocumentResult(
         document_id=first.document_id, source=first.source,
         status="failed" if failed is not None else "succeeded", error=error,
-        page_count=first.page_count, page_range=first.page_range,
+        page_count=first.page_count, page_range=first.page_range, profile=first.profile,
         pages=[Page.model_construct(**{f: getattr(p, f) for f in page_fields}) for p in ordered],
         engine=first.engine, timings_ms=dict(timings), submitted_at=submitted_at, completed_at=completed_at,
     )

@@ -151,11 +151,25 @@ class DocumentRef(_Message):
                     "pages beyond the document's, reversed (3-1), overlapping or empty ranges fail the document "
                     "with `invalid_page_range`; absent = every page. A splitter that predates the field OCRs "
                     "every page")
+    # Requests, not grants: the splitter checks both against the tenant's configuration.
+    profile: str | None = Field(
+        None, exclude_if=lambda v: v is None, max_length=63,
+        description="model profile to OCR with (OCRSTREAM_PROFILES; the tenant must be allowed it, else the document "
+                    "fails with `profile_not_allowed`); absent = the tenant's default (or its A/B split)")
+    priority: Literal["interactive", "batch"] | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="priority lane: `interactive` pages go to their own topic, which workers drain first (the tenant "
+                    "must be allowed the lane, else `lane_not_allowed`); absent = `batch`")
 
 
 PLACEMENT_DOC = ("partitions of the pages topic that hold this document's page tasks: page n is on "
                  "placement[(n - 1) % len(placement)] (set by the splitter; absent in older records: "
                  "topology.page_partition)")
+
+
+PROFILE_DOC = ("the model profile the page was routed to (set by the splitter, topology.pages); absent = `default`")
+
+LANE_DOC = ("the priority lane the page was routed to (set by the splitter, topology.pages); absent = `batch`")
 
 
 PAGE_RANGE_DOC = ("the pages of the document that were requested, canonical ranges (\"1-3,7\", "
@@ -186,6 +200,8 @@ class PageTask(_Message):
     placement: list[Annotated[int, Field(ge=0)]] | None = Field(None, exclude_if=lambda v: v is None, min_length=1,
                                         description=PLACEMENT_DOC)
     page_range: str | None = Field(None, exclude_if=lambda v: v is None, description=PAGE_RANGE_DOC)
+    profile: str | None = Field(None, exclude_if=lambda v: v is None, description=PROFILE_DOC)
+    lane: Literal["interactive", "batch"] | None = Field(None, exclude_if=lambda v: v is None, description=LANE_DOC)
 
 
 class Detection(_Message):
@@ -247,6 +263,10 @@ class PageResult(Page):
                                         description=PLACEMENT_DOC + "; copied from the page task")
     page_range: str | None = Field(None, exclude_if=lambda v: v is None,
                                    description=PAGE_RANGE_DOC + "; copied from the page task")
+    profile: str | None = Field(None, exclude_if=lambda v: v is None,
+                                description=PROFILE_DOC + "; copied from the page task")
+    lane: Literal["interactive", "batch"] | None = Field(None, exclude_if=lambda v: v is None,
+                                                         description=LANE_DOC + "; copied from the page task")
     # written only for a tenant's document: the default tenant's records stay as they were
     tenant: str | None = Field(None, exclude_if=lambda v: v is None,
                                description="the tenant whose ingest topic the document came from (set by the "
@@ -274,6 +294,9 @@ class DocumentResult(_Message):
                                    description="the pages requested (DocumentRef.pages, canonical: \"1-3,7\"); "
                                                "absent = every page of the document")
     engine: EngineInfo | None = None
+    profile: str | None = Field(None, exclude_if=lambda v: v is None,
+                                description="the model profile that OCR'd the document (topology.pages); "
+                                            "absent = `default`")
     timings_ms: dict[str, float] = Field(
         default_factory=dict, description="summed per-stage times and end-to-end latency"
     )

@@ -28,7 +28,7 @@ SQUARE = [[402.0, 118.0], [871.0, 118.0], [871.0, 146.0], [402.0, 146.0]]
 ENGINE = {"name": "onnxruntime", "det_model": "det", "rec_model": "rec", "device": "cpu", "version": "3.10"}
 
 # What a newer (minor) producer might add: one top-level field and nested ones.
-NEW_TOP = {"priority": "high"}
+NEW_TOP = {"sla": "gold"}
 NEW_SOURCE = {"region": "eu-west-1", "checksum": {"sha256": "00ff"}}
 NEW_DETECTION = {"language": "en", "angle_deg": 0.5}
 NEW_PAGE = {"rotation_deg": 90}
@@ -98,7 +98,7 @@ def test_document_ref_with_unknown_fields_decodes_and_the_splitter_passes_source
                     page_count=1, kind="pdf", dpi=ref.options.dpi, submitted_at=ref.submitted_at)
     out = wire(task)
     assert out["source"] == {**SOURCE, **NEW_SOURCE, "size": 7}
-    assert "priority" not in out, "a top-level field of the input is not forwarded into a new message"
+    assert "sla" not in out, "a top-level field of the input is not forwarded into a new message"
     assert decode(encode(task), PageTask) == task
 
 
@@ -205,7 +205,7 @@ def test_constructing_a_message_with_an_unknown_field_still_raises():
     assert e.value.errors()[0]["type"] == "extra_forbidden" and "region" in str(e.value)
     with pytest.raises(ValidationError):
         PageTask(document_id="d", source=ObjectRef(**SOURCE), page_number=1, page_count=1, kind="pdf",
-                 submitted_at=1, priority="high")
+                 submitted_at=1, sla="gold")
     with pytest.raises(ValidationError) as e:  # nested raw input too
         PageTask(document_id="d", source={**SOURCE, "region": "eu"}, page_number=1, page_count=1, kind="pdf",
                  submitted_at=1)
@@ -223,7 +223,7 @@ def test_constructing_a_message_with_an_unknown_field_still_raises():
 def test_assigning_or_copying_in_an_unknown_field_raises():
     ref = DocumentRef(document_id="d", source=ObjectRef(**SOURCE), submitted_at=1)
     with pytest.raises(ValueError):
-        ref.priority = "high"
+        ref.sla = "gold"
     with pytest.raises(ValueError):
         ref.source.model_copy(update={"region": "eu"})
     ref.submitted_at = 2  # declared fields are still assignable

@@ -29,6 +29,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 
+from .pages import DEFAULT_PROFILE, LANES, page_topic
 from .tenants import TENANT_TOPICS, tenant_topic
 
 DAY_MS = 24 * 3600 * 1000
@@ -58,7 +59,8 @@ class TopicSpec:
 
 
 def topic_specs(replication_factor: int = 1, partitions_scale: int = 1,
-                retention: Retention = Retention(), tenants: tuple[str, ...] = ()) -> list[TopicSpec]:
+                retention: Retention = Retention(), tenants: tuple[str, ...] = (),
+                profiles: tuple[str, ...] = ()) -> list[TopicSpec]:
     """The project's topics.
 
     Args:
@@ -68,6 +70,8 @@ def topic_specs(replication_factor: int = 1, partitions_scale: int = 1,
         tenants: tenant names (``OCRSTREAM_TENANTS``): each gets its own ``tenant.<name>.ingest`` and
             ``tenant.<name>.document-results``, configured like the default tenant's (see
             :mod:`topology.tenants`).
+        profiles: model profile names besides ``default`` (``OCRSTREAM_PROFILES``): each gets its page
+            topics, one per lane, configured like ``pages`` (see :mod:`topology.pages`).
     """
     specs = _shared_specs(replication_factor, partitions_scale, retention)
     by_name = {t.name: t for t in specs}
@@ -75,6 +79,11 @@ def topic_specs(replication_factor: int = 1, partitions_scale: int = 1,
         specs += [TopicSpec(tenant_topic(tenant, name), by_name[name].partitions, replication_factor,
                             dict(by_name[name].config), f"{by_name[name].description}, tenant {tenant}")
                   for name in TENANT_TOPICS]
+    pages = by_name["pages"]
+    for profile in (DEFAULT_PROFILE, *(p for p in profiles if p != DEFAULT_PROFILE)):
+        specs += [TopicSpec(page_topic(profile, lane), pages.partitions, replication_factor, dict(pages.config),
+                            f"page work items (PageTask), profile {profile}, lane {lane}")
+                  for lane in LANES if page_topic(profile, lane) != "pages"]
     return specs
 
 

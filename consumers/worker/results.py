@@ -49,7 +49,8 @@ def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None
                             page_count=task.page_count, status="failed", error=err, width=0, height=0,
                             dpi=task.dpi, engine=engine, worker_id=s.worker_id,
                             submitted_at=task.submitted_at, completed_at=now_ms(), timings_ms=item.timings,
-                            tenant=task.tenant, placement=task.placement, page_range=task.page_range)
+                            tenant=task.tenant, placement=task.placement, page_range=task.page_range,
+                            profile=task.profile, lane=task.lane)
     else:
         h, w = item.shape
         result = PageResult(
@@ -58,7 +59,8 @@ def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None
             detections=[Detection(text=l.text, polygon=l.polygon, confidence=l.confidence) for l in ocr.lines],
             engine=engine, worker_id=s.worker_id, submitted_at=task.submitted_at,
             completed_at=now_ms(), timings_ms={**item.timings, **ocr.timings_ms}, tenant=task.tenant,
-            placement=task.placement, page_range=task.page_range, rotation=getattr(ocr, "rotation", 0) or None,
+            placement=task.placement, page_range=task.page_range, profile=task.profile, lane=task.lane,
+            rotation=getattr(ocr, "rotation", 0) or None,
             text_source="text_layer" if item.text_layer is not None else None,
         )
     value = encode(result)
