@@ -264,6 +264,10 @@ class Settings(BaseSettings):
                                  "backlog upstream, gets a failed result with code incomplete (seconds)")
 
     # --- Observability ---------------------------------------------------------
+    profile: str = Field(
+        "default", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+        description="the model profile this OCR worker serves: it reads that profile's page topics in its own "
+                    "consumer group (`worker` for `default`, `worker.<profile>` otherwise; see topology.pages)")
     worker_id: str = Field(default_factory=socket.gethostname,
                            description="this instance in metrics and in transactional.id; must be stable across "
                                        "restarts and unique per stage instance (default: the host/pod name; "
@@ -383,6 +387,17 @@ class Settings(BaseSettings):
         from topology.tenants import tenant_of_topic
 
         return tenant_of_topic(topic[len(self.topic_prefix):]) if topic.startswith(self.topic_prefix) else None
+
+    def page_topic(self, profile: str | None = None, lane: str | None = None) -> str:
+        """Full name of the page topic of ``profile`` (None: ``default``) and ``lane`` (None: ``batch``),
+        see :mod:`topology.pages`.
+
+        Raises:
+            ValueError: an unknown lane or an invalid profile name.
+        """
+        from topology.pages import DEFAULT_LANE, DEFAULT_PROFILE, page_topic
+
+        return self.topic(page_topic(profile or DEFAULT_PROFILE, lane or DEFAULT_LANE))
 
     def group(self, name: str) -> str:
         """Full consumer group id for a stage name (``worker`` -> ``ocrstream.worker``)."""
