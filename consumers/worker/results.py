@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ocrstream import metrics as m
+from ocrstream import result_cache as rc
 from ocrstream.engine import PageOcr
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.settings import Settings
@@ -39,8 +40,11 @@ class WorkerStats:
 def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None, engine: EngineInfo,
                 stats: WorkerStats) -> Output:
     """The page-result record of one page (``failed`` with its reason code when it failed;
-    ``result_too_large`` without detections when it would not fit the topic)."""
+    ``result_too_large`` without detections when it would not fit the topic). A task with a
+    ``cache_request`` gets a ``cache_key`` made with this worker's own output fingerprint
+    (:mod:`ocrstream.result_cache`): the key of a cached result names what really produced it."""
     task = item.task
+    cache = rc.cache_key(task.cache_request, rc.fingerprint_digest(s)) if task.cache_request else None
     error = item.error or (ocr if isinstance(ocr, BaseException) else None)
     if error is not None:
         err = error_of(error)
@@ -49,7 +53,8 @@ def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None
                             page_count=task.page_count, status="failed", error=err, width=0, height=0,
                             dpi=task.dpi, engine=engine, worker_id=s.worker_id,
                             submitted_at=task.submitted_at, completed_at=now_ms(), timings_ms=item.timings,
-                            tenant=task.tenant, placement=task.placement, page_range=task.page_range)
+                            tenant=task.tenant, placement=task.placement, page_range=task.page_range,
+                            cache_key=cache)
     else:
         h, w = item.shape
         result = PageResult(
@@ -59,7 +64,7 @@ def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None
             engine=engine, worker_id=s.worker_id, submitted_at=task.submitted_at,
             completed_at=now_ms(), timings_ms={**item.timings, **ocr.timings_ms}, tenant=task.tenant,
             placement=task.placement, page_range=task.page_range, rotation=getattr(ocr, "rotation", 0) or None,
-            text_source="text_layer" if item.text_layer is not None else None,
+            text_source="text_layer" if item.text_layer is not None else None, cache_key=cache,
         )
     value = encode(result)
     key = document_key(task.tenant, task.document_id)  # one assembler partition per (tenant, document)
