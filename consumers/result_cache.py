@@ -1,14 +1,25 @@
-"""The splitter's side of the content-hash result cache: an index of the ``result-cache`` topic
-and the cache hit (the key scheme: :mod:`ocrstream.result_cache`).
+"""The splitter's side of the content-hash result cache: an index of the ``result-cache`` topic,
+the OCR workers' fingerprints, and the cache hit (the key scheme: :mod:`ocrstream.result_cache`).
 
 The assembler writes every succeeded document whose pages all carry one cache key to the
 compacted topic ``result-cache`` (key: the cache key, value: :class:`~schemas.CachedResult`,
 the whole result; ``compact,delete`` with retention = ``OCRSTREAM_RESULT_CACHE_TTL_H``). Each
-splitter process keeps :class:`ResultCacheIndex`: a background consumer, assigned every
-partition from the beginning (no group, no commits, ``read_committed`` so an aborted
-transaction's entry never counts), maps each key to the partition, offset and timestamp of its
-latest record; a tombstone (``ocrstream delete``) removes it. Values stay in the topic: a hit
-reads its one record by offset, so memory is the index only (about 250 bytes a key).
+splitter process runs :class:`ResultCacheIndex`: one background consumer, assigned every
+partition of ``result-cache`` from the beginning (no group, no commits, ``read_committed`` so
+an aborted transaction's entry never counts), maps each key to the partition, offset and
+timestamp of its latest record; a tombstone (``ocrstream delete``) removes it. Values stay in
+the topic: a hit reads its one record by offset, so memory is the index only (about 250 bytes
+a key).
+
+Which configuration's results to serve: the cache key contains the workers' output
+fingerprint, and the splitter does not guess it from its own settings (the GPU image, or an
+``OCRSTREAM_ENGINE_DEVICE`` given to the workers only, would make such a guess wrong). Every
+OCR worker reports its fingerprint in its metrics samples (``WorkerMetrics.output_fingerprint``,
+every ``OCRSTREAM_METRICS_INTERVAL_S``); the same consumer reads the ``metrics`` topic
+(:class:`WorkerFingerprints`). A lookup uses the fingerprint only when every live worker of the
+profile reports the same one (live: a sample within :data:`LIVE_INTERVALS` of its own
+interval); with no live worker, or a fleet half way through a change of models or settings, the
+document is OCR'd. So a hit has the pages the workers would write now.
 
 Never wrong, may miss:
 
@@ -34,19 +45,52 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
 from ocrstream import metrics as m
+from ocrstream import result_cache as rc
 from ocrstream.errors import OcrstreamError
 from ocrstream.kafka import consumer_config, topic_partitions
 from ocrstream.settings import Settings
-from schemas import CachedResult, DocumentResult, DocumentRef, ObjectRef, decode
+from schemas import CachedResult, DocumentRef, DocumentResult, ObjectRef, WorkerMetrics, decode
 
 log = logging.getLogger(__name__)
 
 TOPIC = "result-cache"  # logical name; full name is s.topic(TOPIC)
 FETCH_TIMEOUT_S = 5.0  # a hit whose record is not read by then is a miss (the document is OCR'd)
 RETRY_S = 10.0  # the index retries a missing topic this often
+LIVE_INTERVALS = 3.0  # a worker is live while its last sample is at most this many of its intervals old
+SAMPLES_LOOKBACK_MS = 10 * 60 * 1000  # metrics samples read back at start (older ones are not live)
+
+
+class WorkerFingerprints:
+    """The output fingerprint each OCR worker reported last (thread-safe).
+
+    :meth:`current` is the fingerprint to look documents of a profile up with: the one every
+    live worker of that profile reports, else None.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[str, str | None, int, float]] = {}  # worker -> (profile, fp, at ms, interval s)
+
+    def add(self, sample: WorkerMetrics) -> None:
+        """Record ``sample`` (an older sample of a worker than the one kept is ignored). Its profile
+        is ``sample.profile`` where the sample has one, else the default profile."""
+        profile = getattr(sample, "profile", None) or rc.DEFAULT_PROFILE
+        with self._lock:
+            kept = self._last.get(sample.worker_id)
+            if kept is None or kept[2] <= sample.at:
+                self._last[sample.worker_id] = (profile, sample.output_fingerprint, sample.at, sample.interval_s)
+
+    def current(self, profile: str = rc.DEFAULT_PROFILE, now_ms: int | None = None) -> str | None:
+        """The fingerprint all live workers of ``profile`` report, or None: none is live, they
+        disagree, or one reports none (a worker that predates the cache)."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        with self._lock:
+            live = {fp for prof, fp, at, interval_s in self._last.values()
+                    if prof == profile and now_ms - at <= LIVE_INTERVALS * max(interval_s, 1.0) * 1000}
+        return next(iter(live)) if len(live) == 1 and None not in live else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +117,15 @@ class ResultCacheIndex:
     Args:
         s: settings (``OCRSTREAM_RESULT_CACHE_TTL_H``, topic prefix, Kafka).
 
-    :attr:`caught_up` is set once every partition was read to the end it had when reading began.
+    :attr:`caught_up` is set once every partition was read to the end it had when reading began;
+    :attr:`workers` holds the workers' fingerprints.
     """
 
     def __init__(self, s: Settings):
         self.s = s
         self.topic = s.topic(TOPIC)
+        self.metrics_topic = s.topic("metrics")
+        self.workers = WorkerFingerprints()
         self.ttl_ms = int(s.result_cache_ttl_h * 3600 * 1000)
         self._index: dict[bytes, Entry] = {}
         self._lock = threading.Lock()
@@ -103,12 +150,16 @@ class ResultCacheIndex:
         with self._lock:
             return len(self._index)
 
+    def get(self, key: str) -> Entry | None:
+        """Where the latest record of ``key`` (64 hex characters) is, as far as the index has read."""
+        with self._lock:
+            return self._index.get(bytes.fromhex(key))
+
     # --- the loop thread ------------------------------------------------------------------
     def lookup(self, key: str, *, tenant: str | None, pages: list[int], dpi: int | None) -> CachedResult | None:
         """The live entry of ``key`` for a document of ``tenant`` with pages ``pages`` (page numbers,
         ascending) at ``dpi``, or None (a miss: see the module docstring)."""
-        with self._lock:
-            entry = self._index.get(bytes.fromhex(key))
+        entry = self.get(key)
         now = int(time.time() * 1000)
         if entry is None or entry.at < now - self.ttl_ms:
             return None
@@ -181,10 +232,10 @@ class ResultCacheIndex:
                     continue
                 for msg in msgs:
                     if msg.error():
-                        if msg.error().code() == KafkaError._PARTITION_EOF:
-                            pending.discard(msg.partition())
-                        else:
+                        if msg.error().code() != KafkaError._PARTITION_EOF:
                             log.warning("result cache index: %s", msg.error())
+                        elif msg.topic() == self.topic:
+                            pending.discard(msg.partition())
                         continue
                     self._apply(msg)
                 if pending is not None and not pending and not self.caught_up.is_set():
@@ -196,18 +247,35 @@ class ResultCacheIndex:
             consumer.close()
 
     def _assign(self, consumer: Consumer) -> set[int] | None:
-        """Assign every partition from the beginning; the partitions to read to their end, or None
-        when the topic is missing (``ocrstream topics apply`` not run since the cache came)."""
+        """Assign every partition of the cache from the beginning and the metrics topic from
+        :data:`SAMPLES_LOOKBACK_MS` ago; the cache partitions to read to their end, or None when a
+        topic is missing (``ocrstream topics apply`` not run since the cache came)."""
         try:
             parts = topic_partitions(consumer, self.topic, timeout_s=RETRY_S)
+            since = int(time.time() * 1000) - SAMPLES_LOOKBACK_MS
+            samples = consumer.offsets_for_times(
+                [TopicPartition(self.metrics_topic, p, since)
+                 for p in topic_partitions(consumer, self.metrics_topic, timeout_s=RETRY_S)], timeout=RETRY_S)
         except KafkaException as exc:
-            log.warning("result cache: topic %s unavailable (%s): every document is a miss until it exists "
-                        "(`ocrstream topics apply`)", self.topic, exc)
+            log.warning("result cache: %s or %s unavailable (%s): every document is a miss until they exist "
+                        "(`ocrstream topics apply`)", self.topic, self.metrics_topic, exc)
             return None
-        consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
+        # offsets_for_times answers -1 (the end) where no sample is that recent
+        consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts]
+                        + [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
+                           for tp in samples])
         return set(parts)
 
     def _apply(self, msg) -> None:
+        if msg.topic() == self.metrics_topic:
+            if msg.value() is not None:
+                try:
+                    sample = decode(msg.value(), WorkerMetrics)
+                except OcrstreamError:
+                    return  # not ours to judge: `ocrstream top` reads the same records
+                if sample.stage == "worker":
+                    self.workers.add(sample)
+            return
         try:
             key = bytes.fromhex((msg.key() or b"").decode("ascii"))
         except ValueError:

@@ -22,8 +22,8 @@ refused before the object is read, one beyond the document's pages once they are
 
 Result cache (:mod:`ocrstream.result_cache`, :mod:`consumers.result_cache`; on unless
 ``OCRSTREAM_RESULT_CACHE_TTL_H=0``): the downloaded bytes are hashed once; a document whose
-tenant, bytes, DPI, pages and output fingerprint match a cached succeeded result gets that
-result published at once (``cache_hit``), without page tasks, OCR or assembly. Otherwise every
+tenant, bytes, DPI, pages and the live workers' output fingerprint match a cached succeeded
+result gets that result published at once (``cache_hit``), without page tasks, OCR or assembly. Otherwise every
 page task carries the splitter's half of the key (``cache_request``) so that the assembler can
 store the result. A reference with ``no_cache`` skips the lookup (and its result is stored).
 The lookup comes after every check of the document (limits, page ranges), so a hit is never
@@ -192,12 +192,8 @@ class Splitter:
         self.rt = StageRuntime(s, STAGE, s.ingest_topics(), stop=stop)
         self.stop = self.rt.stop
         self.placement = PagePlacement(self.rt.delivery.producer, s.topic("pages"), make_admin(s), s.group("worker"))
-        self.cache: ResultCacheIndex | None = None
-        if rc.enabled(s):
-            # the workers' fingerprint as this process predicts it: where they differ, lookups miss
-            self.fingerprint = rc.fingerprint_digest(s, profile)
-            log.info("result cache on (TTL %.0f h): output fingerprint %s", s.result_cache_ttl_h, self.fingerprint[:12])
-            self.cache = ResultCacheIndex(s).start()
+        self.profile = profile
+        self.cache = ResultCacheIndex(s).start() if rc.enabled(s) else None
 
     def handle(self, msg: Message, ctx: RecordContext) -> list[Output]:
         """Page tasks for one ingest record.
@@ -236,10 +232,13 @@ class Splitter:
             started = time.monotonic()
             cache_request = rc.request_digest(tenant=tenant, content_sha256=rc.content_digest(data), dpi=dpi,
                                               page_range=page_range)
+            fingerprint = self.cache.workers.current(self.profile)  # what the workers would OCR it with now
             if ref.no_cache:
                 m.RESULT_CACHE_LOOKUPS.labels("no_cache").inc()
+            elif fingerprint is None:
+                m.RESULT_CACHE_LOOKUPS.labels("no_fingerprint").inc()
             else:
-                key = rc.cache_key(cache_request, self.fingerprint)
+                key = rc.cache_key(cache_request, fingerprint)
                 cached = self.cache.lookup(key, tenant=tenant, pages=numbers, dpi=dpi)
                 m.RESULT_CACHE_LOOKUPS.labels("miss" if cached is None else "hit").inc()
                 if cached is not None:

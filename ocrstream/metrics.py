@@ -96,7 +96,8 @@ GATEWAY_RESULTS = Gauge("ocrstream_gateway_results", "Documents in the gateway's
                         "result seen; cached: held in memory; pending: accepted, no result yet)", ["kind"])
 RESULT_CACHE_LOOKUPS = Counter("ocrstream_result_cache_lookups", "Documents the splitter looked up in the result "
                                "cache, by outcome: hit (published without OCR), miss, no_cache (the document asked "
-                               "to be OCR'd)", ["outcome"])
+                               "to be OCR'd), no_fingerprint (no single output fingerprint among the live workers)",
+                               ["outcome"])
 RESULT_CACHE_WRITES = Counter("ocrstream_result_cache_writes", "Succeeded documents the assembler stored in the "
                               "result cache (written) or could not (too_large)", ["outcome"])
 RESULT_CACHE_ENTRIES = Gauge("ocrstream_result_cache_entries", "Entries in the splitter's index of the result-cache "

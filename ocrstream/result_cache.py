@@ -11,15 +11,15 @@ each side of the pipeline, because each side knows only its own half for sure:
 - :func:`output_fingerprint` (each **OCR worker**, from its own settings and installed packages):
   profile, engine identity (runtimes, model files, package versions, the code that produces
   pages) and every setting that changes the pages it writes. The worker combines the task's
-  request digest with *its own* fingerprint into ``PageResult.cache_key``
-  (:func:`cache_key`), and the assembler stores a succeeded document under the key its pages
-  agree on.
+  request digest with *its own* fingerprint into ``PageResult.cache_key`` (:func:`cache_key`),
+  and the assembler stores a succeeded document under the key its pages agree on. Each worker
+  also reports its fingerprint digest in its metrics samples (``WorkerMetrics.output_fingerprint``).
 
-So an entry is always keyed by what really produced it. For a lookup the splitter computes the
-fingerprint from *its* settings and environment: where they differ from the workers' (another
-image, an engine setting given to the workers only), its keys name no entry and every document
-is a miss: the cache can only fail to help, never return pages another configuration produced.
-Both stages log their fingerprint digest at start so the two can be compared.
+So an entry is always keyed by what really produced it, and for a lookup the splitter uses the
+fingerprint the live workers report (never one computed from its own settings, which may differ
+from theirs: another image, an engine setting given to the workers only). Where the workers do
+not all report the same fingerprint, or none is live, the document is simply OCR'd: the cache
+can fail to help, never return pages another configuration produced.
 
 Key material is canonical JSON (sorted keys, no spaces, ASCII) hashed with SHA-256; every
 digest is 64 lower-case hex characters. :data:`CACHE_FORMAT` is part of both halves: raising

@@ -383,6 +383,12 @@ class WorkerMetrics(_Message):
     batch_latency_ms_p95: float | None
     errors: dict[str, int] = Field(default_factory=dict, description="by reason code")
     lag: dict[str, int] = Field(default_factory=dict, description="'topic/partition' -> messages")
+    # written by workers that know it: older samples stay as they were
+    output_fingerprint: str | None = Field(
+        None, exclude_if=lambda v: v is None, pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of everything of this worker that shapes the pages it writes (engine, models, package "
+                    "versions, engine settings; ocrstream/result_cache.py): the splitter serves result-cache hits "
+                    "only for the one fingerprint every live worker reports")
 
 
 ALL_MESSAGES: dict[str, type[_Message]] = {

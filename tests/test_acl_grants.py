@@ -31,7 +31,8 @@ def test_the_data_flow():
     assert "ocr.ingest" not in _allowed("worker", "WRITE") | _allowed("assembler", "WRITE")
     assert _allowed("assembler", "WRITE") == {"ocr.document-results", "ocr.dead-letters", "ocr.assembler-state",
                                               "ocr.result-cache"}
-    assert _allowed("splitter", "READ") == {"ocr.ingest", "ocr.result-cache"}  # the cache, by assignment
+    # the result cache and the workers' fingerprints (metrics samples), by assignment
+    assert _allowed("splitter", "READ") == {"ocr.ingest", "ocr.result-cache", "ocr.metrics"}
     assert _allowed("watcher", "WRITE") == {"ocr.ingest", "ocr.watch-state"}
     for sink in ("outbox", "analytics"):  # read the results, write only dead letters, in their own group
         assert _allowed(sink, "READ") == {"ocr.document-results"}

@@ -41,8 +41,9 @@ GRANTS: dict[str, RoleGrants] = {
     "submitter": RoleGrants(writes=("ingest",), reads=("document-results",), group_families=("follower",)),
     # failed documents are reported directly (failed result + dead letter)
     # page placement reads the worker group's assignment (DescribeConsumerGroups)
-    # the result cache: read by assignment (groups "restore-result-cache-*"), a hit is a document result
-    "splitter": RoleGrants(reads=("ingest", "result-cache"), writes=("pages", "document-results", "dead-letters"),
+    # the result cache and the workers' fingerprints (metrics samples): read by assignment (groups
+    # "restore-result-cache-*"); a hit is a document result
+    "splitter": RoleGrants(reads=("ingest", "result-cache", "metrics"), writes=("pages", "document-results", "dead-letters"),
                            describes_groups=("worker",), group="splitter", transactional=True, restores=True),
     "worker": RoleGrants(reads=("pages", "page-attempts"), writes=("page-results", "dead-letters", "metrics",
                                                                    "page-attempts"),

@@ -132,7 +132,7 @@ class MetricsReporter:
             gpus=self.gpu.sample(), cpu_pct=cpu, rss_bytes=rss, pages=st.pages, batches=st.batches,
             mean_batch_size=round(sum(st.batch_sizes) / len(st.batch_sizes), 2) if st.batch_sizes else 0.0,
             pages_per_s=round(st.pages / interval, 3), batch_latency_ms_p50=pct(0.5), batch_latency_ms_p95=pct(0.95),
-            errors=dict(st.errors), lag=dict(lag),
+            errors=dict(st.errors), lag=dict(lag), output_fingerprint=rc.fingerprint_digest(self.s),
         )
         self.producer.produce(self.s.topic("metrics"), encode(sample), self.s.worker_id)
         self.producer.poll(0)
