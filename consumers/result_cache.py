@@ -67,7 +67,9 @@ class WorkerFingerprints:
     """The output fingerprint each OCR worker reported last (thread-safe).
 
     :meth:`current` is the fingerprint to look documents of a profile up with: the one every
-    live worker of that profile reports, else None.
+    live worker of that profile reports, else None. Liveness compares a sample's ``at`` (the
+    worker's clock) with this host's clock: hosts need synchronised clocks (NTP), a skew of
+    more than a few metrics intervals makes workers look gone (every document a miss).
     """
 
     def __init__(self) -> None:
