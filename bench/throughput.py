@@ -58,8 +58,9 @@ def bench_settings(**kw) -> Settings:
                 s3_endpoint="127.0.0.1:39433", s3_port=39433, stack_port_base=41000,
                 stack_dir=REPO / ".ocrstream-bench", kafka_libs=REPO / "deploy" / "kafka" / "libs",
                 s3_access_key="ocrstream", s3_secret_key="ocrstream-secret",
-                # OCR figures: born-digital pages must not take the text-layer fast path here.
-                text_layer="off")
+                # OCR figures: born-digital pages must not take the text-layer fast path here, nor
+                # repeated documents the result cache.
+                text_layer="off", result_cache_ttl_h=0.0)
     base.update(kw)
     return Settings(**base)
 

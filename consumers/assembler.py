@@ -75,6 +75,14 @@ Idempotence
 - Exactly-once (``OCRSTREAM_DELIVERY=exactly-once``): outputs, markers,
   tombstones and input offsets go in one Kafka transaction.
 
+Result cache
+------------
+A succeeded document whose page results all carry one ``cache_key`` (set by the workers when
+the splitter asked for it, :mod:`ocrstream.result_cache`) is also written to the compacted
+``result-cache`` topic (:class:`~schemas.CachedResult`), in the same batch as its result
+(same transaction in exactly-once mode); its result names the key (``cache_key``). Failed,
+incomplete and too-large documents are never cached.
+
 Failures follow the stage runtime's policy (:mod:`ocrstream.streaming.loop`): an aborted
 transaction rewinds (state is rebuilt from the changelog and the partitions are sought to
 their committed offsets), a record that cannot be handled becomes a dead letter.
@@ -124,6 +132,7 @@ from confluent_kafka.admin import NewTopic
 from confluent_kafka import ConsumerGroupTopicPartitions
 
 from ocrstream import metrics as m
+from ocrstream import result_cache as rc
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import make_admin, topic_partitions
 from ocrstream.page_ranges import parse_page_ranges
@@ -131,8 +140,10 @@ from ocrstream.settings import Settings
 from ocrstream.streaming import Output, StageRuntime, StopFlag, now_ms, run_stage
 from ocrstream.streaming.changelog import read_partitions
 from ocrstream.streaming.loop import RecordContext
-from schemas import DocumentResult, Error, Page, PageResult, decode, encode
+from schemas import CachedResult, DocumentResult, Error, Page, PageResult, decode, encode
 from topology import document_key, page_partition, placed_partition, split_document_key, topic_specs
+
+from .result_cache import TOPIC as CACHE_TOPIC
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +155,7 @@ PRUNE_INTERVAL_S = 600.0  # how often expired done markers are tombstoned
 
 _SPECS = {t.name: t for t in topic_specs()}
 MAX_RESULT_BYTES = int(_SPECS["document-results"].config["max.message.bytes"])
+MAX_CACHE_BYTES = int(_SPECS[CACHE_TOPIC].config["max.message.bytes"])
 RECORD_OVERHEAD_BYTES = 4096  # key, headers and record framing beside the value (librdkafka counts them all)
 
 
@@ -549,14 +561,19 @@ class Assembler:
         pages = st.pages.pop(doc)
         completed_at = now_ms()
         result = assemble(pages.values(), completed_at)
+        cache = self._cache_key(result, pages.values())
+        if cache is not None:
+            result = result.model_copy(update={"cache_key": cache})
         value = encode(result)
         if len(value) + len(doc) + RECORD_OVERHEAD_BYTES > MAX_RESULT_BYTES:
             log.warning("document %s: result is %d bytes (limit %d): publishing it without detections",
                         doc, len(value), MAX_RESULT_BYTES)
-            result = without_detections(result)
+            result, cache = without_detections(result).model_copy(update={"cache_key": None}), None
             value = encode(result)
         tenant, document_id = split_document_key(doc)
         batch.outputs.append(Output(self.s.tenant_topic(tenant, "document-results"), document_id, value))
+        if cache is not None:
+            self._cache(cache, tenant, result, completed_at, batch)
         st.done[doc] = completed_at
         marker = orjson.dumps({"status": result.status, "completed_at": completed_at})
         batch.finals.append(Output(self.state_topic, done_key(doc), marker, partition=p))
@@ -567,6 +584,28 @@ class Assembler:
         self.completed += 1
         log.info("document %s %s (%d pages, %d ms end to end)", doc, result.status, result.page_count,
                  int(result.timings_ms["end_to_end_ms"]))
+
+    # --- the result cache (ocrstream/result_cache.py, consumers/result_cache.py) -------------
+    def _cache_key(self, result: DocumentResult, pages: Iterable[PageResult]) -> str | None:
+        """The key to store ``result`` under: the one cache key all its pages carry (each worker
+        made it with its own output fingerprint), for a succeeded document while the cache is on;
+        else None (pages of workers configured differently, or a splitter without the cache)."""
+        if result.status != "succeeded" or not rc.enabled(self.s):
+            return None
+        keys = {r.cache_key for r in pages}
+        return keys.pop() if len(keys) == 1 and None not in keys else None
+
+    def _cache(self, key: str, tenant: str | None, result: DocumentResult, completed_at: int, batch: _Batch) -> None:
+        """Store ``result`` in the result-cache topic (with the document result: same batch, same
+        transaction in exactly-once mode), unless the entry would not fit the topic."""
+        entry = encode(CachedResult(cache_key=key, tenant=tenant, written_at=completed_at, result=result))
+        if len(entry) + len(key) + RECORD_OVERHEAD_BYTES > MAX_CACHE_BYTES:
+            m.RESULT_CACHE_WRITES.labels("too_large").inc()
+            log.info("document %s: cache entry is %d bytes (limit %d): not cached", result.document_id, len(entry),
+                     MAX_CACHE_BYTES)
+            return
+        batch.outputs.append(Output(self.s.topic(CACHE_TOPIC), key, entry))
+        m.RESULT_CACHE_WRITES.labels("written").inc()
 
     # --- the deadline ------------------------------------------------------------------
     def _expire(self, batch: _Batch) -> None:

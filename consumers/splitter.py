@@ -20,6 +20,15 @@ ranges, so the assembler completes the document when those pages are in. A malfo
 refused before the object is read, one beyond the document's pages once they are counted
 (``invalid_page_range``).
 
+Result cache (:mod:`ocrstream.result_cache`, :mod:`consumers.result_cache`; on unless
+``OCRSTREAM_RESULT_CACHE_TTL_H=0``): the downloaded bytes are hashed once; a document whose
+tenant, bytes, DPI, pages and the live workers' output fingerprint match a cached succeeded
+result gets that result published at once (``cache_hit``), without page tasks, OCR or assembly. Otherwise every
+page task carries the splitter's half of the key (``cache_request``) so that the assembler can
+store the result. A reference with ``no_cache`` skips the lookup (and its result is stored).
+The lookup comes after every check of the document (limits, page ranges), so a hit is never
+given to a document the pipeline would refuse.
+
 Anything wrong with a document becomes a dead-letter record plus a ``failed``
 document result (when its id is known); the partition never stops. That policy, the
 commit and the Kafka error handling are the stage runtime's
@@ -34,6 +43,7 @@ import time
 from confluent_kafka import ConsumerGroupState, KafkaException, Message, Producer, TopicPartition
 
 from ocrstream import metrics as m
+from ocrstream import result_cache as rc
 from ocrstream.documents import inspect, open_pdf, page_weights
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import make_admin
@@ -46,6 +56,8 @@ from ocrstream.streaming import Output, StageRuntime, StopFlag, retry_transient,
 from ocrstream.streaming.loop import RecordContext
 from schemas import DocumentRef, ObjectRef, PageTask, decode, encode
 from topology import document_key, page_partition, placed_partition
+
+from .result_cache import ResultCacheIndex, hit_result
 
 log = logging.getLogger(__name__)
 
@@ -167,18 +179,21 @@ class Splitter:
     Args:
         s: settings.
         stop: stop flag (default: SIGTERM/SIGINT handlers).
+        profile: the model profile documents are OCR'd with (part of the result-cache key).
 
     Raises:
         FatalKafkaError: the transactional producer could not be initialised.
     """
 
-    def __init__(self, s: Settings, stop: StopFlag | None = None):
+    def __init__(self, s: Settings, stop: StopFlag | None = None, profile: str = rc.DEFAULT_PROFILE):
         self.s = s
         self.store = ObjectStore(s)
         # every tenant's ingest topic: the tenant of a record is the topic it came from
         self.rt = StageRuntime(s, STAGE, s.ingest_topics(), stop=stop)
         self.stop = self.rt.stop
         self.placement = PagePlacement(self.rt.delivery.producer, s.topic("pages"), make_admin(s), s.group("worker"))
+        self.profile = profile
+        self.cache = ResultCacheIndex(s).start() if rc.enabled(s) else None
 
     def handle(self, msg: Message, ctx: RecordContext) -> list[Output]:
         """Page tasks for one ingest record.
@@ -212,6 +227,24 @@ class Splitter:
         else:
             numbers = select_pages(ref.pages, info.page_count)
             page_range = format_page_ranges(parse_page_ranges(ref.pages))
+        cache_request = None
+        if self.cache is not None:
+            started = time.monotonic()
+            cache_request = rc.request_digest(tenant=tenant, content_sha256=rc.content_digest(data), dpi=dpi,
+                                              page_range=page_range)
+            fingerprint = self.cache.workers.current(self.profile)  # what the workers would OCR it with now
+            if ref.no_cache:
+                m.RESULT_CACHE_LOOKUPS.labels("no_cache").inc()
+            elif fingerprint is None:
+                m.RESULT_CACHE_LOOKUPS.labels("no_fingerprint").inc()
+            else:
+                key = rc.cache_key(cache_request, fingerprint)
+                cached = self.cache.lookup(key, tenant=tenant, pages=numbers, dpi=dpi)
+                m.RESULT_CACHE_LOOKUPS.labels("miss" if cached is None else "hit").inc()
+                if cached is not None:
+                    log.info("document %s: cache hit (pages of %s)", doc_key, cached.result.document_id)
+                    return [Output(ctx.results_topic, ref.document_id,
+                                   encode(hit_result(cached, ref, source, started)))]
         slices = (self._write_slices(tenant, ref, data, numbers)
                   if wants_slices(s, info.kind, len(data), info.page_count) else {})
         # Placement is indexed by page number (page n on placement[(n - 1) % len]), which is how the
@@ -232,7 +265,7 @@ class Splitter:
             Output(s.topic("pages"), f"{doc_key}/{n}", encode(PageTask(
                 document_id=ref.document_id, source=source, page_number=n, page_count=len(numbers),
                 kind=info.kind, dpi=dpi, submitted_at=ref.submitted_at, tenant=tenant, slice=slices.get(n),
-                placement=placement, page_range=page_range,
+                placement=placement, page_range=page_range, cache_request=cache_request,
             )), partition=placed_partition(placement, n) if placement else None)
             for n in numbers
         ]
@@ -282,7 +315,11 @@ class Splitter:
                 outputs = rt.guard(msg, self.handle)  # a refused or failing record: dead letter + failed result
                 rt.publish(outputs, [TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)])
         finally:
-            rt.close()
+            try:
+                rt.close()
+            finally:
+                if self.cache is not None:
+                    self.cache.close()
 
 
 def run_splitter(s: Settings, stop: StopFlag | None = None) -> int:

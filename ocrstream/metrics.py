@@ -17,6 +17,8 @@ Prometheus series (prometheus-client, default registry):
 - ``ocrstream_gateway_requests_total{route,code}``, ``ocrstream_gateway_documents_total{tenant,kind}``,
   ``ocrstream_gateway_refused_total{tenant,reason}``, ``ocrstream_gateway_page_backlog``,
   ``ocrstream_gateway_results{kind}``
+- ``ocrstream_result_cache_lookups_total{outcome}``, ``ocrstream_result_cache_writes_total{outcome}``,
+  ``ocrstream_result_cache_entries``
 - ``ocrstream_gpu_utilization_percent{gpu}``, ``ocrstream_gpu_memory_used_bytes{gpu}``,
   ``ocrstream_gpu_memory_total_bytes{gpu}`` (only where NVML finds GPUs)
 """
@@ -92,6 +94,14 @@ GATEWAY_PAGE_BACKLOG = Gauge("ocrstream_gateway_page_backlog", "Page tasks the w
                              "(last measurement; OCRSTREAM_GATEWAY_MAX_BACKLOG_PAGES)")
 GATEWAY_RESULTS = Gauge("ocrstream_gateway_results", "Documents in the gateway's results table (indexed: every "
                         "result seen; cached: held in memory; pending: accepted, no result yet)", ["kind"])
+RESULT_CACHE_LOOKUPS = Counter("ocrstream_result_cache_lookups", "Documents the splitter looked up in the result "
+                               "cache, by outcome: hit (published without OCR), miss, no_cache (the document asked "
+                               "to be OCR'd), no_fingerprint (no single output fingerprint among the live workers)",
+                               ["outcome"])
+RESULT_CACHE_WRITES = Counter("ocrstream_result_cache_writes", "Succeeded documents the assembler stored in the "
+                              "result cache (written) or could not (too_large)", ["outcome"])
+RESULT_CACHE_ENTRIES = Gauge("ocrstream_result_cache_entries", "Entries in the splitter's index of the result-cache "
+                             "topic")
 GPU_UTIL = Gauge("ocrstream_gpu_utilization_percent", "GPU utilisation", ["gpu"])
 GPU_MEM_USED = Gauge("ocrstream_gpu_memory_used_bytes", "GPU memory used", ["gpu"])
 GPU_MEM_TOTAL = Gauge("ocrstream_gpu_memory_total_bytes", "GPU memory total", ["gpu"])

@@ -258,6 +258,13 @@ class Settings(BaseSettings):
         None, description="`module:factory` called with the settings to build the engine; overrides "
                           "OCRSTREAM_ENGINE (custom engines; the failure tests load their fault engines this way)")
 
+    # --- Result cache (ocrstream/result_cache.py) ---------------------------------
+    result_cache_ttl_h: float = Field(
+        168.0, ge=0, description="content-hash result cache: a document whose bytes, tenant, DPI, pages and output "
+        "fingerprint (engine, models, versions, engine settings) equal one OCR'd this long ago or less gets that "
+        "result without OCR (hours; also the retention of the result-cache topic). 0 = off: no lookups, nothing "
+        "stored")
+
     # --- Assembler ---------------------------------------------------------------
     document_deadline_s: float = Field(
         900.0, gt=0, description="a document missing pages this long after its last page result, with no "
@@ -365,7 +372,10 @@ class Settings(BaseSettings):
         hour_ms = 3600 * 1000
         return Retention(pipeline_ms=int(self.pipeline_retention_h * hour_ms),
                          dead_letters_ms=int(self.dead_letters_retention_h * hour_ms),
-                         results_ms=None if self.results_retention_h is None else int(self.results_retention_h * hour_ms))
+                         results_ms=None if self.results_retention_h is None else int(self.results_retention_h * hour_ms),
+                         # cache off: entries written before expire within an hour
+                         result_cache_ms=max(1, int(self.result_cache_ttl_h * hour_ms)) if self.result_cache_ttl_h
+                         else hour_ms)
 
     def topic(self, name: str) -> str:
         """Full topic name for a logical topic name (``pages`` -> ``ocr.pages``)."""

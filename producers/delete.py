@@ -5,7 +5,11 @@ object), the source object and its page slices (:mod:`ocrstream.slices`) are del
 store (the referenced version; only inside
 ``OCRSTREAM_ALLOWED_SOURCES``, so the command cannot be used to delete anything else), and a
 tombstone for its key is written to ``document-results`` (compaction then removes the result;
-readers of the compacted view see it gone at once, see :mod:`producers.results`).
+readers of the compacted view see it gone at once, see :mod:`producers.results`). A result that
+names a result-cache entry (``cache_key``: it was stored in the cache, or served from it) gets
+that entry tombstoned too, so its text is not served again (a later upload of the same bytes is
+OCR'd again; splitters drop the entry once their index reads the tombstone, normally within a
+second).
 
 What stays, by design: the page results in ``page-results`` (a time-retention topic; their
 text is gone after its retention), and the assembler's done marker (document id and status,
@@ -49,7 +53,7 @@ def delete_documents(s: Settings, document_ids: list[str], *, keep_object: bool 
     """
     latest = read_latest_results(s, timeout_s=timeout_s)
     done: list[Deleted] = []
-    tombstones = []
+    tombstones, cache_tombstones = [], []
     store = ObjectStore(s)
     for doc_id in document_ids:
         result = latest.get(doc_id)
@@ -69,10 +73,14 @@ def delete_documents(s: Settings, document_ids: list[str], *, keep_object: bool 
         for part in store.list(slice_folder(s, s.tenant, doc_id)):  # the splitter's page copies go too
             store.remove(part.bucket, part.key, part.version_id)
         tombstones.append(doc_id)
+        if result.cache_key:
+            cache_tombstones.append(result.cache_key)
         done.append(Deleted(doc_id, True, removed))
     if tombstones:
         tracker = DeliveryTracker()
         producer = Producer(producer_config(s))
+        for key in cache_tombstones:  # the cached pages of these bytes are not served again
+            producer.produce(s.topic("result-cache"), None, key, on_delivery=tracker.callback)
         for doc_id in tombstones:  # same key, same default partitioner as the assembler: same partition
             producer.produce(s.tenant_topic(s.tenant, "document-results"), None, doc_id, on_delivery=tracker.callback)
         if producer.flush(timeout_s) or tracker.errors:

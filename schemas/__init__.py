@@ -3,6 +3,7 @@
 from .codec import decode, encode, export_json_schemas, json_schema
 from .messages import (
     SCHEMA_VERSION,
+    CachedResult,
     DeadLetter,
     Detection,
     DocumentOptions,
@@ -19,7 +20,7 @@ from .messages import (
 )
 
 __all__ = [
-    "SCHEMA_VERSION", "DeadLetter", "Detection", "DocumentOptions", "DocumentRef", "DocumentResult",
+    "SCHEMA_VERSION", "CachedResult", "DeadLetter", "Detection", "DocumentOptions", "DocumentRef", "DocumentResult",
     "EngineInfo", "Error", "GpuSample", "ObjectRef", "Page", "PageResult", "PageTask", "WorkerMetrics",
     "decode", "encode", "export_json_schemas", "json_schema",
 ]

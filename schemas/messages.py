@@ -160,6 +160,11 @@ class DocumentRef(_Message):
         None, exclude_if=lambda v: v is None,
         description="priority lane: `interactive` pages go to their own topic, which workers drain first (the tenant "
                     "must be allowed the lane, else `lane_not_allowed`); absent = `batch`")
+    no_cache: bool | None = Field(
+        None, exclude_if=lambda v: not v,
+        description="true: OCR the document even when the result cache holds a result for the same bytes and "
+                    "configuration (the fresh result then replaces the cached one, like HTTP's `no-cache`); "
+                    "absent = use the cache")
 
 
 PLACEMENT_DOC = ("partitions of the pages topic that hold this document's page tasks: page n is on "
@@ -202,6 +207,11 @@ class PageTask(_Message):
     page_range: str | None = Field(None, exclude_if=lambda v: v is None, description=PAGE_RANGE_DOC)
     profile: str | None = Field(None, exclude_if=lambda v: v is None, description=PROFILE_DOC)
     lane: Literal["interactive", "batch"] | None = Field(None, exclude_if=lambda v: v is None, description=LANE_DOC)
+    cache_request: str | None = Field(
+        None, exclude_if=lambda v: v is None, pattern=r"^[0-9a-f]{64}$",
+        description="the splitter's half of the result-cache key (SHA-256 over tenant, content hash, DPI and "
+                    "pages, ocrstream/result_cache.py); the worker adds its own output fingerprint to make "
+                    "PageResult.cache_key; absent = the result is not cached")
 
 
 class Detection(_Message):
@@ -271,6 +281,14 @@ class PageResult(Page):
     tenant: str | None = Field(None, exclude_if=lambda v: v is None,
                                description="the tenant whose ingest topic the document came from (set by the "
                                            "splitter, never by a publisher); absent = the default tenant")
+    cache_key: str | None = Field(
+        None, exclude_if=lambda v: v is None, pattern=r"^[0-9a-f]{64}$",
+        description="result-cache key of this page's document: the task's cache_request with this worker's output "
+                    "fingerprint (ocrstream/result_cache.py); the assembler caches a succeeded document whose pages "
+                    "all carry the same one; absent = not cached")
+
+
+CACHE_KEY_DOC = "the result-cache key this result was stored under or served from (ocrstream/result_cache.py)"
 
 
 class DocumentResult(_Message):
@@ -302,10 +320,33 @@ class DocumentResult(_Message):
     )
     submitted_at: int | None = None
     completed_at: int
+    # written only when the result cache was involved: other results stay as they were
+    cache_hit: bool | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="true: the pages were copied from the result cache (same bytes, tenant and configuration as "
+                    "`cached_from`), no OCR ran; absent = OCR'd")
+    cached_from: str | None = Field(None, exclude_if=lambda v: v is None,
+                                    description="on a cache hit: the document_id whose OCR produced these pages")
+    cache_key: str | None = Field(None, exclude_if=lambda v: v is None, pattern=r"^[0-9a-f]{64}$",
+                                  description=CACHE_KEY_DOC + "; `ocrstream delete` removes that entry too")
 
     def text(self) -> str:
         """All recognized text, pages separated by a form feed, lines by newlines."""
         return "\f".join("\n".join(d.text for d in p.detections) for p in self.pages)
+
+
+class CachedResult(_Message):
+    """Result-cache topic value (compacted, TTL): a succeeded document's result, written by the
+    assembler. Key: ``cache_key``. The splitter serves it to a later document of the same tenant
+    with the same key (ocrstream/result_cache.py)."""
+
+    schema_: Literal["cached_result"] = Field("cached_result", alias="schema")
+    schema_version: Literal[1] = 1
+    cache_key: str = Field(pattern=r"^[0-9a-f]{64}$", description="the record key")
+    tenant: str | None = Field(None, exclude_if=lambda v: v is None,
+                               description="the tenant of the document that was OCR'd; absent = the default tenant")
+    written_at: int = Field(description="ms since epoch: when the assembler completed the document")
+    result: DocumentResult = Field(description="the document's result (status succeeded)")
 
 
 class DeadLetter(_Message):
@@ -365,6 +406,12 @@ class WorkerMetrics(_Message):
     batch_latency_ms_p95: float | None
     errors: dict[str, int] = Field(default_factory=dict, description="by reason code")
     lag: dict[str, int] = Field(default_factory=dict, description="'topic/partition' -> messages")
+    # written by workers that know it: older samples stay as they were
+    output_fingerprint: str | None = Field(
+        None, exclude_if=lambda v: v is None, pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of everything of this worker that shapes the pages it writes (engine, models, package "
+                    "versions, engine settings; ocrstream/result_cache.py): the splitter serves result-cache hits "
+                    "only for the one fingerprint every live worker reports")
 
 
 ALL_MESSAGES: dict[str, type[_Message]] = {
@@ -372,6 +419,7 @@ ALL_MESSAGES: dict[str, type[_Message]] = {
     "page_task": PageTask,
     "page_result": PageResult,
     "document_result": DocumentResult,
+    "cached_result": CachedResult,
     "dead_letter": DeadLetter,
     "worker_metrics": WorkerMetrics,
 }

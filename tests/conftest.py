@@ -52,6 +52,9 @@ def base_settings(**overrides) -> Settings:
         # The tests OCR generated born-digital PDFs to test OCR: the text-layer fast path is
         # tested where a test turns it on (tests/test_textlayer.py).
         text_layer="off",
+        # The tests submit the same generated documents again and again and count their OCR: the
+        # result cache is tested where a test turns it on (tests/test_result_cache.py, test_acls.py).
+        result_cache_ttl_h=0.0,
     )
     values.update(overrides)
     return Settings(**values)

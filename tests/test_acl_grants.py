@@ -29,7 +29,10 @@ def test_the_data_flow():
     assert _allowed("splitter", "WRITE") == {"ocr.pages", "ocr.document-results", "ocr.dead-letters"}
     assert _allowed("worker", "READ") == {"ocr.pages", "ocr.page-attempts"}
     assert "ocr.ingest" not in _allowed("worker", "WRITE") | _allowed("assembler", "WRITE")
-    assert _allowed("assembler", "WRITE") == {"ocr.document-results", "ocr.dead-letters", "ocr.assembler-state"}
+    assert _allowed("assembler", "WRITE") == {"ocr.document-results", "ocr.dead-letters", "ocr.assembler-state",
+                                              "ocr.result-cache"}
+    # the result cache and the workers' fingerprints (metrics samples), by assignment
+    assert _allowed("splitter", "READ") == {"ocr.ingest", "ocr.result-cache", "ocr.metrics"}
     assert _allowed("watcher", "WRITE") == {"ocr.ingest", "ocr.watch-state"}
     for sink in ("outbox", "analytics"):  # read the results, write only dead letters, in their own group
         assert _allowed(sink, "READ") == {"ocr.document-results"}
@@ -37,6 +40,7 @@ def test_the_data_flow():
         assert _allowed(sink, "READ", "group") == {f"ocrstream.{sink}"}
         assert _allowed(sink, "WRITE", "transactional_id") == {f"ocrstream.{sink}-"}
     assert _allowed("worker", "READ", "group") == {"ocrstream.worker", "ocrstream.restore-"}
+    assert _allowed("splitter", "READ", "group") == {"ocrstream.splitter", "ocrstream.restore-"}
     assert _allowed("assembler", "DESCRIBE", "group") == {"ocrstream.worker"}  # the document deadline's lag check
     assert _allowed("splitter", "WRITE", "transactional_id") == {"ocrstream.splitter-"}
     # follower groups read by assignment: looked up, never joined as a stage's group

@@ -83,7 +83,8 @@ def roles(acl_broker, stack):
     """Topics created and ACLs applied (``ocrstream acls apply`` as admin); role -> settings."""
     tag = uuid.uuid4().hex[:8]
     s0 = base_settings(topic_prefix=f"a{tag}.", group_prefix=f"g{tag}.", bucket=f"acl-{tag}",
-                       tenants={t: f"acl-{tag}/tenants/{t}/" for t in TENANTS})
+                       tenants={t: f"acl-{tag}/tenants/{t}/" for t in TENANTS},
+                       result_cache_ttl_h=168.0)  # its reads and writes are the splitter's and the assembler's
     by_role = {user: _as(s0, acl_broker, user) for user in USERS}
     for t in TENANTS:  # a tenant's client: its own topics and upload folder
         by_role[tenant_role(t)] = by_role[tenant_role(t)].model_copy(update={"tenant": t,

@@ -41,14 +41,16 @@ GRANTS: dict[str, RoleGrants] = {
     "submitter": RoleGrants(writes=("ingest",), reads=("document-results",), group_families=("follower",)),
     # failed documents are reported directly (failed result + dead letter)
     # page placement reads the worker group's assignment (DescribeConsumerGroups)
-    "splitter": RoleGrants(reads=("ingest",), writes=("pages", "document-results", "dead-letters"),
-                           describes_groups=("worker",), group="splitter", transactional=True),
+    # the result cache and the workers' fingerprints (metrics samples): read by assignment (groups
+    # "restore-result-cache-*"); a hit is a document result
+    "splitter": RoleGrants(reads=("ingest", "result-cache", "metrics"), writes=("pages", "document-results", "dead-letters"),
+                           describes_groups=("worker",), group="splitter", transactional=True, restores=True),
     "worker": RoleGrants(reads=("pages", "page-attempts"), writes=("page-results", "dead-letters", "metrics",
                                                                    "page-attempts"),
                          group="worker", transactional=True, restores=True),
     # the document deadline waits for the worker group's lag on the pages partitions
     "assembler": RoleGrants(reads=("page-results", "assembler-state"),
-                            writes=("document-results", "dead-letters", "assembler-state"),
+                            writes=("document-results", "dead-letters", "assembler-state", "result-cache"),
                             describes=("pages",), describes_groups=("worker",), group="assembler",
                             transactional=True, restores=True),
     "watcher": RoleGrants(reads=("object-events", "watch-state"), writes=("ingest", "watch-state"),
@@ -58,9 +60,9 @@ GRANTS: dict[str, RoleGrants] = {
     "analytics": RoleGrants(reads=("document-results",), writes=("dead-letters",), group="analytics",
                             transactional=True),
     # people: `dlq list|replay` (a replay re-produces to the topic the record failed on),
-    # `delete` (tombstones in document-results), `top` (metrics); S3 rights come from its policy
+    # `delete` (tombstones in document-results and result-cache), `top` (metrics); S3 rights come from its policy
     "operator": RoleGrants(reads=("dead-letters", "metrics", "document-results"),
-                           writes=("ingest", "pages", "page-results", "document-results"),
+                           writes=("ingest", "pages", "page-results", "document-results", "result-cache"),
                            group="dlq-replay", group_families=("dlq-list", "top", "follower")),
     # the HTTP gateway (`ocrstream gateway`): publishes references for the tenants of its API keys,
     # tails their results topics by assignment (groups `gateway-<id>`, `gateway-fetch-<id>`), and

@@ -20,6 +20,10 @@ Keys (why they are what they are):
   partition *p* (so it has exactly as many partitions). ``compact`` only, no time retention:
   an open document is never dropped by retention; the assembler itself tombstones pages of
   finished documents and, after the page-results retention, the done markers.
+- ``result-cache``: key the cache key (``ocrstream.result_cache``: SHA-256 over tenant, content
+  hash, DPI, pages and the workers' output fingerprint), value a succeeded document's result
+  (``CachedResult``), written by the assembler, read by the splitter by assignment.
+  ``compact,delete``: the last entry per key, for ``OCRSTREAM_RESULT_CACHE_TTL_H``.
 - ``page-attempts``: the OCR worker's in-flight marks (poison-page accounting), key
   ``<pages partition>/<offset>``, partition = the page task's ``pages`` partition.
 """
@@ -40,11 +44,13 @@ class Retention:
     """How long records stay (ms). ``pipeline_ms``: ingest, pages, page-results, object-events,
     page-attempts (the page text in Kafka); ``dead_letters_ms``; ``results_ms``: None keeps
     document results until deleted (``ocrstream delete``), a value adds time retention to the
-    compaction (``compact,delete``)."""
+    compaction (``compact,delete``); ``result_cache_ms``: the result cache's TTL
+    (``OCRSTREAM_RESULT_CACHE_TTL_H``)."""
 
     pipeline_ms: int = 7 * DAY_MS
     dead_letters_ms: int = 30 * DAY_MS
     results_ms: int | None = None
+    result_cache_ms: int = 7 * DAY_MS
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,13 @@ def _shared_specs(replication_factor: int, partitions_scale: int, retention: Ret
                   {**common, "cleanup.policy": "compact", "max.message.bytes": str(8388608 + 1024 * 1024),
                    "segment.ms": str(DAY_MS)},
                   "assembler changelog: page results of open documents, done markers (partitioned like page-results)"),
+        # Retention deletes whole segments once their newest record is past retention.ms, so a
+        # segment never spans more than a day (or the TTL): entries are gone at most that long after
+        # their TTL. The splitter checks each entry's timestamp against the TTL itself.
+        TopicSpec("result-cache", 6 * partitions_scale, rf,
+                  {**common, "cleanup.policy": "compact,delete", "retention.ms": str(retention.result_cache_ms),
+                   "segment.ms": str(min(retention.result_cache_ms, DAY_MS)), "max.message.bytes": "33554432"},
+                  "content-hash result cache: cache key -> a succeeded document's result (CachedResult)"),
         TopicSpec("page-attempts", 12 * partitions_scale, rf,
                   {**common, "cleanup.policy": "compact,delete", "retention.ms": keep,
                    "segment.ms": str(DAY_MS)},

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ocrstream import metrics as m
+from ocrstream import result_cache as rc
 from ocrstream.engine import PageOcr
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.settings import Settings
@@ -39,8 +40,11 @@ class WorkerStats:
 def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None, engine: EngineInfo,
                 stats: WorkerStats) -> Output:
     """The page-result record of one page (``failed`` with its reason code when it failed;
-    ``result_too_large`` without detections when it would not fit the topic)."""
+    ``result_too_large`` without detections when it would not fit the topic). A task with a
+    ``cache_request`` gets a ``cache_key`` made with this worker's own output fingerprint
+    (:mod:`ocrstream.result_cache`): the key of a cached result names what really produced it."""
     task = item.task
+    cache = rc.cache_key(task.cache_request, rc.fingerprint_digest(s)) if task.cache_request else None
     error = item.error or (ocr if isinstance(ocr, BaseException) else None)
     if error is not None:
         err = error_of(error)
@@ -50,7 +54,7 @@ def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None
                             dpi=task.dpi, engine=engine, worker_id=s.worker_id,
                             submitted_at=task.submitted_at, completed_at=now_ms(), timings_ms=item.timings,
                             tenant=task.tenant, placement=task.placement, page_range=task.page_range,
-                            profile=task.profile, lane=task.lane)
+                            profile=task.profile, lane=task.lane, cache_key=cache)
     else:
         h, w = item.shape
         result = PageResult(
@@ -61,7 +65,7 @@ def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None
             completed_at=now_ms(), timings_ms={**item.timings, **ocr.timings_ms}, tenant=task.tenant,
             placement=task.placement, page_range=task.page_range, profile=task.profile, lane=task.lane,
             rotation=getattr(ocr, "rotation", 0) or None,
-            text_source="text_layer" if item.text_layer is not None else None,
+            text_source="text_layer" if item.text_layer is not None else None, cache_key=cache,
         )
     value = encode(result)
     key = document_key(task.tenant, task.document_id)  # one assembler partition per (tenant, document)
@@ -129,7 +133,7 @@ class MetricsReporter:
             gpus=self.gpu.sample(), cpu_pct=cpu, rss_bytes=rss, pages=st.pages, batches=st.batches,
             mean_batch_size=round(sum(st.batch_sizes) / len(st.batch_sizes), 2) if st.batch_sizes else 0.0,
             pages_per_s=round(st.pages / interval, 3), batch_latency_ms_p50=pct(0.5), batch_latency_ms_p95=pct(0.95),
-            errors=dict(st.errors), lag=dict(lag),
+            errors=dict(st.errors), lag=dict(lag), output_fingerprint=rc.fingerprint_digest(self.s),
         )
         self.producer.produce(self.s.topic("metrics"), encode(sample), self.s.worker_id)
         self.producer.poll(0)

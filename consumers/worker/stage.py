@@ -29,6 +29,7 @@ import os
 from confluent_kafka import KafkaException, Message, TopicPartition
 
 from ocrstream import metrics as m
+from ocrstream import result_cache as rc
 from ocrstream.engine import Engine
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import make_producer
@@ -71,6 +72,8 @@ class OcrWorker:
         self.stats = WorkerStats()
         self.metrics = MetricsReporter(s, make_producer(s, **{"linger.ms": 100}))
         self.engine_stuck = False
+        if rc.enabled(s):  # to compare with the splitter's (a difference: every lookup misses)
+            log.info("result cache: output fingerprint %s", rc.fingerprint_digest(s)[:12])
 
     def _busy(self) -> bool:
         return bool(self.fetch.queue) or self.engine.busy

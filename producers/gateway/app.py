@@ -1,7 +1,8 @@
 """``ocrstream gateway``: an HTTP front door (FastAPI on uvicorn) for clients of FastAPI+Celery OCR servers.
 
-    POST /v1/documents                   multipart `file` (+ optional `dpi`, `pages`), or JSON
-                                         {"bucket", "key", "dpi"?, "pages"?}; `pages`: "1-3,7" (1-based ranges)
+    POST /v1/documents                   multipart `file` (+ optional `dpi`, `pages`, `no_cache`), or JSON
+                                         {"bucket", "key", "dpi"?, "pages"?, "no_cache"?}; `pages`: "1-3,7"
+                                         (1-based ranges); `no_cache`: OCR even if the result cache has it
                                          -> 202 {"document_id"}, Location: /v1/documents/{id}
     GET  /v1/documents/{id}              {"document_id", "status": pending|succeeded|failed, ...}; 404 unknown
     GET  /v1/documents/{id}/text|hocr|alto|json   the result rendered (409 while pending)
@@ -89,9 +90,11 @@ class SourceBody(BaseModel):
     dpi: int | None = Field(None, ge=36, le=600, description="PDF render DPI for this document")
     pages: str | None = Field(None, description="pages to OCR, 1-based inclusive ranges, e.g. \"1-3,7\"; "
                                                 "absent = every page")
+    no_cache: bool = Field(False, description="OCR it even when the result cache holds its result")
 
 
 _DPI = TypeAdapter(Annotated[int, Field(ge=36, le=600)])  # the multipart `dpi` field, as SourceBody.dpi
+_FLAG = TypeAdapter(bool)  # the multipart `no_cache` field: true/false, 1/0, yes/no, on/off
 
 
 class Gateway:
@@ -211,7 +214,8 @@ _UPLOAD_BODY = {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary", "description": "the document (PDF, PNG, JPEG, TIFF, ...)"},
         "dpi": {"type": "integer", "minimum": 36, "maximum": 600, "description": "PDF render DPI"},
-        "pages": {"type": "string", "description": "pages to OCR, 1-based inclusive ranges, e.g. \"1-3,7\""}}}},
+        "pages": {"type": "string", "description": "pages to OCR, 1-based inclusive ranges, e.g. \"1-3,7\""},
+        "no_cache": {"type": "boolean", "description": "OCR it even when the result cache holds its result"}}}},
     "application/json": {"schema": SourceBody.model_json_schema()},
 }
 
@@ -276,6 +280,7 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
             if ctype == "multipart/form-data":
                 async with request.form(max_files=1, max_fields=4) as form:
                     file, dpi, pages = form.get("file"), form.get("dpi"), form.get("pages")
+                    no_cache = form.get("no_cache")
                     if not isinstance(file, UploadFile):
                         raise ApiError(422, "invalid_request", "multipart body without a `file` part")
                     if file.size is not None and file.size > s.gateway_max_upload_bytes:
@@ -286,12 +291,16 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
                         raise ApiError(422, "invalid_request", "dpi must be an integer 36..600") from None
                     if pages is not None and not isinstance(pages, str):
                         raise ApiError(422, "invalid_request", "pages must be a form field, not a file")
+                    try:
+                        no_cache_value = no_cache not in (None, "") and _FLAG.validate_python(no_cache)
+                    except ValidationError:
+                        raise ApiError(422, "invalid_request", "no_cache must be true or false") from None
                     async with uploads:
                         data = await file.read(s.gateway_max_upload_bytes + 1)
                         if len(data) > s.gateway_max_upload_bytes:
                             raise _upload_too_large(tenant)
                         return await run_in_threadpool(gw.intake.upload, tenant, file.filename, data, dpi_value,
-                                                       pages), "upload"
+                                                       pages, no_cache_value), "upload"
             if ctype == "application/json":
                 try:
                     body = SourceBody.model_validate_json(await request.body())
@@ -299,7 +308,7 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
                     raise ApiError(422, "invalid_request", "; ".join(
                         f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())) from None
                 return await run_in_threadpool(gw.intake.reference, tenant, body.bucket, body.key, body.dpi,
-                                               body.pages), "reference"
+                                               body.pages, body.no_cache), "reference"
         except OcrstreamError as exc:
             if exc.code == ReasonCode.FORBIDDEN_SOURCE:
                 GATEWAY_REFUSED.labels(tenant or "default", "forbidden_source").inc()

@@ -84,10 +84,11 @@ class Intake:
         return bucket, check_source(self.s, bucket, key, tenant)
 
     def upload(self, tenant: str | None, filename: str | None, data: bytes, dpi: int | None = None,
-               pages: str | None = None) -> str:
+               pages: str | None = None, no_cache: bool = False) -> str:
         """Store ``data`` and publish its reference on ``tenant``'s ingest topic; returns the new
         document id (a random 32-hex id, as ``ocrstream submit`` gives). ``pages``: page ranges
-        to OCR (``"1-3,7"``), None = all; checked before anything is stored.
+        to OCR (``"1-3,7"``), None = all; checked before anything is stored. ``no_cache``: OCR
+        it even when the result cache holds its result.
 
         Raises:
             OcrstreamError: ``invalid_page_range``, ``forbidden_source`` (settings), ``invalid_key``,
@@ -102,15 +103,15 @@ class Intake:
         ref = DocumentRef(document_id=document_id, submitted_at=now_ms(), options=DocumentOptions(dpi=dpi),
                           source=ObjectRef(bucket=bucket, key=key, filename=name, etag=info.etag,
                                            version_id=info.version_id, size=info.size, content_type=info.content_type),
-                          pages=pages)
+                          pages=pages, no_cache=no_cache or None)
         self.publish(tenant, ref)
         return document_id
 
     def reference(self, tenant: str | None, bucket: str, key: str, dpi: int | None = None,
-                  pages: str | None = None) -> str:
+                  pages: str | None = None, no_cache: bool = False) -> str:
         """Publish a reference to a stored object on ``tenant``'s ingest topic; returns its
         document id (:func:`~producers.publish.stable_document_id`: the same object version,
-        options and pages is the same document, so a resubmission is idempotent).
+        options, pages and ``no_cache`` is the same document, so a resubmission is idempotent).
 
         Raises:
             OcrstreamError: ``invalid_page_range`` (first), ``invalid_bucket``, ``invalid_key``,
@@ -123,10 +124,10 @@ class Intake:
         info = self.store.stat(bucket, key)
         options = DocumentOptions(dpi=dpi)
         ref = DocumentRef(
-            document_id=stable_document_id(bucket, key, info.etag, info.version_id, options, tenant, pages),
+            document_id=stable_document_id(bucket, key, info.etag, info.version_id, options, tenant, pages, no_cache),
             source=ObjectRef(bucket=bucket, key=key, filename=PurePosixPath(key).name, etag=info.etag,
                              version_id=info.version_id, size=info.size, content_type=info.content_type),
-            submitted_at=now_ms(), options=options, pages=pages)
+            submitted_at=now_ms(), options=options, pages=pages, no_cache=no_cache or None)
         self.publish(tenant, ref)
         return ref.document_id
 
