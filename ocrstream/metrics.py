@@ -17,6 +17,8 @@ Prometheus series (prometheus-client, default registry):
 - ``ocrstream_gateway_requests_total{route,code}``, ``ocrstream_gateway_documents_total{tenant,kind}``,
   ``ocrstream_gateway_refused_total{tenant,reason}``, ``ocrstream_gateway_page_backlog``,
   ``ocrstream_gateway_results{kind}``
+- ``ocrstream_webhook_calls_total{outcome}``, ``ocrstream_webhook_deliveries_total{outcome}``,
+  ``ocrstream_webhook_call_seconds`` (histogram)
 - ``ocrstream_gpu_utilization_percent{gpu}``, ``ocrstream_gpu_memory_used_bytes{gpu}``,
   ``ocrstream_gpu_memory_total_bytes{gpu}`` (only where NVML finds GPUs)
 """
@@ -92,6 +94,16 @@ GATEWAY_PAGE_BACKLOG = Gauge("ocrstream_gateway_page_backlog", "Page tasks the w
                              "(last measurement; OCRSTREAM_GATEWAY_MAX_BACKLOG_PAGES)")
 GATEWAY_RESULTS = Gauge("ocrstream_gateway_results", "Documents in the gateway's results table (indexed: every "
                         "result seen; cached: held in memory; pending: accepted, no result yet)", ["kind"])
+# Completion webhooks (consumers/webhooks.py)
+WEBHOOK_CALLS = Counter("ocrstream_webhook_calls", "HTTP calls of webhook receivers by outcome: success (2xx), "
+                        "server_error (5xx, 429: retried), client_error (other answers, redirects included: final), "
+                        "transport_error (connection, timeout: retried)", ["outcome"])
+WEBHOOK_DELIVERIES = Counter("ocrstream_webhook_deliveries", "Document results the webhooks stage handled that named a "
+                             "webhook: delivered, failed (retries spent: dead letter webhook_failed), refused (not an "
+                             "allowed receiver: dead letter), expired (older than OCRSTREAM_WEBHOOK_MAX_AGE_S: not "
+                             "called)", ["outcome"])
+WEBHOOK_LATENCY = Histogram("ocrstream_webhook_call_seconds", "Duration of one webhook call (request sent to answer "
+                            "read, or the error)", buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 GPU_UTIL = Gauge("ocrstream_gpu_utilization_percent", "GPU utilisation", ["gpu"])
 GPU_MEM_USED = Gauge("ocrstream_gpu_memory_used_bytes", "GPU memory used", ["gpu"])
 GPU_MEM_TOTAL = Gauge("ocrstream_gpu_memory_total_bytes", "GPU memory total", ["gpu"])

@@ -151,11 +151,24 @@ class DocumentRef(_Message):
                     "pages beyond the document's, reversed (3-1), overlapping or empty ranges fail the document "
                     "with `invalid_page_range`; absent = every page. A splitter that predates the field OCRs "
                     "every page")
+    # Not constrained here either: a URL outside the tenant's allowed hosts, or a malformed one, is the
+    # splitter's `webhook_not_allowed` / `invalid_webhook_url` (a failed result), not a schema violation.
+    webhook_url: str | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="completion callback: the `ocrstream webhooks` stage POSTs a signed summary of the document "
+                    "result here once (ocrstream.webhooks); must name a host of the tenant's "
+                    "OCRSTREAM_WEBHOOK_ALLOWED_HOSTS, https unless that entry allows http, else the document fails "
+                    "with `webhook_not_allowed` (`invalid_webhook_url` when malformed) before it is read; "
+                    "absent = no callback")
 
 
 PLACEMENT_DOC = ("partitions of the pages topic that hold this document's page tasks: page n is on "
                  "placement[(n - 1) % len(placement)] (set by the splitter; absent in older records: "
                  "topology.page_partition)")
+
+
+WEBHOOK_DOC = ("the document's completion callback (DocumentRef.webhook_url, checked by the splitter against "
+               "the tenant's allowed hosts and again by the webhooks stage); absent = none")
 
 
 PAGE_RANGE_DOC = ("the pages of the document that were requested, canonical ranges (\"1-3,7\", "
@@ -186,6 +199,7 @@ class PageTask(_Message):
     placement: list[Annotated[int, Field(ge=0)]] | None = Field(None, exclude_if=lambda v: v is None, min_length=1,
                                         description=PLACEMENT_DOC)
     page_range: str | None = Field(None, exclude_if=lambda v: v is None, description=PAGE_RANGE_DOC)
+    webhook_url: str | None = Field(None, exclude_if=lambda v: v is None, description=WEBHOOK_DOC)
 
 
 class Detection(_Message):
@@ -251,6 +265,8 @@ class PageResult(Page):
     tenant: str | None = Field(None, exclude_if=lambda v: v is None,
                                description="the tenant whose ingest topic the document came from (set by the "
                                            "splitter, never by a publisher); absent = the default tenant")
+    webhook_url: str | None = Field(None, exclude_if=lambda v: v is None,
+                                    description=WEBHOOK_DOC + "; copied from the page task")
 
 
 class DocumentResult(_Message):
@@ -279,6 +295,9 @@ class DocumentResult(_Message):
     )
     submitted_at: int | None = None
     completed_at: int
+    webhook_url: str | None = Field(None, exclude_if=lambda v: v is None,
+                                    description=WEBHOOK_DOC + "; the webhooks stage calls it with this result's "
+                                                "summary")
 
     def text(self) -> str:
         """All recognized text, pages separated by a form feed, lines by newlines."""

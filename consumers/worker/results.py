@@ -49,7 +49,8 @@ def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None
                             page_count=task.page_count, status="failed", error=err, width=0, height=0,
                             dpi=task.dpi, engine=engine, worker_id=s.worker_id,
                             submitted_at=task.submitted_at, completed_at=now_ms(), timings_ms=item.timings,
-                            tenant=task.tenant, placement=task.placement, page_range=task.page_range)
+                            tenant=task.tenant, placement=task.placement, page_range=task.page_range,
+                            webhook_url=task.webhook_url)
     else:
         h, w = item.shape
         result = PageResult(
@@ -59,7 +60,7 @@ def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None
             engine=engine, worker_id=s.worker_id, submitted_at=task.submitted_at,
             completed_at=now_ms(), timings_ms={**item.timings, **ocr.timings_ms}, tenant=task.tenant,
             placement=task.placement, page_range=task.page_range, rotation=getattr(ocr, "rotation", 0) or None,
-            text_source="text_layer" if item.text_layer is not None else None,
+            text_source="text_layer" if item.text_layer is not None else None, webhook_url=task.webhook_url,
         )
     value = encode(result)
     key = document_key(task.tenant, task.document_id)  # one assembler partition per (tenant, document)
