@@ -33,8 +33,8 @@ remembers their id (the last :data:`RECENT_DELIVERIES` delivered). Receivers de-
 ``X-Ocrstream-Delivery``. ``incomplete`` results are called like any other: the complete result
 that may follow is another delivery.
 
-A delivery runs on the loop thread; it reports progress before each call (liveness) and the
-settings keep its budget under ``max.poll.interval.ms``. SIGTERM stops the retries: the record
+A delivery runs on the loop thread; it reports progress before each call and during its waits
+(liveness), and the stage refuses to start with a budget over ``max.poll.interval.ms``. SIGTERM stops the retries: the record
 is not committed and the next owner calls it again (same delivery id).
 """
 
@@ -98,9 +98,25 @@ def retry_after_s(value: str | None) -> float | None:
         return None
 
 
-def missing_secrets(s: Settings) -> list[str]:
-    """Tenants (``-``: the default) with allowed webhook hosts but no ``OCRSTREAM_WEBHOOK_SECRETS`` entry."""
-    return [t for t in s.webhook_allowed_hosts if s.webhook_secret_of(None if t == "-" else t) is None]
+def settings_problems(s: Settings) -> list[str]:
+    """Why the stage cannot run with ``s`` (empty: it can): a tenant with allowed webhook hosts
+    but no secret (calls are never unsigned), or a delivery budget the consumer group or the
+    liveness probe would not survive (a delivery runs on the loop thread)."""
+    problems = []
+    missing = [t for t in s.webhook_allowed_hosts if s.webhook_secret_of(None if t == "-" else t) is None]
+    if missing:
+        problems.append(f"OCRSTREAM_WEBHOOK_SECRETS has no secret for {', '.join(missing)} (every tenant in "
+                        "OCRSTREAM_WEBHOOK_ALLOWED_HOSTS needs one: `tenant=secret,...`, `-=secret` for the "
+                        "default tenant)")
+    held = s.webhook_max_elapsed_s + s.webhook_timeout_s
+    if held * 1000 >= s.max_poll_interval_ms:
+        problems.append(f"OCRSTREAM_WEBHOOK_MAX_ELAPSED_S + OCRSTREAM_WEBHOOK_TIMEOUT_S ({held:.0f} s) must be under "
+                        f"OCRSTREAM_MAX_POLL_INTERVAL_MS ({s.max_poll_interval_ms} ms): the group would drop the stage "
+                        "mid-delivery")
+    if s.webhook_timeout_s >= s.liveness_timeout_s:
+        problems.append(f"OCRSTREAM_WEBHOOK_TIMEOUT_S must be under OCRSTREAM_LIVENESS_TIMEOUT_S "
+                        f"({s.liveness_timeout_s:.0f} s): one slow call would fail /healthz")
+    return problems
 
 
 class WebhookStage:
@@ -111,15 +127,13 @@ class WebhookStage:
         stop: stop flag (default: SIGTERM/SIGINT handlers).
 
     Raises:
-        ValueError: a tenant with allowed webhook hosts has no secret (unsigned calls are not made).
+        ValueError: :func:`settings_problems` (a tenant without a secret, a budget too long).
     """
 
     def __init__(self, s: Settings, stop: StopFlag | None = None):
-        missing = missing_secrets(s)
-        if missing:
-            raise ValueError(f"OCRSTREAM_WEBHOOK_SECRETS has no secret for {', '.join(missing)} (every tenant in "
-                             "OCRSTREAM_WEBHOOK_ALLOWED_HOSTS needs one: `tenant=secret,...`, `-=secret` for the "
-                             "default tenant)")
+        problems = settings_problems(s)
+        if problems:
+            raise ValueError("; ".join(problems))
         self.s = s
         # No failed document results from here: a callback that fails does not change the result.
         self.rt = StageRuntime(s, STAGE, s.results_topics(), stop=stop, results_topic=None)
@@ -265,7 +279,14 @@ class WebhookStage:
         return backoff if asked is None else min(self.s.webhook_retry_max_s, max(backoff, asked))
 
     def _sleep(self, seconds: float) -> None:
-        if self.stop.event.wait(seconds):
+        """Wait between calls in slices of at most a second, reporting progress (a backoff within
+        its budget is work, not a stall: liveness); SIGTERM ends the wait."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.stop.event.wait(min(1.0, left)):
+                raise _Interrupted()
+            self.rt.progress()
+        if self.stop.is_set():
             raise _Interrupted()
 
     def _before_sleep(self, url: str):
@@ -279,11 +300,9 @@ class WebhookStage:
 
 def run_webhooks(s: Settings, stop: StopFlag | None = None) -> int:
     """Run the webhooks stage until SIGTERM/SIGINT (or ``stop``); returns the exit status
-    (:data:`~ocrstream.preflight.ExitCode.BAD_SETTING` when a tenant's secret is missing)."""
-    missing = missing_secrets(s)
-    if missing:
-        log.critical("ocrstream webhooks: OCRSTREAM_WEBHOOK_SECRETS has no secret for %s: set `tenant=secret,...` "
-                     "(`-=secret` for the default tenant) for every tenant in OCRSTREAM_WEBHOOK_ALLOWED_HOSTS",
-                     ", ".join(missing))
+    (:data:`~ocrstream.preflight.ExitCode.BAD_SETTING` for :func:`settings_problems`)."""
+    for problem in settings_problems(s):
+        log.critical("ocrstream webhooks: %s", problem)
+    if settings_problems(s):
         return ExitCode.BAD_SETTING
     return run_stage(lambda: WebhookStage(s, stop))

@@ -402,20 +402,6 @@ class Settings(BaseSettings):
             raise ValueError("expected an http(s) URL, e.g. https://ocr.example.com")
         return value.rstrip("/")
 
-    @model_validator(mode="after")
-    def _webhook_budget(self) -> "Settings":
-        # A delivery runs on the stage's loop thread: its calls and waits must end before the group
-        # gives up on the consumer (max.poll.interval.ms), and no single call or wait may outlast
-        # the liveness timeout (the stage reports progress before each call).
-        held = self.webhook_max_elapsed_s + self.webhook_timeout_s
-        if held * 1000 >= self.max_poll_interval_ms:
-            raise ValueError(f"OCRSTREAM_WEBHOOK_MAX_ELAPSED_S + OCRSTREAM_WEBHOOK_TIMEOUT_S ({held:.0f} s) must be "
-                             f"under OCRSTREAM_MAX_POLL_INTERVAL_MS ({self.max_poll_interval_ms} ms)")
-        if max(self.webhook_timeout_s, self.webhook_retry_max_s) >= self.liveness_timeout_s:
-            raise ValueError("OCRSTREAM_WEBHOOK_TIMEOUT_S and OCRSTREAM_WEBHOOK_RETRY_MAX_S must be under "
-                             f"OCRSTREAM_LIVENESS_TIMEOUT_S ({self.liveness_timeout_s:.0f} s)")
-        return self
-
     def webhook_secret_of(self, tenant: str | None) -> bytes | None:
         """The HMAC key that signs ``tenant``'s webhook calls (None: the default tenant), from
         ``OCRSTREAM_WEBHOOK_SECRETS`` (:func:`parse_webhook_secrets`); None when it has none."""
