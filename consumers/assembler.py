@@ -173,8 +173,9 @@ def assemble(pages: Iterable[PageResult], completed_at: int) -> DocumentResult:
         failed page's error (message prefixed ``"page N: "``). ``pages`` sorted by
         page number; ``timings_ms`` the per-stage times summed over pages (ms)
         plus ``end_to_end_ms`` = ``completed_at`` - the earliest ``submitted_at``.
-        Source and engine are those of the lowest-numbered page; ``page_count`` and
-        ``page_range`` are the pages' (a document of requested pages: their number and ranges).
+        Source, engine and ``webhook_url`` (the completion callback, see ``consumers/webhooks.py``)
+        are those of the lowest-numbered page; ``page_count`` and ``page_range`` are the pages' (a
+        document of requested pages: their number and ranges).
 
     Raises:
         ValueError: ``pages`` is empty.
@@ -202,6 +203,7 @@ def assemble(pages: Iterable[PageResult], completed_at: int) -> DocumentResult:
         page_count=first.page_count, page_range=first.page_range, profile=first.profile,
         pages=[Page.model_construct(**{f: getattr(p, f) for f in page_fields}) for p in ordered],
         engine=first.engine, timings_ms=dict(timings), submitted_at=submitted_at, completed_at=completed_at,
+        webhook_url=first.webhook_url,
     )
 
 

@@ -297,7 +297,7 @@ class ResultCacheIndex:
 def hit_result(cached: CachedResult, ref: DocumentRef, source: ObjectRef, started: float) -> DocumentResult:
     """The result of document ``ref`` served from ``cached``: its pages (page timings dropped: no
     OCR ran for this document), engine and page range; this request's id, ``source`` and
-    ``submitted_at``; ``cache_hit``, ``cached_from`` and ``cache_key`` set. ``timings_ms``:
+    ``submitted_at`` and ``webhook_url``; ``cache_hit``, ``cached_from`` and ``cache_key`` set. ``timings_ms``:
     ``cache_ms`` (lookup and read, from ``started``, ``time.monotonic()``) and ``end_to_end_ms``."""
     r = cached.result
     completed_at = int(time.time() * 1000)
@@ -307,5 +307,6 @@ def hit_result(cached: CachedResult, ref: DocumentRef, source: ObjectRef, starte
         timings_ms={"cache_ms": round((time.monotonic() - started) * 1000, 1),
                     "end_to_end_ms": float(completed_at - ref.submitted_at)},
         submitted_at=ref.submitted_at, completed_at=completed_at, cache_hit=True,
-        cached_from=r.cached_from or r.document_id, cache_key=cached.cache_key,
+        cached_from=r.cached_from or r.document_id, cache_key=cached.cache_key, profile=r.profile,
+        webhook_url=ref.webhook_url,  # this request's callback, never the cached document's
     )

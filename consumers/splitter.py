@@ -28,6 +28,10 @@ page task carries the splitter's half of the key (``cache_request``) so that the
 store the result. A reference with ``no_cache`` skips the lookup (and its result is stored).
 The lookup comes after every check of the document (limits, page ranges), so a hit is never
 given to a document the pipeline would refuse.
+Completion webhooks (``DocumentRef.webhook_url``, :mod:`ocrstream.webhooks`): the URL must name a host
+of the tenant's allowed hosts (the tenant of the ingest topic), checked before the object is read
+(``webhook_not_allowed`` / ``invalid_webhook_url``); the page tasks carry it on, and so does a
+``failed`` result of a document refused after the check, so its failure is called back too.
 
 Anything wrong with a document becomes a dead-letter record plus a ``failed``
 document result (when its id is known); the partition never stops. That policy, the
@@ -54,6 +58,7 @@ from ocrstream.sources import check_source
 from ocrstream.storage import ObjectStore
 from ocrstream.streaming import Output, StageRuntime, StopFlag, retry_transient, run_stage
 from ocrstream.streaming.loop import RecordContext
+from ocrstream.webhooks import check_webhook_url
 from schemas import DocumentRef, ObjectRef, PageTask, decode, encode
 from topology import document_key, page_partition, placed_partition
 
@@ -210,6 +215,10 @@ class Splitter:
             raise OcrstreamError(ReasonCode.MESSAGE_TOO_LARGE, f"value is {size} bytes, limit {s.max_message_bytes}")
         ref = decode(msg.value(), DocumentRef)
         ctx.document_id, ctx.source, ctx.submitted_at = ref.document_id, ref.source, ref.submitted_at
+        if ref.webhook_url is not None:
+            # The callback is a request from the service's network position: the tenant's allowed hosts
+            # only, checked before anything is read. Once checked, a failure below is called back too.
+            ctx.webhook_url = check_webhook_url(s, ref.webhook_url, tenant)
         key = check_source(s, ref.source.bucket, ref.source.key, tenant)  # before any read: the trust boundary
         if ref.pages is not None:
             parse_page_ranges(ref.pages)  # junk costs no download
@@ -266,6 +275,7 @@ class Splitter:
                 document_id=ref.document_id, source=source, page_number=n, page_count=len(numbers),
                 kind=info.kind, dpi=dpi, submitted_at=ref.submitted_at, tenant=tenant, slice=slices.get(n),
                 placement=placement, page_range=page_range, cache_request=cache_request,
+                webhook_url=ref.webhook_url,
             )), partition=placed_partition(placement, n) if placement else None)
             for n in numbers
         ]

@@ -6,6 +6,7 @@
     ocrstream submit FILE... [--wait] [--json]
     ocrstream watch                    drop folder -> ingest
     ocrstream splitter|worker|assembler  one stage (for deployment)
+    ocrstream webhooks                 completion callbacks (document results -> signed POSTs)
     ocrstream run [--workers N | --gpus 0,1 --workers-per-gpu K]  every stage, as child processes
     ocrstream dlq list|replay          inspect / re-drive dead letters
     ocrstream delete DOCUMENT_ID...    delete source objects and results (deletion requests)
@@ -148,12 +149,21 @@ def cmd_submit(args, s: Settings) -> int:
     for f in map(Path, args.files):
         if not f.is_file():
             raise PreflightError(ExitCode.NO_INPUT, f"no such file: {f}")
+    if args.webhook is not None:
+        from .errors import OcrstreamError
+        from .webhooks import check_webhook_url
+
+        try:  # before anything is uploaded: the splitter would refuse the document
+            check_webhook_url(s, args.webhook, s.tenant)
+        except OcrstreamError as exc:
+            raise PreflightError(ExitCode.TIMEOUT, f"--webhook: {exc}") from None  # a usage error: exit 2
     check_uploads_allowed(s)
     check_kafka(s, [s.tenant_topic(s.tenant, "ingest"), *([s.tenant_topic(s.tenant, "document-results")] if args.wait else [])], quiet=not args.debug)
     check_store(s)
 
     return submit_files(s, [Path(f) for f in args.files], wait=args.wait, as_json=args.json,
-                        timeout_s=args.timeout or None, dpi=args.dpi, pages=args.pages, no_cache=args.no_cache)
+                        timeout_s=args.timeout or None, dpi=args.dpi, pages=args.pages, no_cache=args.no_cache,
+                        webhook_url=args.webhook)
 
 
 def _page_ranges(text: str) -> str:
@@ -177,6 +187,8 @@ def cmd_stage(args, s: Settings) -> int:
         from consumers.assembler import run_assembler as run
     elif args.command == "watch":
         from producers.watch import run_watcher as run
+    elif args.command == "webhooks":
+        from consumers.webhooks import run_webhooks as run
     else:
         raise SystemExit(f"unknown stage {args.command}")
     return run(s) or 0
@@ -334,7 +346,8 @@ def cmd_run(args, s: Settings) -> int:
         n_workers = default_workers(os.cpu_count() or 1, psutil.virtual_memory().available)
     # The drop folder's users read the outbox: its sink runs with the watcher.
     stages = (["splitter", "assembler"] + ["worker"] * n_workers + ([] if args.no_watch else ["watch", "sink outbox"])
-              + ([] if args.no_analytics else ["sink parquet"]))
+              + ([] if args.no_analytics else ["sink parquet"])
+              + (["webhooks"] if s.webhook_allowed_hosts else []))  # callbacks only where some are allowed
     procs: dict[int, tuple[str, subprocess.Popen]] = {}
     started: dict[int, float] = {}
     delays: dict[int, float] = {}  # restart delay per child: 1 s doubling to 60 s, reset after 60 s up
@@ -492,9 +505,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help='pages to OCR of each document, 1-based inclusive ranges, e.g. "1-3,7" (default: all)')
     sm.add_argument("--no-cache", action="store_true",
                     help="OCR the files even when the result cache holds their results (the fresh results are stored)")
+    sm.add_argument("--webhook", default=None, metavar="URL",
+                    help="completion callback: `ocrstream webhooks` POSTs each document's signed result summary "
+                         "here (a host of OCRSTREAM_WEBHOOK_ALLOWED_HOSTS)")
     sm.set_defaults(fn=cmd_submit)
     for name, text in [("worker", "OCR worker (consumer group member)"), ("splitter", "documents -> pages"),
-                       ("assembler", "page results -> document results"), ("watch", "drop folder -> ingest")]:
+                       ("assembler", "page results -> document results"), ("watch", "drop folder -> ingest"),
+                       ("webhooks", "completion callbacks: document results -> signed POSTs (OCRSTREAM_WEBHOOK_*)")]:
         add(name, help=text).set_defaults(fn=cmd_stage)
     sk = add("sink", help="write document results where users look: `outbox` (files next to the drop folder), "
                           "`parquet` (analytics tables)")

@@ -19,6 +19,8 @@ Prometheus series (prometheus-client, default registry):
   ``ocrstream_gateway_results{kind}``
 - ``ocrstream_result_cache_lookups_total{outcome}``, ``ocrstream_result_cache_writes_total{outcome}``,
   ``ocrstream_result_cache_entries``
+- ``ocrstream_webhook_calls_total{outcome}``, ``ocrstream_webhook_deliveries_total{outcome}``,
+  ``ocrstream_webhook_call_seconds`` (histogram)
 - ``ocrstream_gpu_utilization_percent{gpu}``, ``ocrstream_gpu_memory_used_bytes{gpu}``,
   ``ocrstream_gpu_memory_total_bytes{gpu}`` (only where NVML finds GPUs)
 """
@@ -102,6 +104,16 @@ RESULT_CACHE_WRITES = Counter("ocrstream_result_cache_writes", "Succeeded docume
                               "result cache (written) or could not (too_large)", ["outcome"])
 RESULT_CACHE_ENTRIES = Gauge("ocrstream_result_cache_entries", "Entries in the splitter's index of the result-cache "
                              "topic")
+# Completion webhooks (consumers/webhooks.py)
+WEBHOOK_CALLS = Counter("ocrstream_webhook_calls", "HTTP calls of webhook receivers by outcome: success (2xx), "
+                        "server_error (5xx, 429: retried), client_error (other answers, redirects included: final), "
+                        "transport_error (connection, timeout: retried)", ["outcome"])
+WEBHOOK_DELIVERIES = Counter("ocrstream_webhook_deliveries", "Document results the webhooks stage handled that named a "
+                             "webhook: delivered, failed (retries spent: dead letter webhook_failed), refused (not an "
+                             "allowed receiver: dead letter), expired (older than OCRSTREAM_WEBHOOK_MAX_AGE_S: not "
+                             "called)", ["outcome"])
+WEBHOOK_LATENCY = Histogram("ocrstream_webhook_call_seconds", "Duration of one webhook call (request sent to answer "
+                            "read, or the error)", buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 GPU_UTIL = Gauge("ocrstream_gpu_utilization_percent", "GPU utilisation", ["gpu"])
 GPU_MEM_USED = Gauge("ocrstream_gpu_memory_used_bytes", "GPU memory used", ["gpu"])
 GPU_MEM_TOTAL = Gauge("ocrstream_gpu_memory_total_bytes", "GPU memory total", ["gpu"])

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     acl_principal: str = Field(
         "User:ocrstream-{role}", description="principal of each role for `ocrstream acls apply` ({role}: "
                                              "submitter, splitter, worker, assembler, watcher, outbox, analytics, "
-                                             "operator, and "
+                                             "webhooks, operator, gateway, and "
                                              "tenant-<name> for each tenant)")
     kafka_debug: str | None = Field(
         None, description="librdkafka debug contexts, e.g. `consumer,cgrp,fetch` (logged at DEBUG through "
@@ -157,6 +157,43 @@ class Settings(BaseSettings):
     gateway_pending_ids: int = Field(
         100_000, ge=0, description="document ids accepted by this gateway process it remembers, to answer "
         "`pending` (not 404) until their result arrives (most recent first)")
+
+    # --- Completion webhooks (`ocrstream webhooks`, consumers/webhooks.py) ---------
+    webhook_allowed_hosts: dict[str, str] = Field(
+        {}, description="where completion webhooks may go, per tenant, JSON `{\"tenant\": \"host[:port],...\"}` "
+        "(`-`: the default tenant): a document's webhook_url must name one of its own tenant's entries: https "
+        "(port 443 unless given), or plain http where the entry is written `http://host[:port]` (port 80 unless "
+        "given); a tenant without an entry cannot use webhooks. {} = every webhook refused")
+    webhook_secrets: SecretStr = Field(
+        SecretStr(""), description="HMAC-SHA256 keys that sign each tenant's webhook calls (X-Ocrstream-Signature), "
+        "`tenant=secret,...` (`-=secret`: the default tenant); `ocrstream webhooks` refuses to start without one for "
+        "every tenant in OCRSTREAM_WEBHOOK_ALLOWED_HOSTS (only that stage needs them; never logged)")
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, description="time limit of one webhook call: connect, send, answer (seconds)")
+    webhook_attempts: int = Field(
+        6, ge=1, description="calls per webhook delivery at most: connection errors, timeouts, 5xx and 429 are "
+        "retried, any other answer is final")
+    webhook_retry_base_s: float = Field(
+        1.0, gt=0, description="webhook retries: exponential backoff with full jitter, the n-th wait uniform in "
+        "0..min(OCRSTREAM_WEBHOOK_RETRY_MAX_S, base x 2^(n-1)) (seconds); a 429's Retry-After is honoured up to that "
+        "maximum")
+    webhook_retry_max_s: float = Field(30.0, gt=0, description="longest wait between two calls of one delivery "
+                                       "(seconds)")
+    webhook_max_elapsed_s: float = Field(
+        120.0, gt=0, description="no call of a delivery starts later than this after its first (seconds); then it "
+        "is a dead letter `webhook_failed` and the stage goes on (one delivery holds its partition at most this "
+        "plus OCRSTREAM_WEBHOOK_TIMEOUT_S)")
+    webhook_host_cooldown_s: float = Field(
+        60.0, ge=0, description="after a delivery to a host failed with its retries spent, each delivery to that "
+        "host gets one call only for this long (seconds), so a receiver that is down does not hold up the others' "
+        "callbacks; 0 = off")
+    webhook_max_age_s: float = Field(
+        86400.0, gt=0, description="results completed longer ago than this get no callback (seconds): a webhooks "
+        "stage that starts without committed offsets (a new group, offsets expired) does not call old documents "
+        "again")
+    webhook_links_base: str | None = Field(
+        None, description="public base URL of the HTTP gateway, e.g. `https://ocr.example.com`: webhook summaries "
+        "then carry links to the document's status and text; unset = no links")
 
     # --- Local stack (`ocrstream stack`) ------------------------------------
     stack_dir: Path = Field(Path(".ocrstream"), description="data, logs and pids of the local stack")
@@ -349,6 +386,39 @@ class Settings(BaseSettings):
         parse_api_keys(value.get_secret_value(), info.data.get("tenants", {}))  # raises ValueError
         return value
 
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _webhook_hosts(cls, value: dict[str, str], info) -> dict[str, str]:
+        from .webhooks import parse_host_rules
+
+        tenants = info.data.get("tenants", {})
+        for name, hosts in value.items():
+            if name != "-" and name not in tenants:
+                raise ValueError(f"tenant {name!r} is not in OCRSTREAM_TENANTS (`-`: the default tenant)")
+            parse_host_rules(hosts)  # raises ValueError
+        return value
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _webhook_secrets(cls, value: SecretStr, info) -> SecretStr:
+        parse_webhook_secrets(value.get_secret_value(), info.data.get("tenants", {}))  # raises ValueError
+        return value
+
+    @field_validator("webhook_links_base")
+    @classmethod
+    def _links_base(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("expected an http(s) URL, e.g. https://ocr.example.com")
+        return value.rstrip("/")
+
+    def webhook_secret_of(self, tenant: str | None) -> bytes | None:
+        """The HMAC key that signs ``tenant``'s webhook calls (None: the default tenant), from
+        ``OCRSTREAM_WEBHOOK_SECRETS`` (:func:`parse_webhook_secrets`); None when it has none."""
+        secret = parse_webhook_secrets(self.webhook_secrets.get_secret_value(), self.tenants).get(tenant)
+        return None if secret is None else secret.encode()
+
     def gateway_tenants(self) -> dict[str, str | None]:
         """``OCRSTREAM_GATEWAY_API_KEYS`` as ``{api key: tenant}`` (None: the default tenant),
         see :func:`parse_api_keys`."""
@@ -392,6 +462,11 @@ class Settings(BaseSettings):
         """Every ingest topic the splitter reads: the default tenant's, then each tenant's."""
         return [self.tenant_topic(t, "ingest") for t in (None, *self.tenants)]
 
+    def results_topics(self) -> list[str]:
+        """Every document-results topic (the webhooks stage reads them all): the default tenant's,
+        then each tenant's."""
+        return [self.tenant_topic(t, "document-results") for t in (None, *self.tenants)]
+
     def tenant_of(self, topic: str) -> str | None:
         """The tenant a full topic name belongs to (None: the default tenant)."""
         from topology.tenants import tenant_of_topic
@@ -434,6 +509,29 @@ def parse_api_keys(text: str, tenants: dict[str, str]) -> dict[str, str | None]:
             raise ValueError(f"tenant {tenant!r} is not in OCRSTREAM_TENANTS")
         keys[key] = None if tenant == "-" else tenant
     return keys
+
+
+def parse_webhook_secrets(text: str, tenants: dict[str, str]) -> dict[str | None, str]:
+    """``"-=s1,acme=s2"`` -> ``{None: "s1", "acme": "s2"}`` (``-``: the default tenant). The tenant is
+    before the first ``=`` (tenant names have none), so a secret may contain ``=`` (base64), not ``,``.
+
+    Raises:
+        ValueError: an entry is not ``tenant=secret``, a tenant repeats, or is not in ``tenants``.
+            The message never contains a secret.
+    """
+    secrets: dict[str | None, str] = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        tenant, sep, secret = entry.partition("=")
+        tenant, secret = tenant.strip(), secret.strip()
+        if not sep or not tenant or not secret:
+            raise ValueError("an entry is not `tenant=secret` (`-=secret` for the default tenant)")
+        if tenant != "-" and tenant not in tenants:
+            raise ValueError(f"tenant {tenant!r} is not in OCRSTREAM_TENANTS")
+        name = None if tenant == "-" else tenant
+        if name in secrets:
+            raise ValueError(f"tenant {tenant} is given twice")
+        secrets[name] = secret
+    return secrets
 
 
 def settings_table() -> str:

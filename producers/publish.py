@@ -27,6 +27,7 @@ from ocrstream.page_ranges import normalize_page_ranges
 from ocrstream.settings import Settings
 from ocrstream.sources import check_source
 from ocrstream.storage import ObjectStore
+from ocrstream.webhooks import check_webhook_url
 from schemas import DocumentOptions, DocumentRef, ObjectRef, encode
 
 
@@ -41,7 +42,7 @@ def now_ms() -> int:
 
 def stable_document_id(bucket: str, key: str, etag: str, version_id: str | None = None,
                        options: DocumentOptions | None = None, tenant: str | None = None,
-                       pages: str | None = None, no_cache: bool = False) -> str:
+                       pages: str | None = None, no_cache: bool = False, webhook_url: str | None = None) -> str:
     """A document id derived from the object version and the processing options:
     republishing the same version with the same options yields the same id, so its
     result overwrites itself in the compacted results topic (and the assembler's
@@ -54,7 +55,10 @@ def stable_document_id(bucket: str, key: str, etag: str, version_id: str | None 
     the identity too: the same version with other pages is another document (its result must not
     replace the other's); None leaves the id as before. ``no_cache`` (OCR even when the result
     cache has this document's result) makes another document too: with the same id, the done
-    marker of the earlier one would drop its pages. 32 hex chars (SHA-256 prefix)."""
+    marker of the earlier one would drop its pages. So is a completion webhook (``webhook_url``):
+    the assembler publishes one result per document, so a resubmission of a finished document that
+    asks for a callback must be a new document to get one; None leaves the id as before. 32 hex
+    chars (SHA-256 prefix)."""
     material = f"{bucket}\0{key}\0{etag}\0{version_id or ''}"
     if tenant is not None:
         material = f"tenant\0{tenant}\0{material}"
@@ -67,6 +71,8 @@ def stable_document_id(bucket: str, key: str, etag: str, version_id: str | None 
         material += f"\0pages\0{pages}"
     if no_cache:
         material += "\0no_cache"
+    if webhook_url is not None:
+        material += f"\0webhook\0{webhook_url}"
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
@@ -111,7 +117,7 @@ class DocumentPublisher:
 
     def publish_object(self, bucket: str, key: str, *, filename: str | None = None,
                        document_id: str | None = None, dpi: int | None = None, pages: str | None = None,
-                       no_cache: bool = False) -> str:
+                       no_cache: bool = False, webhook_url: str | None = None) -> str:
         """Publish a reference to an object that is already stored (stat'ed for ETag/size).
 
         The document id (unless given) is :func:`stable_document_id` of the object version
@@ -124,37 +130,45 @@ class DocumentPublisher:
                 ``failed`` result with ``invalid_page_range``).
             no_cache: OCR it even when the result cache holds its result (``DocumentRef.no_cache``;
                 another document id than without it).
+            webhook_url: completion callback (:mod:`ocrstream.webhooks`): the ``ocrstream webhooks``
+                stage POSTs the result's signed summary there; must be one of the tenant's
+                ``OCRSTREAM_WEBHOOK_ALLOWED_HOSTS``. None = no callback.
 
         Raises:
             OcrstreamError: ``invalid_page_range`` (malformed ``pages``, checked before anything
-                else), ``invalid_bucket``, ``invalid_key``, ``forbidden_source`` (outside
-                ``OCRSTREAM_ALLOWED_SOURCES``), ``object_not_found``, ``storage_error``.
+                else), ``invalid_webhook_url``, ``webhook_not_allowed``, ``invalid_bucket``,
+                ``invalid_key``, ``forbidden_source`` (outside ``OCRSTREAM_ALLOWED_SOURCES``),
+                ``object_not_found``, ``storage_error``.
         """
         pages = None if pages is None else normalize_page_ranges(pages)
+        if webhook_url is not None:
+            check_webhook_url(self.s, webhook_url, self.s.tenant)
         key = check_source(self.s, bucket, key, self.s.tenant)  # fail here, not as a dead letter later
         info = self.store.stat(bucket, key)
         options = DocumentOptions(dpi=dpi)
         ref = DocumentRef(
             document_id=document_id or stable_document_id(bucket, key, info.etag, info.version_id, options,
-                                                          self.s.tenant, pages, no_cache),
+                                                          self.s.tenant, pages, no_cache, webhook_url),
             source=ObjectRef(bucket=bucket, key=key, filename=filename or PurePosixPath(key).name,
                              etag=info.etag, version_id=info.version_id, size=info.size,
                              content_type=info.content_type),
-            submitted_at=now_ms(), options=options, pages=pages, no_cache=no_cache or None,
+            submitted_at=now_ms(), options=options, pages=pages, no_cache=no_cache or None, webhook_url=webhook_url,
         )
         return self.publish_ref(ref)
 
     def upload_and_publish(self, path: Path, *, dpi: int | None = None, pages: str | None = None,
-                           no_cache: bool = False) -> str:
+                           no_cache: bool = False, webhook_url: str | None = None) -> str:
         """Upload a local file under ``upload_prefix/<document_id>/<name>`` and publish it
-        (``pages``, ``no_cache``: as :meth:`publish_object`).
+        (``pages``, ``no_cache``, ``webhook_url``: as :meth:`publish_object`).
 
         Raises:
             OSError: the file cannot be read.
-            OcrstreamError: ``invalid_page_range`` (before the upload), ``storage_error``,
-                ``message_too_large``.
+            OcrstreamError: ``invalid_page_range``, ``invalid_webhook_url``, ``webhook_not_allowed``
+                (before the upload), ``storage_error``, ``message_too_large``.
         """
         pages = None if pages is None else normalize_page_ranges(pages)
+        if webhook_url is not None:
+            check_webhook_url(self.s, webhook_url, self.s.tenant)
         document_id = uuid.uuid4().hex
         data = Path(path).read_bytes()
         key = f"{self.s.upload_prefix}{document_id}/{Path(path).name}"
@@ -164,6 +178,7 @@ class DocumentPublisher:
             source=ObjectRef(bucket=info.bucket, key=key, filename=Path(path).name, etag=info.etag,
                              version_id=info.version_id, size=info.size, content_type=info.content_type),
             submitted_at=now_ms(), options=DocumentOptions(dpi=dpi), pages=pages, no_cache=no_cache or None,
+            webhook_url=webhook_url,
         )
         return self.publish_ref(ref)
 

@@ -20,6 +20,7 @@ from .results import ResultFollower
 
 def submit_files(s: Settings, files: list[Path], *, wait: bool, as_json: bool, timeout_s: float | None,
                  dpi: int | None = None, pages: str | None = None, no_cache: bool = False,
+                 webhook_url: str | None = None,
                  out: TextIO = sys.stdout) -> int:
     """Upload and publish ``files``; with ``wait``, print their document results.
 
@@ -27,6 +28,7 @@ def submit_files(s: Settings, files: list[Path], *, wait: bool, as_json: bool, t
         pages: page ranges to OCR of every file (``"1-3,7"``, :mod:`ocrstream.page_ranges`);
             None = all pages. A file with fewer pages fails with ``invalid_page_range``.
         no_cache: OCR every file even when the result cache holds its result.
+        webhook_url: completion callback of every file's document (:mod:`ocrstream.webhooks`).
 
     Returns:
         exit code: 0 when every document succeeded (or ``wait`` is off), 1 when
@@ -43,7 +45,7 @@ def submit_files(s: Settings, files: list[Path], *, wait: bool, as_json: bool, t
     ids: dict[str, Path] = {}
     with DocumentPublisher(s) as pub:
         for f in files:
-            ids[pub.upload_and_publish(f, dpi=dpi, pages=pages, no_cache=no_cache)] = f
+            ids[pub.upload_and_publish(f, dpi=dpi, pages=pages, no_cache=no_cache, webhook_url=webhook_url)] = f
     if not wait:
         for doc_id, f in ids.items():
             print(orjson.dumps({"document_id": doc_id, "file": str(f)}).decode() if as_json else f"{doc_id}  {f}",

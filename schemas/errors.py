@@ -36,6 +36,10 @@ class ReasonCode(StrEnum):
     RESULT_TOO_LARGE = "result_too_large"
     INVALID_PAGE_RANGE = "invalid_page_range"  # DocumentRef.pages malformed, or beyond the document's pages
     NO_TEXT_LAYER = "no_text_layer"  # OCRSTREAM_TEXT_LAYER=only and the page has no usable text layer
+    # Completion webhooks (DocumentRef.webhook_url): only documents that name one can get these.
+    INVALID_WEBHOOK_URL = "invalid_webhook_url"  # not an absolute http(s) URL, or credentials/fragment in it
+    WEBHOOK_NOT_ALLOWED = "webhook_not_allowed"  # host, port or scheme outside the tenant's OCRSTREAM_WEBHOOK_ALLOWED_HOSTS
+    WEBHOOK_FAILED = "webhook_failed"  # the receiver did not accept the call within the retry budget
     # Stage runtime (ocrstream/streaming): failures that are not the input's fault.
     INTERNAL_ERROR = "internal_error"  # an unexpected exception while handling a record (a bug)
     INCOMPLETE = "incomplete"  # a document still missing pages after OCRSTREAM_DOCUMENT_DEADLINE_S

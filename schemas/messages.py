@@ -165,6 +165,15 @@ class DocumentRef(_Message):
         description="true: OCR the document even when the result cache holds a result for the same bytes and "
                     "configuration (the fresh result then replaces the cached one, like HTTP's `no-cache`); "
                     "absent = use the cache")
+    # Not constrained here either: a URL outside the tenant's allowed hosts, or a malformed one, is the
+    # splitter's `webhook_not_allowed` / `invalid_webhook_url` (a failed result), not a schema violation.
+    webhook_url: str | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="completion callback: the `ocrstream webhooks` stage POSTs a signed summary of the document "
+                    "result here once (ocrstream.webhooks); must name a host of the tenant's "
+                    "OCRSTREAM_WEBHOOK_ALLOWED_HOSTS, https unless that entry allows http, else the document fails "
+                    "with `webhook_not_allowed` (`invalid_webhook_url` when malformed) before it is read; "
+                    "absent = no callback")
 
 
 PLACEMENT_DOC = ("partitions of the pages topic that hold this document's page tasks: page n is on "
@@ -175,6 +184,9 @@ PLACEMENT_DOC = ("partitions of the pages topic that hold this document's page t
 PROFILE_DOC = ("the model profile the page was routed to (set by the splitter, topology.pages); absent = `default`")
 
 LANE_DOC = ("the priority lane the page was routed to (set by the splitter, topology.pages); absent = `batch`")
+
+WEBHOOK_DOC = ("the document's completion callback (DocumentRef.webhook_url, checked by the splitter against "
+               "the tenant's allowed hosts and again by the webhooks stage); absent = none")
 
 
 PAGE_RANGE_DOC = ("the pages of the document that were requested, canonical ranges (\"1-3,7\", "
@@ -212,6 +224,7 @@ class PageTask(_Message):
         description="the splitter's half of the result-cache key (SHA-256 over tenant, content hash, DPI and "
                     "pages, ocrstream/result_cache.py); the worker adds its own output fingerprint to make "
                     "PageResult.cache_key; absent = the result is not cached")
+    webhook_url: str | None = Field(None, exclude_if=lambda v: v is None, description=WEBHOOK_DOC)
 
 
 class Detection(_Message):
@@ -286,6 +299,8 @@ class PageResult(Page):
         description="result-cache key of this page's document: the task's cache_request with this worker's output "
                     "fingerprint (ocrstream/result_cache.py); the assembler caches a succeeded document whose pages "
                     "all carry the same one; absent = not cached")
+    webhook_url: str | None = Field(None, exclude_if=lambda v: v is None,
+                                    description=WEBHOOK_DOC + "; copied from the page task")
 
 
 CACHE_KEY_DOC = "the result-cache key this result was stored under or served from (ocrstream/result_cache.py)"
@@ -329,6 +344,9 @@ class DocumentResult(_Message):
                                     description="on a cache hit: the document_id whose OCR produced these pages")
     cache_key: str | None = Field(None, exclude_if=lambda v: v is None, pattern=r"^[0-9a-f]{64}$",
                                   description=CACHE_KEY_DOC + "; `ocrstream delete` removes that entry too")
+    webhook_url: str | None = Field(None, exclude_if=lambda v: v is None,
+                                    description=WEBHOOK_DOC + "; the webhooks stage calls it with this result's "
+                                                "summary")
 
     def text(self) -> str:
         """All recognized text, pages separated by a form feed, lines by newlines."""

@@ -76,3 +76,18 @@ def test_the_gateway_publishes_and_follows_for_every_tenant_and_nothing_else():
     # the pipeline's internals stay out of reach: no page tasks, page results or dead letters
     assert not {g.name for g in grants} & {"ocr.page-results", "ocr.dead-letters", "ocr.assembler-state"}
     assert names("WRITE") & {"ocr.pages"} == set()
+
+
+def test_the_webhooks_stage_reads_every_tenants_results_and_writes_only_dead_letters():
+    """Completion callbacks leave through HTTP: in Kafka the stage reads every results topic
+    (each tenant's callbacks), writes dead letters, commits in its own group; no ingest, no pages."""
+    grants = [g for g in acl_grants("ocr.", "ocrstream.", tenants=("acme",)) if g.role == "webhooks"]
+
+    def names(op: str, resource: str = "topic") -> set[str]:
+        return {g.name for g in grants if g.operation == op and g.resource == resource}
+
+    assert names("READ") == {"ocr.document-results", "ocr.tenant.acme.document-results"}
+    assert names("WRITE") == {"ocr.dead-letters"}
+    assert names("READ", "group") == {"ocrstream.webhooks"}
+    assert names("WRITE", "transactional_id") == {"ocrstream.webhooks-"}
+    assert not {g.name for g in grants} & {"ocr.ingest", "ocr.tenant.acme.ingest", "ocr.pages", "ocr.page-results"}

@@ -7,7 +7,8 @@ per role plus ``admin`` (the only super user besides the broker's own PLAINTEXT 
 - a matrix of denials, each checked against the broker: a role cannot write, read, join a
   group or use a transactional id that is not its own;
 - every stage runs end to end as a subprocess with only its own principal (no wildcard grant):
-  a document submitted by the submitter principal gets its result, and so do documents
+  a document submitted by the submitter principal gets its result and its completion webhook
+  (the webhooks stage reads the default tenant's and a tenant's results), and so do documents
   submitted through the HTTP gateway (``ocrstream gateway`` as its own principal, a real POST
   and GET over HTTP for the default tenant and a tenant).
 """
@@ -186,17 +187,26 @@ def test_each_role_is_refused_what_is_not_its_own(roles):
 
 def test_every_stage_runs_with_only_its_own_acls(roles, processes, tmp_path):
     from ocrstream.storage import ObjectStore
+    from test_webhooks import Receiver, verified
 
+    # Completion webhooks too: both documents name a callback, which the webhooks stage (its own
+    # principal) makes after reading the default tenant's and acme's results topics.
+    receiver = Receiver()
+    secrets = {None: "acl-hook-default", "acme": "acl-hook-acme"}
+    hooks = {"webhook_allowed_hosts": {"-": f"http://127.0.0.1:{receiver.port}", "acme": f"http://127.0.0.1:{receiver.port}"},
+             "webhook_secrets": SecretStr(",".join(f"{t or '-'}={k}" for t, k in secrets.items()))}
+    roles = {role: s.model_copy(update=hooks) for role, s in roles.items()}
     ObjectStore(roles["admin"]).ensure_bucket()
     for stage, role in (("splitter", "splitter"), ("worker", "worker"), ("assembler", "assembler"),
-                        ("watch", "watcher"), ("sink outbox", "outbox"), ("sink parquet", "analytics")):
+                        ("watch", "watcher"), ("sink outbox", "outbox"), ("sink parquet", "analytics"),
+                        ("webhooks", "webhooks")):
         processes.start(roles[role], stage)
     path = tmp_path / "acl.pdf"
     path.write_bytes(make_pdf([["LEAST PRIVILEGE"]]))
     for client in (roles["submitter"], roles[tenant_role("acme")]):  # the default tenant's and a tenant's
         follower = ResultFollower(client)
         with DocumentPublisher(client) as pub:
-            doc_id = pub.upload_and_publish(path)
+            doc_id = pub.upload_and_publish(path, webhook_url=receiver.url(f"/{client.kafka_sasl_username}"))
         try:
             results = follower.wait_for([doc_id], timeout_s=180)
         except TimeoutError:
@@ -207,13 +217,17 @@ def test_every_stage_runs_with_only_its_own_acls(roles, processes, tmp_path):
             follower.close()
         assert results[doc_id].status == "succeeded", results[doc_id].error
         assert "LEAST" in results[doc_id].text()
+        (call,) = receiver.wait(f"/{client.kafka_sasl_username}", timeout_s=120)
+        assert verified(call, secrets[client.tenant])["document_id"] == doc_id
+    receiver.close()
     _gateway_round_trip(roles, processes, path)
     # The sinks read the results as their own principals and commit in their own groups.
     admin = roles["admin"]
     deadline = time.monotonic() + 120
-    for group in ("outbox", "analytics"):
-        while not committed_to_end(admin, admin.group(group), admin.topic("document-results")):
-            assert time.monotonic() < deadline, f"the {group} sink did not commit the results with its own ACLs"
+    for group, topic in (("outbox", "document-results"), ("analytics", "document-results"),
+                         ("webhooks", "document-results"), ("webhooks", tenant_topic("acme", "document-results"))):
+        while not committed_to_end(admin, admin.group(group), admin.topic(topic)):
+            assert time.monotonic() < deadline, f"the {group} stage did not commit {topic} with its own ACLs"
             time.sleep(1.0)
     for p in processes.procs:
         log = open(p.log_path, errors="replace").read()

@@ -54,7 +54,7 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "ocrstream.json"
 K8S_VERSION = "1.32.0"
 
 SETTINGS_ENV = {f"OCRSTREAM_{name.upper()}" for name in Settings.model_fields}
-STAGES = ("splitter", "worker", "assembler", "watch", "sink-outbox", "sink-parquet")
+STAGES = ("splitter", "worker", "assembler", "watch", "sink-outbox", "sink-parquet", "webhooks")
 GATEWAY = "gateway"
 """The HTTP gateway (``ocrstream gateway``, producers/gateway/): deployed like a stage, but it is
 no stage-runtime loop and serves /healthz, /readyz and /metrics on ``OCRSTREAM_GATEWAY_PORT``."""

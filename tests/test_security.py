@@ -137,10 +137,10 @@ def test_cli_reports_refused_credentials_in_one_line(tls_broker, settings):
 
 
 def test_no_stage_leaks_a_secret(tls_broker, settings, store, processes, tmp_path):
-    """Every stage as a subprocess with the SASL password and S3 secret set, logging at DEBUG;
-    a failure driven through each (a missing object, a record that is not JSON, a forbidden
-    source, a corrupt PDF, a refused drop-folder key); then every stage log, dead letter,
-    result and metrics sample (values and headers) is scanned for both secrets."""
+    """Every stage as a subprocess with the SASL password, S3 secret and a webhook signing secret
+    set, logging at DEBUG; a failure driven through each (a missing object, a record that is not
+    JSON, a forbidden source, a corrupt PDF, a refused drop-folder key); then every stage log,
+    dead letter, result, metrics sample (values and headers) and webhook call is scanned for them."""
     import signal
 
     from confluent_kafka import Producer
@@ -151,13 +151,21 @@ def test_no_stage_leaks_a_secret(tls_broker, settings, store, processes, tmp_pat
 
     from conftest import read_topic
 
-    s = _secure(settings, tls_broker / "ca.pem")
-    secrets = [PASSWORD, s.s3_secret_key.get_secret_value()]
+    from pydantic import SecretStr
+
+    from test_webhooks import Receiver
+
+    receiver = Receiver()  # the webhooks stage signs its calls with a secret of its own
+    hook_secret = "whsec-leak-probe-58d1"
+    s = _secure(settings, tls_broker / "ca.pem").model_copy(update={
+        "webhook_allowed_hosts": {"-": f"http://127.0.0.1:{receiver.port}"},
+        "webhook_secrets": SecretStr(f"-={hook_secret}")})
+    secrets = [PASSWORD, s.s3_secret_key.get_secret_value(), hook_secret]
     apply_topics(make_admin(s), topic_specs(), s.topic_prefix)
     # librdkafka's security/broker/conf debug contexts too: where a client library would leak a password.
     env = {"OCRSTREAM_LOG_LEVEL": "DEBUG", "OCRSTREAM_METRICS_INTERVAL_S": "1",
            "OCRSTREAM_KAFKA_DEBUG": "security,broker,conf"}
-    procs = [processes.start(s, stage, **env) for stage in ("splitter", "worker", "assembler", "watch")]
+    procs = [processes.start(s, stage, **env) for stage in ("splitter", "worker", "assembler", "watch", "webhooks")]
 
     store.put_bytes("uploads/ok.pdf", make_pdf([["VALID"]]), "application/pdf")
     store.put_bytes("uploads/corrupt.pdf", b"%PDF-1.7\n" + b"\x00garbage" * 50, "application/pdf")
@@ -166,7 +174,7 @@ def test_no_stage_leaks_a_secret(tls_broker, settings, store, processes, tmp_pat
             "forbidden": "internal/payroll.pdf"}
     p = Producer(producer_config(s))
     for doc_id, key in refs.items():
-        ref = DocumentRef(document_id=doc_id, submitted_at=now_ms(),
+        ref = DocumentRef(document_id=doc_id, submitted_at=now_ms(), webhook_url=receiver.url(f"/{doc_id}"),
                           source=ObjectRef(bucket=s.bucket, key=key, filename=key.rsplit("/", 1)[-1]))
         p.produce(s.topic("ingest"), encode(ref), doc_id)
     p.produce(s.topic("ingest"), b"{not json", b"garbage")
@@ -179,6 +187,8 @@ def test_no_stage_leaks_a_secret(tls_broker, settings, store, processes, tmp_pat
     assert results["forbidden"].error.code == "forbidden_source"
     assert any(r.source.key == "inbox/dropped.pdf" for r in results.values())  # the watcher published it
     consume_all(s, s.topic("metrics"), 1, 60)  # a worker sample exists
+    calls = [receiver.wait(f"/{doc_id}", timeout_s=60)[0] for doc_id in ("ok", "missing")]  # signed, not leaked
+    receiver.close()
     for proc in procs:
         proc.send_signal(signal.SIGTERM)
     for proc in procs:
@@ -191,6 +201,10 @@ def test_no_stage_leaks_a_secret(tls_broker, settings, store, processes, tmp_pat
             scanned += 1
             for secret in secrets:
                 assert secret.encode() not in blob, (topic, m.offset())
+    for call in calls:
+        blob = call["body"] + "".join(f"{k}{v}" for k, v in call["headers"].items()).encode()
+        for secret in secrets:
+            assert secret.encode() not in blob, call["path"]
     logs = {proc.log_path: open(proc.log_path, errors="replace").read() for proc in procs}
     assert all("DEBUG" in text for text in logs.values())  # the stages did log at DEBUG
     for path, text in logs.items():

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .tenants import check_tenant_name, follower_group, tenant_topic
 
 ROLES = ("submitter", "splitter", "worker", "assembler", "watcher", "outbox", "analytics", "operator",
-         "gateway")
+         "gateway", "webhooks")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class RoleGrants:
     # lookup librdkafka makes for any group.id), never READ (no join, no offset fetch or commit)
     describe_group_families: tuple[str, ...] = ()
     tenants_too: bool = False  # its reads/writes of ingest and document-results include every tenant's
+    tenant_results: bool = False  # reads every tenant's document-results topic too (and no tenant ingest)
     transactional: bool = False  # transactional ids "<group_prefix><stage>-*"
     restores: bool = False  # reads a state topic by assignment (group "<group_prefix>restore-*")
 
@@ -69,6 +70,10 @@ GRANTS: dict[str, RoleGrants] = {
     # measures the page backlog (watermarks of `pages`, committed offsets of the worker group)
     "gateway": RoleGrants(writes=("ingest",), reads=("document-results",), describes=("pages",),
                           describes_groups=("worker",), describe_group_families=("gateway",), tenants_too=True),
+    # completion callbacks (`ocrstream webhooks`): every tenant's results in, dead letters out; the
+    # calls themselves leave through HTTP, not Kafka
+    "webhooks": RoleGrants(reads=("document-results",), writes=("dead-letters",), group="webhooks",
+                           transactional=True, tenant_results=True),
 }
 
 
@@ -100,7 +105,8 @@ def acl_grants(topic_prefix: str, group_prefix: str, roles: tuple[str, ...] = RO
     and reads only its own results topic; the splitter reads every tenant's ingest topic, and
     the stages that publish document results (splitter: failed ones, assembler) and the operator
     reach every tenant's results topic, each by name; the gateway writes every tenant's ingest
-    topic and reads every tenant's results topic (it acts as the tenant of each request's API key).
+    topic and reads every tenant's results topic (it acts as the tenant of each request's API key);
+    the webhooks stage reads every tenant's results topic (each tenant's callbacks).
     """
     out: list[Grant] = []
     for tenant in tenants:
@@ -122,6 +128,8 @@ def acl_grants(topic_prefix: str, group_prefix: str, roles: tuple[str, ...] = RO
                 out += [Grant(role_name, "topic", ingest, "literal", "WRITE"),
                         Grant(role_name, "topic", ingest, "literal", "DESCRIBE"),
                         Grant(role_name, "topic", results, "literal", "READ")]
+            elif GRANTS[role_name].tenant_results:  # the webhooks stage: the tenant's results only
+                out.append(Grant(role_name, "topic", results, "literal", "READ"))
     for role in roles:
         g = GRANTS[role]
         for t in g.reads:

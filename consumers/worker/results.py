@@ -54,7 +54,7 @@ def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None
                             dpi=task.dpi, engine=engine, worker_id=s.worker_id,
                             submitted_at=task.submitted_at, completed_at=now_ms(), timings_ms=item.timings,
                             tenant=task.tenant, placement=task.placement, page_range=task.page_range,
-                            profile=task.profile, lane=task.lane, cache_key=cache)
+                            profile=task.profile, lane=task.lane, cache_key=cache, webhook_url=task.webhook_url)
     else:
         h, w = item.shape
         result = PageResult(
@@ -66,6 +66,7 @@ def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None
             placement=task.placement, page_range=task.page_range, profile=task.profile, lane=task.lane,
             rotation=getattr(ocr, "rotation", 0) or None,
             text_source="text_layer" if item.text_layer is not None else None, cache_key=cache,
+            webhook_url=task.webhook_url,
         )
     value = encode(result)
     key = document_key(task.tenant, task.document_id)  # one assembler partition per (tenant, document)

@@ -81,26 +81,29 @@ def guess_document_id(value: bytes | None) -> str | None:
 
 
 def failed_document(document_id: str, exc: BaseException, source: ObjectRef | None = None,
-                    submitted_at: int | None = None,
-                    default: ReasonCode = ReasonCode.ENGINE_ERROR) -> DocumentResult:
-    """A ``failed`` document result for a document that never reached the OCR stage."""
+                    submitted_at: int | None = None, default: ReasonCode = ReasonCode.ENGINE_ERROR,
+                    webhook_url: str | None = None) -> DocumentResult:
+    """A ``failed`` document result for a document that never reached the OCR stage
+    (``webhook_url``: its checked completion callback, so the failure is called back too)."""
     return DocumentResult(document_id=document_id, source=source, status="failed", error=error_of(exc, default),
-                          page_count=0, pages=[], submitted_at=submitted_at, completed_at=now_ms())
+                          page_count=0, pages=[], submitted_at=submitted_at, completed_at=now_ms(),
+                          webhook_url=webhook_url)
 
 
 def failure_outputs(topic: str, results_topic: str | None, msg: Message, exc: BaseException, stage: str, *,
                     document_id: str | None = None, source: ObjectRef | None = None,
                     submitted_at: int | None = None, attempts: int = 1,
-                    default: ReasonCode = ReasonCode.INTERNAL_ERROR) -> list[Output]:
+                    default: ReasonCode = ReasonCode.INTERNAL_ERROR, webhook_url: str | None = None) -> list[Output]:
     """The outputs of the one failure policy: a dead letter on ``topic`` and, when the document
     id is known (given, or read from the value) and ``results_topic`` is set, a ``failed``
-    document result keyed by it. Counts ``ocrstream_dead_letters_total{stage,reason}``.
+    document result keyed by it (carrying ``webhook_url``, a callback the stage already checked).
+    Counts ``ocrstream_dead_letters_total{stage,reason}``.
     """
     doc_id = document_id or guess_document_id(msg.value())
     dl = dead_letter(msg, exc, stage, attempts=attempts, document_id=doc_id, default=default)
     m.DEAD_LETTERS.labels(stage, dl.reason).inc()
     outs = [Output(topic, dl.key, encode(dl), dead_letter_headers(dl))]
     if doc_id and results_topic:
-        result = failed_document(doc_id, exc, source, submitted_at, default)
+        result = failed_document(doc_id, exc, source, submitted_at, default, webhook_url)
         outs.append(Output(results_topic, doc_id, encode(result)))
     return outs

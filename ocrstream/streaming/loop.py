@@ -86,6 +86,7 @@ class RecordContext:
     submitted_at: int | None = None
     attempts: int = 1
     results_topic: str | None = None  # the record's own results topic (a tenant's), else the stage's
+    webhook_url: str | None = None  # a checked completion callback: the failed result carries it too
 
 
 Partitions = list[TopicPartition]
@@ -280,7 +281,8 @@ class StageRuntime:
         ctx = ctx or RecordContext()
         return failure_outputs(self.dead_letter_topic, ctx.results_topic or self.results_topic, msg, exc, self.stage,
                                document_id=ctx.document_id, source=ctx.source, submitted_at=ctx.submitted_at,
-                               attempts=getattr(exc, "attempts", ctx.attempts), default=ReasonCode.INTERNAL_ERROR)
+                               attempts=getattr(exc, "attempts", ctx.attempts), default=ReasonCode.INTERNAL_ERROR,
+                               webhook_url=ctx.webhook_url)
 
     # --- publishing (the commit policy's failure handling) ------------------------------
     def publish(self, outputs: list[Output], offsets: Partitions) -> bool:

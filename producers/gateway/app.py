@@ -1,8 +1,9 @@
 """``ocrstream gateway``: an HTTP front door (FastAPI on uvicorn) for clients of FastAPI+Celery OCR servers.
 
-    POST /v1/documents                   multipart `file` (+ optional `dpi`, `pages`, `no_cache`), or JSON
-                                         {"bucket", "key", "dpi"?, "pages"?, "no_cache"?}; `pages`: "1-3,7"
-                                         (1-based ranges); `no_cache`: OCR even if the result cache has it
+    POST /v1/documents                   multipart `file` (+ optional `dpi`, `pages`, `no_cache`, `webhook_url`),
+                                         or JSON {"bucket", "key", "dpi"?, "pages"?, "no_cache"?, "webhook_url"?};
+                                         `pages`: "1-3,7" (1-based ranges); `no_cache`: OCR even if the result
+                                         cache has it; `webhook_url`: completion callback
                                          -> 202 {"document_id"}, Location: /v1/documents/{id}
     GET  /v1/documents/{id}              {"document_id", "status": pending|succeeded|failed, ...}; 404 unknown
     GET  /v1/documents/{id}/text|hocr|alto|json   the result rendered (409 while pending)
@@ -16,9 +17,10 @@ the tenant's compacted results topic through one background consumer per process
 whether they exist).
 
 Status codes: 401 no or unknown key; 403 a reference outside the tenant's allowed sources
-(``forbidden_source``, nothing read); 413 upload over ``OCRSTREAM_GATEWAY_MAX_UPLOAD_BYTES``;
+(``forbidden_source``, nothing read) or a ``webhook_url`` outside its allowed webhook hosts
+(``webhook_not_allowed``, nothing stored); 413 upload over ``OCRSTREAM_GATEWAY_MAX_UPLOAD_BYTES``;
 415 neither multipart nor JSON; 422 a malformed body, an invalid bucket/key, an object that
-does not exist, malformed page ranges (``invalid_page_range``; pages beyond the document's are
+does not exist, a malformed ``webhook_url`` (``invalid_webhook_url``), malformed page ranges (``invalid_page_range``; pages beyond the document's are
 found by the splitter: a ``failed`` result with that code); 429 + ``Retry-After`` over the tenant's quota or while the page backlog is over
 ``OCRSTREAM_GATEWAY_MAX_BACKLOG_PAGES``; 503 broker or object store unavailable. Error bodies
 are ``{"code": ..., "detail": ...}``.
@@ -46,6 +48,7 @@ from ocrstream.metrics import GATEWAY_DOCUMENTS, GATEWAY_REFUSED, GATEWAY_REQUES
 from ocrstream.outputs import document_text, to_alto, to_hocr
 from ocrstream.settings import Settings
 from ocrstream.storage import ObjectStore
+from ocrstream.webhooks import check_webhook_url
 from schemas import DocumentResult, decode
 
 from ..publish import PublishError
@@ -66,6 +69,7 @@ DOCUMENT_ID = r"^[A-Za-z0-9._:\-]{1,200}$"  # as schemas.DocumentRef.document_id
 # the others name something malformed or absent: 422. Storage trouble is the service's: 503.
 _STATUS_OF = {ReasonCode.FORBIDDEN_SOURCE: 403, ReasonCode.INVALID_KEY: 422, ReasonCode.INVALID_BUCKET: 422,
               ReasonCode.OBJECT_NOT_FOUND: 422, ReasonCode.INVALID_PAGE_RANGE: 422, ReasonCode.MESSAGE_TOO_LARGE: 413,
+              ReasonCode.WEBHOOK_NOT_ALLOWED: 403, ReasonCode.INVALID_WEBHOOK_URL: 422,
               ReasonCode.STORAGE_ERROR: 503, ReasonCode.STORAGE_TIMEOUT: 503}
 
 
@@ -91,6 +95,8 @@ class SourceBody(BaseModel):
     pages: str | None = Field(None, description="pages to OCR, 1-based inclusive ranges, e.g. \"1-3,7\"; "
                                                 "absent = every page")
     no_cache: bool = Field(False, description="OCR it even when the result cache holds its result")
+    webhook_url: str | None = Field(None, description="completion callback: a signed summary of the result is "
+                                                      "POSTed here once (one of the tenant's allowed webhook hosts)")
 
 
 _DPI = TypeAdapter(Annotated[int, Field(ge=36, le=600)])  # the multipart `dpi` field, as SourceBody.dpi
@@ -215,7 +221,9 @@ _UPLOAD_BODY = {
         "file": {"type": "string", "format": "binary", "description": "the document (PDF, PNG, JPEG, TIFF, ...)"},
         "dpi": {"type": "integer", "minimum": 36, "maximum": 600, "description": "PDF render DPI"},
         "pages": {"type": "string", "description": "pages to OCR, 1-based inclusive ranges, e.g. \"1-3,7\""},
-        "no_cache": {"type": "boolean", "description": "OCR it even when the result cache holds its result"}}}},
+        "no_cache": {"type": "boolean", "description": "OCR it even when the result cache holds its result"},
+        "webhook_url": {"type": "string", "description": "completion callback (one of the tenant's allowed "
+                                                         "webhook hosts)"}}}},
     "application/json": {"schema": SourceBody.model_json_schema()},
 }
 
@@ -281,6 +289,7 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
                 async with request.form(max_files=1, max_fields=4) as form:
                     file, dpi, pages = form.get("file"), form.get("dpi"), form.get("pages")
                     no_cache = form.get("no_cache")
+                    webhook_url = form.get("webhook_url")
                     if not isinstance(file, UploadFile):
                         raise ApiError(422, "invalid_request", "multipart body without a `file` part")
                     if file.size is not None and file.size > s.gateway_max_upload_bytes:
@@ -295,12 +304,16 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
                         no_cache_value = no_cache not in (None, "") and _FLAG.validate_python(no_cache)
                     except ValidationError:
                         raise ApiError(422, "invalid_request", "no_cache must be true or false") from None
+                    if webhook_url is not None and not isinstance(webhook_url, str):
+                        raise ApiError(422, "invalid_request", "webhook_url must be a form field, not a file")
+                    if webhook_url is not None:  # refused before the upload is read or stored
+                        check_webhook_url(s, webhook_url, tenant)
                     async with uploads:
                         data = await file.read(s.gateway_max_upload_bytes + 1)
                         if len(data) > s.gateway_max_upload_bytes:
                             raise _upload_too_large(tenant)
                         return await run_in_threadpool(gw.intake.upload, tenant, file.filename, data, dpi_value,
-                                                       pages, no_cache_value), "upload"
+                                                       pages, no_cache_value, webhook_url), "upload"
             if ctype == "application/json":
                 try:
                     body = SourceBody.model_validate_json(await request.body())
@@ -308,10 +321,10 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
                     raise ApiError(422, "invalid_request", "; ".join(
                         f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())) from None
                 return await run_in_threadpool(gw.intake.reference, tenant, body.bucket, body.key, body.dpi,
-                                               body.pages, body.no_cache), "reference"
+                                               body.pages, body.no_cache, body.webhook_url), "reference"
         except OcrstreamError as exc:
-            if exc.code == ReasonCode.FORBIDDEN_SOURCE:
-                GATEWAY_REFUSED.labels(tenant or "default", "forbidden_source").inc()
+            if exc.code in (ReasonCode.FORBIDDEN_SOURCE, ReasonCode.WEBHOOK_NOT_ALLOWED):
+                GATEWAY_REFUSED.labels(tenant or "default", exc.code.value).inc()
             raise _ocr_error(exc) from None
         except PublishError as exc:
             raise ApiError(503, "kafka_unavailable", str(exc)) from None

@@ -29,6 +29,7 @@ from ocrstream.page_ranges import normalize_page_ranges
 from ocrstream.settings import Settings
 from ocrstream.sources import allowed_sources, check_source
 from ocrstream.storage import ObjectStore
+from ocrstream.webhooks import check_webhook_url
 from schemas import DocumentOptions, DocumentRef, ObjectRef, encode
 
 from ..publish import PublishError, now_ms, stable_document_id
@@ -84,18 +85,21 @@ class Intake:
         return bucket, check_source(self.s, bucket, key, tenant)
 
     def upload(self, tenant: str | None, filename: str | None, data: bytes, dpi: int | None = None,
-               pages: str | None = None, no_cache: bool = False) -> str:
+               pages: str | None = None, no_cache: bool = False, webhook_url: str | None = None) -> str:
         """Store ``data`` and publish its reference on ``tenant``'s ingest topic; returns the new
         document id (a random 32-hex id, as ``ocrstream submit`` gives). ``pages``: page ranges
-        to OCR (``"1-3,7"``), None = all; checked before anything is stored. ``no_cache``: OCR
-        it even when the result cache holds its result.
+        to OCR (``"1-3,7"``), None = all; ``no_cache``: OCR it even when the result cache holds
+        its result; ``webhook_url``: completion callback (one of the tenant's allowed hosts,
+        :mod:`ocrstream.webhooks`), None = none; pages and webhook checked before anything is stored.
 
         Raises:
-            OcrstreamError: ``invalid_page_range``, ``forbidden_source`` (settings), ``invalid_key``,
-                ``storage_error``, ``message_too_large``.
+            OcrstreamError: ``invalid_page_range``, ``invalid_webhook_url``, ``webhook_not_allowed``,
+                ``forbidden_source`` (settings), ``invalid_key``, ``storage_error``, ``message_too_large``.
             PublishError: the broker did not acknowledge the reference.
         """
         pages = None if pages is None else normalize_page_ranges(pages)
+        if webhook_url is not None:
+            check_webhook_url(self.s, webhook_url, tenant)
         document_id = uuid.uuid4().hex
         name = safe_filename(filename)
         bucket, key = self.upload_target(tenant, document_id, name)
@@ -103,31 +107,34 @@ class Intake:
         ref = DocumentRef(document_id=document_id, submitted_at=now_ms(), options=DocumentOptions(dpi=dpi),
                           source=ObjectRef(bucket=bucket, key=key, filename=name, etag=info.etag,
                                            version_id=info.version_id, size=info.size, content_type=info.content_type),
-                          pages=pages, no_cache=no_cache or None)
+                          pages=pages, no_cache=no_cache or None, webhook_url=webhook_url)
         self.publish(tenant, ref)
         return document_id
 
     def reference(self, tenant: str | None, bucket: str, key: str, dpi: int | None = None,
-                  pages: str | None = None, no_cache: bool = False) -> str:
+                  pages: str | None = None, no_cache: bool = False, webhook_url: str | None = None) -> str:
         """Publish a reference to a stored object on ``tenant``'s ingest topic; returns its
         document id (:func:`~producers.publish.stable_document_id`: the same object version,
-        options, pages and ``no_cache`` is the same document, so a resubmission is idempotent).
+        options, pages, ``no_cache`` and webhook is the same document, so a resubmission is idempotent).
 
         Raises:
-            OcrstreamError: ``invalid_page_range`` (first), ``invalid_bucket``, ``invalid_key``,
-                ``forbidden_source`` (checked before anything is read), ``object_not_found``,
-                ``storage_error``, ``message_too_large``.
+            OcrstreamError: ``invalid_page_range``, ``invalid_webhook_url``, ``webhook_not_allowed``
+                (first), ``invalid_bucket``, ``invalid_key``, ``forbidden_source`` (checked before
+                anything is read), ``object_not_found``, ``storage_error``, ``message_too_large``.
             PublishError: the broker did not acknowledge the reference.
         """
         pages = None if pages is None else normalize_page_ranges(pages)
+        if webhook_url is not None:
+            check_webhook_url(self.s, webhook_url, tenant)
         key = check_source(self.s, bucket, key, tenant)
         info = self.store.stat(bucket, key)
         options = DocumentOptions(dpi=dpi)
         ref = DocumentRef(
-            document_id=stable_document_id(bucket, key, info.etag, info.version_id, options, tenant, pages, no_cache),
+            document_id=stable_document_id(bucket, key, info.etag, info.version_id, options, tenant, pages, no_cache,
+                                           webhook_url),
             source=ObjectRef(bucket=bucket, key=key, filename=PurePosixPath(key).name, etag=info.etag,
                              version_id=info.version_id, size=info.size, content_type=info.content_type),
-            submitted_at=now_ms(), options=options, pages=pages, no_cache=no_cache or None)
+            submitted_at=now_ms(), options=options, pages=pages, no_cache=no_cache or None, webhook_url=webhook_url)
         self.publish(tenant, ref)
         return ref.document_id
 
