@@ -20,6 +20,13 @@ ranges, so the assembler completes the document when those pages are in. A malfo
 refused before the object is read, one beyond the document's pages once they are counted
 (``invalid_page_range``).
 
+Model profiles (``OCRSTREAM_PROFILES``, :mod:`consumers.routing`): each document goes to the page
+topic of the profile its tenant's route gives it (``profile_not_allowed`` when it names one it
+may not have, before the object is read), rendered at that profile's DPI unless the reference
+sets one, and placed over that profile's worker group. A sampled share also gets a *shadow copy*:
+the same page tasks, marked ``shadow`` and keyed ``<document key>~shadow``, on the shadow
+profile's page topic (:mod:`topology.shadow`), published with the real ones (both or neither).
+
 Anything wrong with a document becomes a dead-letter record plus a ``failed``
 document result (when its id is known); the partition never stops. That policy, the
 commit and the Kafka error handling are the stage runtime's
@@ -38,6 +45,7 @@ from ocrstream.documents import inspect, open_pdf, page_weights
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import make_admin
 from ocrstream.page_ranges import format_page_ranges, parse_page_ranges, select_pages
+from ocrstream.profiles import profile_settings
 from ocrstream.settings import Settings
 from ocrstream.slices import page_pdf, slice_key, wants_slices
 from ocrstream.sources import check_source
@@ -45,7 +53,9 @@ from ocrstream.storage import ObjectStore
 from ocrstream.streaming import Output, StageRuntime, StopFlag, retry_transient, run_stage
 from ocrstream.streaming.loop import RecordContext
 from schemas import DocumentRef, ObjectRef, PageTask, decode, encode
-from topology import document_key, page_partition, placed_partition
+from topology import DEFAULT_PROFILE, document_key, page_partition, placed_partition, shadow_key, worker_group
+
+from .routing import choose_profile
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +188,24 @@ class Splitter:
         # every tenant's ingest topic: the tenant of a record is the topic it came from
         self.rt = StageRuntime(s, STAGE, s.ingest_topics(), stop=stop)
         self.stop = self.rt.stop
-        self.placement = PagePlacement(self.rt.delivery.producer, s.topic("pages"), make_admin(s), s.group("worker"))
+        self.admin = make_admin(s)
+        self.placements: dict[str, PagePlacement] = {}  # per profile (its page topic and worker group)
+        self.placement = self.placement_of(DEFAULT_PROFILE)
+        self._profiles: dict[str, Settings] = {}
+
+    def placement_of(self, profile: str) -> PagePlacement:
+        """The :class:`PagePlacement` of ``profile``'s page topic over its worker group."""
+        if profile not in self.placements:
+            s = self.s
+            self.placements[profile] = PagePlacement(self.rt.delivery.producer, s.page_topic(profile), self.admin,
+                                                     s.group(worker_group(profile)))
+        return self.placements[profile]
+
+    def profile_dpi(self, profile: str) -> int:
+        """The render DPI of ``profile`` (``OCRSTREAM_PROFILES``, else ``OCRSTREAM_RENDER_DPI``)."""
+        if profile not in self._profiles:
+            self._profiles[profile] = profile_settings(self.s, profile)
+        return self._profiles[profile].render_dpi
 
     def handle(self, msg: Message, ctx: RecordContext) -> list[Output]:
         """Page tasks for one ingest record.
@@ -198,15 +225,15 @@ class Splitter:
         key = check_source(s, ref.source.bucket, ref.source.key, tenant)  # before any read: the trust boundary
         if ref.pages is not None:
             parse_page_ranges(ref.pages)  # junk costs no download
+        doc_key = document_key(tenant, ref.document_id)
+        route = choose_profile(s, tenant, ref, doc_key)  # the tenant's rules, before any read too
         data = retry_transient(
             lambda: self.store.get_bytes(ref.source.bucket, key, s.max_object_bytes, ref.source.version_id,
                                  etag=ref.source.etag),
             stop=self.stop.event,
         )
         info = inspect(data, ref.source.filename, max_pages=s.max_pages, max_page_pixels=s.max_page_pixels)
-        dpi = (ref.options.dpi or s.render_dpi) if info.kind == "pdf" else None
         source = ref.source.model_copy(update={"size": len(data)})
-        doc_key = document_key(tenant, ref.document_id)
         if ref.pages is None:
             numbers, page_range = list(range(1, info.page_count + 1)), None
         else:
@@ -227,15 +254,22 @@ class Splitter:
         if page_range is not None:
             wanted = set(numbers)
             weights = [w if n in wanted else 0.0 for n, w in enumerate(weights, start=1)]
-        placement = self.placement.place(ref.document_id, weights)
-        return [
-            Output(s.topic("pages"), f"{doc_key}/{n}", encode(PageTask(
-                document_id=ref.document_id, source=source, page_number=n, page_count=len(numbers),
-                kind=info.kind, dpi=dpi, submitted_at=ref.submitted_at, tenant=tenant, slice=slices.get(n),
-                placement=placement, page_range=page_range,
-            )), partition=placed_partition(placement, n) if placement else None)
-            for n in numbers
-        ]
+        copies = [(route.profile, False)] + ([(route.shadow, True)] if route.shadow else [])
+        outputs = []
+        for profile, shadow in copies:
+            placement = self.placement_of(profile).place(ref.document_id, weights)
+            dpi = (ref.options.dpi or self.profile_dpi(profile)) if info.kind == "pdf" else None
+            pipeline_key = shadow_key(doc_key) if shadow else doc_key  # the copies never share state
+            outputs += [
+                Output(s.page_topic(profile), f"{pipeline_key}/{n}", encode(PageTask(
+                    document_id=ref.document_id, source=source, page_number=n, page_count=len(numbers),
+                    kind=info.kind, dpi=dpi, submitted_at=ref.submitted_at, tenant=tenant, slice=slices.get(n),
+                    placement=placement, page_range=page_range,
+                    profile=None if profile == DEFAULT_PROFILE else profile, shadow=shadow or None,
+                )), partition=placed_partition(placement, n) if placement else None)
+                for n in numbers
+            ]
+        return outputs
 
     def _write_slices(self, tenant: str | None, ref: DocumentRef, data: bytes,
                       numbers: list[int]) -> dict[int, ObjectRef]:

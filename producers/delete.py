@@ -5,7 +5,8 @@ object), the source object and its page slices (:mod:`ocrstream.slices`) are del
 store (the referenced version; only inside
 ``OCRSTREAM_ALLOWED_SOURCES``, so the command cannot be used to delete anything else), and a
 tombstone for its key is written to ``document-results`` (compaction then removes the result;
-readers of the compacted view see it gone at once, see :mod:`producers.results`).
+readers of the compacted view see it gone at once, see :mod:`producers.results`), and one to
+``shadow-results`` for its shadow copy's result, if it had one (:mod:`topology.shadow`).
 
 What stays, by design: the page results in ``page-results`` (a time-retention topic; their
 text is gone after its retention), and the assembler's done marker (document id and status,
@@ -24,6 +25,7 @@ from ocrstream.settings import Settings
 from ocrstream.slices import slice_folder
 from ocrstream.sources import check_source
 from ocrstream.storage import ObjectStore
+from topology import SHADOW_RESULTS, document_key
 
 from .publish import PublishError
 from .results import read_latest_results
@@ -75,6 +77,9 @@ def delete_documents(s: Settings, document_ids: list[str], *, keep_object: bool 
         producer = Producer(producer_config(s))
         for doc_id in tombstones:  # same key, same default partitioner as the assembler: same partition
             producer.produce(s.tenant_topic(s.tenant, "document-results"), None, doc_id, on_delivery=tracker.callback)
+            # a shadow copy's result holds the document's text too (topology.shadow): it goes as well
+            producer.produce(s.topic(SHADOW_RESULTS), None, document_key(s.tenant, doc_id),
+                             on_delivery=tracker.callback)
         if producer.flush(timeout_s) or tracker.errors:
             raise PublishError(f"tombstones not acknowledged: {[str(e) for e in tracker.errors[:3]]}")
     return done

@@ -41,7 +41,7 @@ def now_ms() -> int:
 
 def stable_document_id(bucket: str, key: str, etag: str, version_id: str | None = None,
                        options: DocumentOptions | None = None, tenant: str | None = None,
-                       pages: str | None = None) -> str:
+                       pages: str | None = None, profile: str | None = None) -> str:
     """A document id derived from the object version and the processing options:
     republishing the same version with the same options yields the same id, so its
     result overwrites itself in the compacted results topic (and the assembler's
@@ -52,7 +52,9 @@ def stable_document_id(bucket: str, key: str, etag: str, version_id: str | None 
     (the pipeline keeps them apart by tenant anyway, see ``topology.tenants``). Page ranges
     (``pages``, canonical form: :func:`~ocrstream.page_ranges.normalize_page_ranges`) are part of
     the identity too: the same version with other pages is another document (its result must not
-    replace the other's); None leaves the id as before. 32 hex chars (SHA-256 prefix)."""
+    replace the other's); None leaves the id as before. So is a model profile asked for (``profile``,
+    ``DocumentRef.profile``): another profile's reading is another result. 32 hex chars (SHA-256
+    prefix)."""
     material = f"{bucket}\0{key}\0{etag}\0{version_id or ''}"
     if tenant is not None:
         material = f"tenant\0{tenant}\0{material}"
@@ -63,6 +65,8 @@ def stable_document_id(bucket: str, key: str, etag: str, version_id: str | None 
             material += "\0" + json.dumps(changed, sort_keys=True, separators=(",", ":"))
     if pages is not None:
         material += f"\0pages\0{pages}"
+    if profile is not None:
+        material += f"\0profile\0{profile}"
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
@@ -106,7 +110,8 @@ class DocumentPublisher:
         return ref.document_id
 
     def publish_object(self, bucket: str, key: str, *, filename: str | None = None,
-                       document_id: str | None = None, dpi: int | None = None, pages: str | None = None) -> str:
+                       document_id: str | None = None, dpi: int | None = None, pages: str | None = None,
+                       profile: str | None = None) -> str:
         """Publish a reference to an object that is already stored (stat'ed for ETag/size).
 
         The document id (unless given) is :func:`stable_document_id` of the object version
@@ -117,6 +122,9 @@ class DocumentPublisher:
             pages: page ranges to OCR, 1-based inclusive (``"1-3,7"``); None = every page. Sent in
                 canonical form; whether they exist in the document is the splitter's check (a
                 ``failed`` result with ``invalid_page_range``).
+            profile: the model profile to OCR with (``OCRSTREAM_PROFILES``); None = the tenant's
+                routing. Whether the tenant may use it is the splitter's check (a ``failed`` result
+                with ``profile_not_allowed``).
 
         Raises:
             OcrstreamError: ``invalid_page_range`` (malformed ``pages``, checked before anything
@@ -129,17 +137,18 @@ class DocumentPublisher:
         options = DocumentOptions(dpi=dpi)
         ref = DocumentRef(
             document_id=document_id or stable_document_id(bucket, key, info.etag, info.version_id, options,
-                                                          self.s.tenant, pages),
+                                                          self.s.tenant, pages, profile),
             source=ObjectRef(bucket=bucket, key=key, filename=filename or PurePosixPath(key).name,
                              etag=info.etag, version_id=info.version_id, size=info.size,
                              content_type=info.content_type),
-            submitted_at=now_ms(), options=options, pages=pages,
+            submitted_at=now_ms(), options=options, pages=pages, profile=profile,
         )
         return self.publish_ref(ref)
 
-    def upload_and_publish(self, path: Path, *, dpi: int | None = None, pages: str | None = None) -> str:
+    def upload_and_publish(self, path: Path, *, dpi: int | None = None, pages: str | None = None,
+                           profile: str | None = None) -> str:
         """Upload a local file under ``upload_prefix/<document_id>/<name>`` and publish it
-        (``pages``: as :meth:`publish_object`).
+        (``pages``, ``profile``: as :meth:`publish_object`).
 
         Raises:
             OSError: the file cannot be read.
@@ -155,7 +164,7 @@ class DocumentPublisher:
             document_id=document_id,
             source=ObjectRef(bucket=info.bucket, key=key, filename=Path(path).name, etag=info.etag,
                              version_id=info.version_id, size=info.size, content_type=info.content_type),
-            submitted_at=now_ms(), options=DocumentOptions(dpi=dpi), pages=pages,
+            submitted_at=now_ms(), options=DocumentOptions(dpi=dpi), pages=pages, profile=profile,
         )
         return self.publish_ref(ref)
 

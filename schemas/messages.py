@@ -169,6 +169,10 @@ PLACEMENT_DOC = ("partitions of the pages topic that hold this document's page t
 
 PROFILE_DOC = ("the model profile the page was routed to (set by the splitter, topology.pages); absent = `default`")
 
+SHADOW_DOC = ("true on the shadow copy of a document (topology.shadow): the same pages OCR'd by a second profile "
+              "for comparison; its pipeline key is the document key + `~shadow`, its result goes to shadow-results "
+              "only; absent = the document itself")
+
 LANE_DOC = ("the priority lane the page was routed to (set by the splitter, topology.pages); absent = `batch`")
 
 
@@ -202,6 +206,7 @@ class PageTask(_Message):
     page_range: str | None = Field(None, exclude_if=lambda v: v is None, description=PAGE_RANGE_DOC)
     profile: str | None = Field(None, exclude_if=lambda v: v is None, description=PROFILE_DOC)
     lane: Literal["interactive", "batch"] | None = Field(None, exclude_if=lambda v: v is None, description=LANE_DOC)
+    shadow: bool | None = Field(None, exclude_if=lambda v: not v, description=SHADOW_DOC)
 
 
 class Detection(_Message):
@@ -267,6 +272,8 @@ class PageResult(Page):
                                 description=PROFILE_DOC + "; copied from the page task")
     lane: Literal["interactive", "batch"] | None = Field(None, exclude_if=lambda v: v is None,
                                                          description=LANE_DOC + "; copied from the page task")
+    shadow: bool | None = Field(None, exclude_if=lambda v: not v,
+                                description=SHADOW_DOC + "; copied from the page task")
     # written only for a tenant's document: the default tenant's records stay as they were
     tenant: str | None = Field(None, exclude_if=lambda v: v is None,
                                description="the tenant whose ingest topic the document came from (set by the "
@@ -297,6 +304,9 @@ class DocumentResult(_Message):
     profile: str | None = Field(None, exclude_if=lambda v: v is None,
                                 description="the model profile that OCR'd the document (topology.pages); "
                                             "absent = `default`")
+    shadow: bool | None = Field(None, exclude_if=lambda v: not v,
+                                description="true on a shadow copy's result (topic shadow-results, never a "
+                                            "document-results topic; topology.shadow); absent = the document's own")
     timings_ms: dict[str, float] = Field(
         default_factory=dict, description="summed per-stage times and end-to-end latency"
     )
@@ -365,6 +375,9 @@ class WorkerMetrics(_Message):
     batch_latency_ms_p95: float | None
     errors: dict[str, int] = Field(default_factory=dict, description="by reason code")
     lag: dict[str, int] = Field(default_factory=dict, description="'topic/partition' -> messages")
+    profile: str | None = Field(None, exclude_if=lambda v: v is None,
+                                description="the model profile the worker serves (OCRSTREAM_PROFILE); absent in "
+                                            "samples of older workers = `default`")
 
 
 ALL_MESSAGES: dict[str, type[_Message]] = {
