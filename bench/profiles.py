@@ -15,7 +15,10 @@ routes the default tenant's documents ``--split`` (share of the A/B split) to ``
 shadows ``--share`` of the others on it, publishes whole documents of ``../shared/data/scans-dev``
 (scanned court filings; the generated samples when absent) until ``--pages`` pages, waits for every
 result and shadow result, then runs ``ocrstream compare --json`` (the real command) and prints its
-report. Output: JSON on stdout, ``bench/out/profiles.json``.
+report (the same JSON, also as ``compare``'s tables). Output: JSON on stdout,
+``bench/out/profiles.json``. The metrics part of the report covers the workers' samples published
+since the timed documents were (a sample just after the warm-up may still count warm-up pages); the
+host's load average is in the output: the figures are only comparable at the same load.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from devtools.stack import Stack  # noqa: E402
 from ocrstream.kafka import make_admin  # noqa: E402
 from ocrstream.settings import Settings  # noqa: E402
-from topology import SHADOW_RESULTS, apply_topics, topic_specs  # noqa: E402
+from topology import apply_topics, topic_specs  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 OFFSET = int(os.environ.get("OCRSTREAM_BENCH_PORT_OFFSET", "0"))
@@ -139,15 +142,18 @@ def main() -> None:
         proc = subprocess.run([sys.executable, "-m", "ocrstream.cli", "compare", "--json",
                                "--since-hours", f"{hours:.6f}"], cwd=REPO, env=env_of(s), capture_output=True,
                               text=True, timeout=600, check=True)
-        table = subprocess.run([sys.executable, "-m", "ocrstream.cli", "compare", "--since-hours", f"{hours:.6f}"],
-                               cwd=REPO, env=env_of(s), capture_output=True, text=True, timeout=600, check=True)
+        from ocrstream.compare import format_report
+
+        report = orjson.loads(proc.stdout)
+        load = os.getloadavg()
         summary = {"documents": len(ids), "pages": sum(r.page_count for r in results.values()),
                    "shadowed": len(shadowed), "seconds_to_all_results": round(elapsed, 1),
                    "lowdpi_dpi": args.dpi, "shadow_share": args.share, "split": args.split,
-                   "compare": orjson.loads(proc.stdout), "compare_table": table.stdout}
+                   "load_average_1_5_15": [round(x, 1) for x in load],
+                   "compare": report, "compare_table": format_report(report)}
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / "profiles.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-        print(table.stdout)
+        print(summary["compare_table"])
         print(orjson.dumps({k: v for k, v in summary.items() if k != "compare_table"}).decode())
     finally:
         for proc in procs:

@@ -47,12 +47,14 @@ def _settings_error(exc) -> str:
 
     lines = []
     for e in exc.errors():
-        name = "OCRSTREAM_" + "_".join(str(part) for part in e["loc"]).upper()
+        # the variable is the field; a place inside its JSON value (profile routes) goes to the message
+        name = "OCRSTREAM_" + str(e["loc"][0]).upper() if e["loc"] else "OCRSTREAM_"
+        where = f" (at {'.'.join(map(str, e['loc'][1:]))})" if len(e["loc"]) > 1 else ""
         field = Settings.model_fields.get(str(e["loc"][0])) if e["loc"] else None
         # A secret's value stays out of the message, as out of every log.
         value = "***" if field is not None and field.annotation in (SecretStr, SecretStr | None) else \
             os.environ.get(name, e.get("input"))
-        lines.append(f"ocrstream: {name}={value!r} is invalid: {e['msg']}. Fix or unset it "
+        lines.append(f"ocrstream: {name}={value!r} is invalid{where}: {e['msg']}. Fix or unset it "
                      "(`ocrstream config` lists every setting)")
     return "\n".join(lines)
 
