@@ -92,6 +92,16 @@ is processed (about 1 s plus the time to read its changelog). Memory: the page
 results of documents in progress, plus one done marker (document id + time)
 per document finished within the retention.
 
+Shadow copies
+-------------
+A document sampled for shadow traffic (:mod:`consumers.routing`) has a second set of page tasks,
+OCR'd by another model profile, marked ``shadow`` and keyed ``<document key>~shadow``
+(:mod:`topology.shadow`). Here it is a document of its own: its pages, done marker and
+``incomplete`` marker are under that key, so neither copy completes, replaces or closes the
+other. Its result (``shadow: true``, also an ``incomplete`` one) goes to ``shadow-results``, keyed
+by the real document key, and never to a ``document-results`` topic: what the shadow profile
+reads, or fails to read, never reaches the document's user.
+
 Requested pages
 ---------------
 A document submitted with page ranges (``DocumentRef.pages``) has page tasks, and page results,
@@ -141,7 +151,8 @@ from ocrstream.streaming import Output, StageRuntime, StopFlag, now_ms, run_stag
 from ocrstream.streaming.changelog import read_partitions
 from ocrstream.streaming.loop import RecordContext
 from schemas import CachedResult, DocumentResult, Error, Page, PageResult, decode, encode
-from topology import document_key, page_partition, placed_partition, split_document_key, topic_specs
+from topology import (SHADOW_RESULTS, document_key, page_partition, placed_partition, shadow_key, split_document_key,
+                      split_shadow_key, topic_specs)
 
 from .result_cache import TOPIC as CACHE_TOPIC
 
@@ -200,7 +211,7 @@ def assemble(pages: Iterable[PageResult], completed_at: int) -> DocumentResult:
     return DocumentResult(
         document_id=first.document_id, source=first.source,
         status="failed" if failed is not None else "succeeded", error=error,
-        page_count=first.page_count, page_range=first.page_range, profile=first.profile,
+        page_count=first.page_count, page_range=first.page_range, profile=first.profile, shadow=first.shadow,
         pages=[Page.model_construct(**{f: getattr(p, f) for f in page_fields}) for p in ordered],
         engine=first.engine, timings_ms=dict(timings), submitted_at=submitted_at, completed_at=completed_at,
         webhook_url=first.webhook_url,
@@ -236,6 +247,13 @@ def without_detections(result: DocumentResult) -> DocumentResult:
         "status": "failed", "error": size_error,
         "pages": [p.model_copy(update={"detections": []}) for p in result.pages],
     })
+
+
+def pipeline_key(result: PageResult) -> str:
+    """The key of ``result``'s document in ``page-results`` and in the assembler's state: the
+    document key, :func:`topology.shadow_key` of it for a shadow copy's page."""
+    key = document_key(result.tenant, result.document_id)
+    return shadow_key(key) if result.shadow else key
 
 
 def page_key(document_id: str, page_number: int) -> str:
@@ -516,9 +534,9 @@ class Assembler:
             raise OcrstreamError(ReasonCode.FORBIDDEN_SOURCE, f"tenant {tenant!r} is not configured (OCRSTREAM_TENANTS)")
         result = decode(msg.value(), PageResult)
         ctx.document_id = result.document_id
-        if key != document_key(result.tenant, result.document_id):
+        if key != pipeline_key(result):
             raise OcrstreamError(ReasonCode.INVALID_KEY, f"key {key!r} is not the document key "
-                                 f"{document_key(result.tenant, result.document_id)!r} "
+                                 f"{pipeline_key(result)!r} "
                                  f"(pages of a document must share a partition)")
         if result.page_count > self.s.max_pages:
             # The splitter refuses such documents (too_many_pages): a crafted count must not make
@@ -534,8 +552,9 @@ class Assembler:
         return []
 
     def _accept(self, msg: Message, result: PageResult, batch: _Batch) -> None:
-        # the state is keyed by the document key: the same document_id of two tenants never meets
-        p, doc, number = msg.partition(), document_key(result.tenant, result.document_id), result.page_number
+        # the state is keyed by the document key: the same document_id of two tenants never meets,
+        # nor a document and its shadow copy
+        p, doc, number = msg.partition(), pipeline_key(result), result.page_number
         st = self.states[p]
         if doc in st.done:
             log.debug("page %d of finished document %s ignored", number, doc)
@@ -572,10 +591,9 @@ class Assembler:
                         doc, len(value), MAX_RESULT_BYTES)
             result, cache = without_detections(result).model_copy(update={"cache_key": None}), None
             value = encode(result)
-        tenant, document_id = split_document_key(doc)
-        batch.outputs.append(Output(self.s.tenant_topic(tenant, "document-results"), document_id, value))
-        if cache is not None:
-            self._cache(cache, tenant, result, completed_at, batch)
+        batch.outputs.append(self._result_output(doc, value))
+        if cache is not None:  # never for a shadow copy: its page tasks carry no cache request
+            self._cache(cache, split_document_key(doc)[0], result, completed_at, batch)
         st.done[doc] = completed_at
         marker = orjson.dumps({"status": result.status, "completed_at": completed_at})
         batch.finals.append(Output(self.state_topic, done_key(doc), marker, partition=p))
@@ -608,6 +626,15 @@ class Assembler:
             return
         batch.outputs.append(Output(self.s.topic(CACHE_TOPIC), key, entry))
         m.RESULT_CACHE_WRITES.labels("written").inc()
+    def _result_output(self, doc: str, value: bytes) -> Output:
+        """The document result record of pipeline key ``doc``: on the tenant's ``document-results``
+        keyed by ``document_id``, or for a shadow copy on ``shadow-results`` keyed by the real
+        document key (never on a results topic users read)."""
+        real, shadow = split_shadow_key(doc)
+        if shadow:
+            return Output(self.s.topic(SHADOW_RESULTS), real, value)
+        tenant, document_id = split_document_key(real)
+        return Output(self.s.tenant_topic(tenant, "document-results"), document_id, value)
 
     # --- the deadline ------------------------------------------------------------------
     def _expire(self, batch: _Batch) -> None:
@@ -645,7 +672,7 @@ class Assembler:
             upstream = {placed_partition(list(pl), n) for pl in placements for n in missing}
             # a partition that does not exist (a bad record): wait for all of them rather than forever
             return set(range(partitions)) if partitions and max(upstream) >= partitions else upstream
-        document_id = split_document_key(doc)[1]  # pages were placed by document_id (the splitter)
+        document_id = split_document_key(split_shadow_key(doc)[0])[1]  # pages were placed by document_id
         return {page_partition(document_id, n, partitions) for n in missing} if partitions else set()
 
     def _incomplete(self, p: int, doc: str, pages: dict[int, PageResult], missing: list[int], batch: _Batch) -> None:
@@ -654,8 +681,7 @@ class Assembler:
         result = result.model_copy(update={"status": "failed", "error": Error(
             code=ReasonCode.INCOMPLETE.value,
             message=f"pages {first_missing} missing {self.s.document_deadline_s:.0f}s after the last page result")})
-        tenant, document_id = split_document_key(doc)
-        batch.outputs.append(Output(self.s.tenant_topic(tenant, "document-results"), document_id, encode(result)))
+        batch.outputs.append(self._result_output(doc, encode(result)))
         batch.finals.append(Output(self.state_topic, incomplete_key(doc), b"{}", partition=p))
         self.states[p].incomplete.add(doc)
         m.DOCUMENTS_INCOMPLETE.inc()

@@ -32,6 +32,12 @@ Completion webhooks (``DocumentRef.webhook_url``, :mod:`ocrstream.webhooks`): th
 of the tenant's allowed hosts (the tenant of the ingest topic), checked before the object is read
 (``webhook_not_allowed`` / ``invalid_webhook_url``); the page tasks carry it on, and so does a
 ``failed`` result of a document refused after the check, so its failure is called back too.
+Model profiles (``OCRSTREAM_PROFILES``, :mod:`consumers.routing`): each document goes to the page
+topic of the profile its tenant's route gives it (``profile_not_allowed`` when it names one it
+may not have, before the object is read), rendered at that profile's DPI unless the reference
+sets one, and placed over that profile's worker group. A sampled share also gets a *shadow copy*:
+the same page tasks, marked ``shadow`` and keyed ``<document key>~shadow``, on the shadow
+profile's page topic (:mod:`topology.shadow`), published with the real ones (both or neither).
 
 Anything wrong with a document becomes a dead-letter record plus a ``failed``
 document result (when its id is known); the partition never stops. That policy, the
@@ -52,6 +58,7 @@ from ocrstream.documents import inspect, open_pdf, page_weights
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import make_admin
 from ocrstream.page_ranges import format_page_ranges, parse_page_ranges, select_pages
+from ocrstream.profiles import profile_settings
 from ocrstream.settings import Settings
 from ocrstream.slices import page_pdf, slice_key, wants_slices
 from ocrstream.sources import check_source
@@ -60,7 +67,9 @@ from ocrstream.streaming import Output, StageRuntime, StopFlag, retry_transient,
 from ocrstream.streaming.loop import RecordContext
 from ocrstream.webhooks import check_webhook_url
 from schemas import DocumentRef, ObjectRef, PageTask, decode, encode
-from topology import document_key, page_partition, placed_partition
+from topology import DEFAULT_PROFILE, document_key, page_partition, placed_partition, shadow_key, worker_group
+
+from .routing import choose_profile
 
 from .result_cache import ResultCacheIndex, hit_result
 
@@ -184,21 +193,36 @@ class Splitter:
     Args:
         s: settings.
         stop: stop flag (default: SIGTERM/SIGINT handlers).
-        profile: the model profile documents are OCR'd with (part of the result-cache key).
 
     Raises:
         FatalKafkaError: the transactional producer could not be initialised.
     """
 
-    def __init__(self, s: Settings, stop: StopFlag | None = None, profile: str = rc.DEFAULT_PROFILE):
+    def __init__(self, s: Settings, stop: StopFlag | None = None):
         self.s = s
         self.store = ObjectStore(s)
         # every tenant's ingest topic: the tenant of a record is the topic it came from
         self.rt = StageRuntime(s, STAGE, s.ingest_topics(), stop=stop)
         self.stop = self.rt.stop
-        self.placement = PagePlacement(self.rt.delivery.producer, s.topic("pages"), make_admin(s), s.group("worker"))
-        self.profile = profile
         self.cache = ResultCacheIndex(s).start() if rc.enabled(s) else None
+        self.admin = make_admin(s)
+        self.placements: dict[str, PagePlacement] = {}  # per profile (its page topic and worker group)
+        self.placement = self.placement_of(DEFAULT_PROFILE)
+        self._profiles: dict[str, Settings] = {}
+
+    def placement_of(self, profile: str) -> PagePlacement:
+        """The :class:`PagePlacement` of ``profile``'s page topic over its worker group."""
+        if profile not in self.placements:
+            s = self.s
+            self.placements[profile] = PagePlacement(self.rt.delivery.producer, s.page_topic(profile), self.admin,
+                                                     s.group(worker_group(profile)))
+        return self.placements[profile]
+
+    def profile_dpi(self, profile: str) -> int:
+        """The render DPI of ``profile`` (``OCRSTREAM_PROFILES``, else ``OCRSTREAM_RENDER_DPI``)."""
+        if profile not in self._profiles:
+            self._profiles[profile] = profile_settings(self.s, profile)
+        return self._profiles[profile].render_dpi
 
     def handle(self, msg: Message, ctx: RecordContext) -> list[Output]:
         """Page tasks for one ingest record.
@@ -222,26 +246,27 @@ class Splitter:
         key = check_source(s, ref.source.bucket, ref.source.key, tenant)  # before any read: the trust boundary
         if ref.pages is not None:
             parse_page_ranges(ref.pages)  # junk costs no download
+        doc_key = document_key(tenant, ref.document_id)
+        route = choose_profile(s, tenant, ref, doc_key)  # the tenant's rules, before any read too
         data = retry_transient(
             lambda: self.store.get_bytes(ref.source.bucket, key, s.max_object_bytes, ref.source.version_id,
                                  etag=ref.source.etag),
             stop=self.stop.event,
         )
         info = inspect(data, ref.source.filename, max_pages=s.max_pages, max_page_pixels=s.max_page_pixels)
-        dpi = (ref.options.dpi or s.render_dpi) if info.kind == "pdf" else None
         source = ref.source.model_copy(update={"size": len(data)})
-        doc_key = document_key(tenant, ref.document_id)
         if ref.pages is None:
             numbers, page_range = list(range(1, info.page_count + 1)), None
         else:
             numbers = select_pages(ref.pages, info.page_count)
             page_range = format_page_ranges(parse_page_ranges(ref.pages))
+        dpi = (ref.options.dpi or self.profile_dpi(route.profile)) if info.kind == "pdf" else None
         cache_request = None
         if self.cache is not None:
             started = time.monotonic()
             cache_request = rc.request_digest(tenant=tenant, content_sha256=rc.content_digest(data), dpi=dpi,
                                               page_range=page_range)
-            fingerprint = self.cache.workers.current(self.profile)  # what the workers would OCR it with now
+            fingerprint = self.cache.workers.current(route.profile)  # what its workers would OCR it with now
             if ref.no_cache:
                 m.RESULT_CACHE_LOOKUPS.labels("no_cache").inc()
             elif fingerprint is None:
@@ -269,16 +294,25 @@ class Splitter:
         if page_range is not None:
             wanted = set(numbers)
             weights = [w if n in wanted else 0.0 for n, w in enumerate(weights, start=1)]
-        placement = self.placement.place(ref.document_id, weights)
-        return [
-            Output(s.topic("pages"), f"{doc_key}/{n}", encode(PageTask(
-                document_id=ref.document_id, source=source, page_number=n, page_count=len(numbers),
-                kind=info.kind, dpi=dpi, submitted_at=ref.submitted_at, tenant=tenant, slice=slices.get(n),
-                placement=placement, page_range=page_range, cache_request=cache_request,
-                webhook_url=ref.webhook_url,
-            )), partition=placed_partition(placement, n) if placement else None)
-            for n in numbers
-        ]
+        copies = [(route.profile, False)] + ([(route.shadow, True)] if route.shadow else [])
+        outputs = []
+        for profile, shadow in copies:
+            placement = self.placement_of(profile).place(ref.document_id, weights)
+            copy_dpi = (ref.options.dpi or self.profile_dpi(profile)) if info.kind == "pdf" else None
+            pipeline_key = shadow_key(doc_key) if shadow else doc_key  # the copies never share state
+            outputs += [
+                Output(s.page_topic(profile), f"{pipeline_key}/{n}", encode(PageTask(
+                    document_id=ref.document_id, source=source, page_number=n, page_count=len(numbers),
+                    kind=info.kind, dpi=copy_dpi, submitted_at=ref.submitted_at, tenant=tenant, slice=slices.get(n),
+                    placement=placement, page_range=page_range,
+                    profile=None if profile == DEFAULT_PROFILE else profile, shadow=shadow or None,
+                    # a shadow copy is never cached and never called back: users never see it
+                    cache_request=None if shadow else cache_request,
+                    webhook_url=None if shadow else ref.webhook_url,
+                )), partition=placed_partition(placement, n) if placement else None)
+                for n in numbers
+            ]
+        return outputs
 
     def _write_slices(self, tenant: str | None, ref: DocumentRef, data: bytes,
                       numbers: list[int]) -> dict[int, ObjectRef]:

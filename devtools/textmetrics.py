@@ -19,12 +19,13 @@ All functions are pure; none touches the filesystem except
 from __future__ import annotations
 
 import re
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from rapidfuzz.distance import Levenshtein
+
+# The bag-of-words metric is also the runtime's (`ocrstream compare`: agreement between model
+# profiles), so it lives in ocrstream.textmatch; it is re-exported here under its old names.
+from ocrstream.textmatch import WordCounts, micro_prf, prf, word_counts, word_prf, words
 
 __all__ = [
     "WordCounts",
@@ -44,40 +45,9 @@ __all__ = [
 _WS = re.compile(r"\s+")
 
 
-def words(text: str) -> list[str]:
-    """Upper-cased words of ``text``, split on any run of whitespace.
-
-    Args:
-        text: any string (newlines and form feeds count as whitespace).
-
-    Returns:
-        the words in order, upper-cased; ``[]`` for empty/blank text.
-    """
-    return text.upper().split()
-
-
 def normalize_whitespace(text: str) -> str:
     """Collapse each whitespace run (spaces, tabs, newlines, form feeds) to one space and strip."""
     return _WS.sub(" ", text).strip()
-
-
-@dataclass(frozen=True)
-class WordCounts:
-    """Word counts of one (or, summed, many) prediction/truth pairs.
-
-    Attributes:
-        matched: words in both, counted with multiplicity (multiset intersection size).
-        predicted: words in the prediction.
-        truth: words in the ground truth.
-    """
-
-    matched: int
-    predicted: int
-    truth: int
-
-    def __add__(self, other: "WordCounts") -> "WordCounts":
-        return WordCounts(self.matched + other.matched, self.predicted + other.predicted,
-                          self.truth + other.truth)
 
 
 _COLON = re.compile(r"\s*:\s*")
@@ -106,69 +76,6 @@ def char_tokens(text: str) -> list[str]:
     """The upper-cased non-whitespace characters of ``text``: a bag of characters, blind to
     spacing (diagnostic: what word F1 would be if every space were right)."""
     return [c for c in text.upper() if not c.isspace()]
-
-
-def word_counts(predicted: str, truth: str, tokenize: Callable[[str], list[str]] = words) -> WordCounts:
-    """Multiset token counts of ``predicted`` against ``truth``.
-
-    Args:
-        tokenize: text -> tokens; :func:`words` (the default, the team's metric),
-            :func:`colon_tokens` or :func:`char_tokens` (diagnostics).
-
-    A word that occurs twice in the truth and once in the prediction matches once.
-    """
-    p, t = Counter(tokenize(predicted)), Counter(tokenize(truth))
-    return WordCounts(matched=sum((p & t).values()), predicted=sum(p.values()), truth=sum(t.values()))
-
-
-def prf(c: WordCounts) -> tuple[float, float, float]:
-    """Precision, recall and F1 from counts.
-
-    Conventions for empty sides: precision is 1.0 when nothing was predicted,
-    recall is 1.0 when the truth is empty (nothing to find), so two empty texts
-    score (1, 1, 1); F1 is 0.0 when precision + recall is 0.
-
-    Returns:
-        ``(precision, recall, f1)``, each in [0, 1].
-    """
-    precision = c.matched / c.predicted if c.predicted else 1.0
-    recall = c.matched / c.truth if c.truth else 1.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return precision, recall, f1
-
-
-def word_prf(predicted: str, truth: str) -> tuple[float, float, float]:
-    """Bag-of-words precision, recall and F1 of ``predicted`` against ``truth``.
-
-    Words are upper-cased and whitespace-split (:func:`words`); order and line
-    breaks are ignored; duplicates count (multiset intersection). Empty-side
-    conventions are those of :func:`prf`; an empty prediction of a non-empty
-    truth scores ``(1.0, 0.0, 0.0)``.
-
-    Returns:
-        ``(precision, recall, f1)``, each in [0, 1].
-    """
-    return prf(word_counts(predicted, truth))
-
-
-def micro_prf(pairs: Iterable[tuple[str, str]] | Iterable[WordCounts]) -> tuple[float, float, float]:
-    """Micro-averaged P/R/F1 over many documents.
-
-    Matched, predicted and truth word counts are summed over all documents
-    before dividing, so long documents weigh more than short ones (unlike the
-    mean of per-document F1).
-
-    Args:
-        pairs: ``(predicted, truth)`` text pairs, or :class:`WordCounts` already
-            computed with :func:`word_counts`.
-
-    Returns:
-        ``(precision, recall, f1)``; ``(1.0, 1.0, 1.0)`` for no documents.
-    """
-    total = WordCounts(0, 0, 0)
-    for item in pairs:
-        total = total + (item if isinstance(item, WordCounts) else word_counts(*item))
-    return prf(total)
 
 
 def cer(predicted: str, truth: str) -> float:

@@ -12,6 +12,8 @@
     ocrstream delete DOCUMENT_ID...    delete source objects and results (deletion requests)
     ocrstream schemas export           write schemas/json/*.schema.json
     ocrstream top                      live worker metrics (pages/s, batch, GPU, lag)
+    ocrstream profiles                 model profiles and each tenant's routing (OCRSTREAM_PROFILES, _PROFILE_ROUTES)
+    ocrstream compare [--json]         agreement (word F1) between served and shadow profiles, latency per profile
     ocrstream gateway                  HTTP API: POST /v1/documents, GET /v1/documents/{id}[/text|hocr|alto|json]
     ocrstream config                   configuration reference (env vars and defaults)
 """
@@ -46,12 +48,14 @@ def _settings_error(exc) -> str:
 
     lines = []
     for e in exc.errors():
-        name = "OCRSTREAM_" + "_".join(str(part) for part in e["loc"]).upper()
+        # the variable is the field; a place inside its JSON value (profile routes) goes to the message
+        name = "OCRSTREAM_" + str(e["loc"][0]).upper() if e["loc"] else "OCRSTREAM_"
+        where = f" (at {'.'.join(map(str, e['loc'][1:]))})" if len(e["loc"]) > 1 else ""
         field = Settings.model_fields.get(str(e["loc"][0])) if e["loc"] else None
         # A secret's value stays out of the message, as out of every log.
         value = "***" if field is not None and field.annotation in (SecretStr, SecretStr | None) else \
             os.environ.get(name, e.get("input"))
-        lines.append(f"ocrstream: {name}={value!r} is invalid: {e['msg']}. Fix or unset it "
+        lines.append(f"ocrstream: {name}={value!r} is invalid{where}: {e['msg']}. Fix or unset it "
                      "(`ocrstream config` lists every setting)")
     return "\n".join(lines)
 
@@ -121,7 +125,8 @@ def cmd_topics(args, s: Settings) -> int:
 
     check_kafka(s, quiet=not args.debug)
 
-    reports = apply_topics(make_admin(s), topic_specs(args.replication_factor, retention=s.retention(), tenants=tuple(s.tenants)),
+    reports = apply_topics(make_admin(s), topic_specs(args.replication_factor, retention=s.retention(), tenants=tuple(s.tenants),
+                                                      profiles=tuple(s.profiles)),
                            s.topic_prefix)
     for r in reports:
         print(f"{r.topic:32} {r.action:8} {'; '.join(r.drift)}")
@@ -133,7 +138,7 @@ def cmd_acls(args, s: Settings) -> int:
 
     from .kafka import make_admin
 
-    grants = acl_grants(s.topic_prefix, s.group_prefix, tenants=tuple(s.tenants))
+    grants = acl_grants(s.topic_prefix, s.group_prefix, tenants=tuple(s.tenants), profiles=tuple(s.profiles))
     principal_of = lambda role: s.acl_principal.format(role=role)  # noqa: E731
     for g in grants:
         print(f"{principal_of(g.role):32} {g.operation:16} {g.resource}:{g.pattern}:{g.name}")
@@ -163,7 +168,17 @@ def cmd_submit(args, s: Settings) -> int:
 
     return submit_files(s, [Path(f) for f in args.files], wait=args.wait, as_json=args.json,
                         timeout_s=args.timeout or None, dpi=args.dpi, pages=args.pages, no_cache=args.no_cache,
-                        webhook_url=args.webhook)
+                        webhook_url=args.webhook, profile=args.profile)
+
+
+def _profile_name(text: str) -> str:
+    """argparse type of ``submit --profile``: a valid profile name, or a usage error (exit 2)."""
+    from topology import check_profile_name
+
+    try:
+        return check_profile_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _page_ranges(text: str) -> str:
@@ -448,6 +463,48 @@ def cmd_top(args, s: Settings) -> int:
     return 0
 
 
+def cmd_profiles(args, s: Settings) -> int:
+    """Each model profile (what it sets, a worker's effective engine settings) and each tenant's
+    route (allowed profiles, A/B split, shadow); JSON with ``--json``."""
+    import orjson
+
+    from topology import worker_group
+
+    from .profiles import describe_profiles
+
+    routes = {tenant: route.model_dump() for tenant, route in s.profile_routes.items()}
+    if args.json:
+        print(orjson.dumps({"profiles": describe_profiles(s), "routes": routes}).decode())
+        return 0
+    for p in describe_profiles(s):
+        sets = ", ".join(f"{k}={v}" for k, v in p["settings"].items()) or "(the engine settings)"
+        print(f"profile {p['name']}: {sets}" + (f"  # {p['description']}" if p["description"] else ""))
+        print(f"  topic {s.page_topic(p['name'])}, worker group {s.group(worker_group(p['name']))}")
+    if not routes:
+        print("routes: none: every tenant's documents go to the default profile")
+    for tenant, r in routes.items():
+        who = {"-": "default tenant", "*": "other tenants"}.get(tenant, f"tenant {tenant}")
+        allowed = r["allowed"] if r["allowed"] is not None else sorted(r["split"])
+        shadow = f", shadow {r['shadow']} for {r['shadow_share']:.0%}" if r["shadow"] else ""
+        print(f"route {who}: may name {', '.join(allowed)}; split {r['split']}{shadow}")
+    return 0
+
+
+def cmd_compare(args, s: Settings) -> int:
+    """Agreement between served and shadow profiles, latency per profile (:mod:`ocrstream.compare`)."""
+    import orjson
+
+    from topology import SHADOW_RESULTS
+
+    from .compare import collect, format_report, report, since_ms_ago
+
+    check_kafka(s, [s.topic(SHADOW_RESULTS), *(s.tenant_topic(t, "document-results") for t in (None, *s.tenants))],
+                quiet=not args.debug)
+    r = report(collect(s, since_ms_ago(args.since_hours), timeout_s=args.timeout))
+    print(orjson.dumps(r).decode() if args.json else format_report(r))
+    return 0
+
+
 def cmd_gateway(args, s: Settings) -> int:
     """The HTTP gateway until SIGTERM/SIGINT (0); setting, broker, topic and store failures exit as
     any command's do."""
@@ -508,6 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--webhook", default=None, metavar="URL",
                     help="completion callback: `ocrstream webhooks` POSTs each document's signed result summary "
                          "here (a host of OCRSTREAM_WEBHOOK_ALLOWED_HOSTS)")
+    sm.add_argument("--profile", type=_profile_name, default=None,
+                    help="model profile to OCR with (OCRSTREAM_PROFILES; the tenant must be allowed it; "
+                         "default: the tenant's routing)")
     sm.set_defaults(fn=cmd_submit)
     for name, text in [("worker", "OCR worker (consumer group member)"), ("splitter", "documents -> pages"),
                        ("assembler", "page results -> document results"), ("watch", "drop folder -> ingest"),
@@ -553,6 +613,15 @@ def build_parser() -> argparse.ArgumentParser:
     tp2 = add("top", help="live view of worker metrics (metrics topic)")
     tp2.add_argument("--once", action="store_true", help="read for 5 s, print one table, exit")
     tp2.set_defaults(fn=cmd_top)
+    pf = add("profiles", help="model profiles and each tenant's routing (OCRSTREAM_PROFILES, OCRSTREAM_PROFILE_ROUTES)")
+    pf.add_argument("--json", action="store_true", help="one JSON object")
+    pf.set_defaults(fn=cmd_profiles)
+    cp = add("compare", help="agreement (word F1) between served and shadow profiles, latency per profile")
+    cp.add_argument("--since-hours", type=float, default=24.0,
+                    help="results and samples of the last N hours (default 24; the topics keep 7 days)")
+    cp.add_argument("--timeout", type=float, default=120.0, help="seconds to read each topic at most")
+    cp.add_argument("--json", action="store_true", help="one JSON object instead of the tables")
+    cp.set_defaults(fn=cmd_compare)
     add("gateway", help="HTTP API for submitting documents and reading results (OCRSTREAM_GATEWAY_*)").set_defaults(
         fn=cmd_gateway)
     add("config", help="print the configuration reference (env vars, defaults)").set_defaults(fn=cmd_config)

@@ -4,9 +4,12 @@
 Prometheus series (prometheus-client, default registry):
 
 - ``ocrstream_messages_consumed_total{stage}``, ``ocrstream_messages_produced_total{stage,topic}``
-- ``ocrstream_pages_processed_total{status}``, ``ocrstream_pages_turned_total{rotation}``, ``ocrstream_text_layer_pages_total``
-- ``ocrstream_batch_size`` (histogram, pages), ``ocrstream_batch_latency_seconds`` (histogram)
-- ``ocrstream_page_latency_seconds`` (histogram: ingest time -> page result)
+- ``ocrstream_pages_processed_total{status,profile}``, ``ocrstream_pages_turned_total{rotation}``, ``ocrstream_text_layer_pages_total``
+- ``ocrstream_batch_size{profile}`` (histogram, pages), ``ocrstream_batch_latency_seconds{profile}`` (histogram)
+- ``ocrstream_page_latency_seconds{profile}`` (histogram: ingest time -> page result)
+
+``profile`` is the model profile the worker serves (``OCRSTREAM_PROFILE``), so latency and throughput
+can be compared per profile (A/B and shadow traffic, ``ocrstream compare``).
 - ``ocrstream_dead_letters_total{stage,reason}``
 - ``ocrstream_outbox_documents_total{status}``, ``ocrstream_outbox_files_total{format}``,
   ``ocrstream_outbox_pdf_skipped_total{reason}``
@@ -42,16 +45,16 @@ log = logging.getLogger(__name__)
 
 MESSAGES_CONSUMED = Counter("ocrstream_messages_consumed", "Records consumed", ["stage"])
 MESSAGES_PRODUCED = Counter("ocrstream_messages_produced", "Records produced", ["stage", "topic"])
-PAGES_PROCESSED = Counter("ocrstream_pages_processed", "Pages OCR'd", ["status"])
+PAGES_PROCESSED = Counter("ocrstream_pages_processed", "Pages OCR'd", ["status", "profile"])
 TEXT_LAYER_PAGES = Counter("ocrstream_text_layer_pages", "PDF pages whose detections came from their own text layer "
                            "(OCRSTREAM_TEXT_LAYER; no OCR)")
 PAGES_TURNED = Counter("ocrstream_pages_turned", "Pages read turned (scanned sideways or upside down; "
                        "OCRSTREAM_PAGE_ORIENTATION)", ["rotation"])
-BATCH_SIZE = Histogram("ocrstream_batch_size", "Pages per engine micro-batch",
+BATCH_SIZE = Histogram("ocrstream_batch_size", "Pages per engine micro-batch", ["profile"],
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128))
-BATCH_LATENCY = Histogram("ocrstream_batch_latency_seconds", "Engine time per micro-batch",
+BATCH_LATENCY = Histogram("ocrstream_batch_latency_seconds", "Engine time per micro-batch", ["profile"],
                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
-PAGE_LATENCY = Histogram("ocrstream_page_latency_seconds", "Ingest (submitted_at) to page result",
+PAGE_LATENCY = Histogram("ocrstream_page_latency_seconds", "Ingest (submitted_at) to page result", ["profile"],
                          buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900))
 WATCH_PUBLISHED = Counter("ocrstream_watch_published", "Drop-folder object versions published to the ingest topic",
                           ["trigger"])

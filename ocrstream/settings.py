@@ -13,14 +13,67 @@ import os
 import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 OUTBOX_FORMATS = ("json", "txt", "hocr", "alto", "pdf")
 """What the outbox sink can write per document (``OCRSTREAM_OUTBOX_FORMATS``)."""
+
+
+PROFILE_FIELDS = (
+    "engine", "engine_device", "engine_threads", "engine_plugin", "model_dir", "det_int8", "model_cache_dir",
+    "paddle_cache_dir", "render_dpi", "det_limit_side_len", "det_min_side_len", "det_box_thresh", "det_unclip_ratio",
+    "text_score", "use_angle_cls", "rec_space_threshold", "rec_space_threshold_letters", "det_batch_size",
+    "rec_batch_size", "batch_max_pages", "text_layer", "page_orientation", "orientation_min_confidence",
+)
+"""The settings a model profile (``OCRSTREAM_PROFILES``) may set: what shapes a page's OCR (runtime,
+models, DPI, thresholds, text-layer and orientation modes) and the engine's batching. Everything
+else (Kafka, storage, limits) is the deployment's and the same for every profile."""
+
+
+class ProfileRoute(BaseModel):
+    """Which model profiles the documents of one tenant may name and get
+    (one entry of ``OCRSTREAM_PROFILE_ROUTES``, see :mod:`consumers.routing`).
+
+    Profile names are ``default`` or names defined in ``OCRSTREAM_PROFILES`` (checked by
+    :class:`Settings`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allowed: tuple[str, ...] | None = Field(
+        None, description="profiles a document may name (`DocumentRef.profile`); None = the profiles of `split`")
+    split: dict[str, float] = Field(
+        default_factory=lambda: {"default": 1.0},
+        description="A/B split of documents that name no profile: profile -> weight (any non-negative numbers, "
+                    "normalised; a stable hash of the document key picks, consumers.routing)")
+    shadow: str | None = Field(None, description="profile that also OCRs a sampled share of the documents; its "
+                                                 "results go to shadow-results only")
+    shadow_share: float = Field(0.0, ge=0, le=1, description="share of documents (0-1) also sent to `shadow`")
+
+    @field_validator("split")
+    @classmethod
+    def _weights(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value or any(w < 0 for w in value.values()) or sum(value.values()) <= 0:
+            raise ValueError("split needs non-negative weights with a positive sum, e.g. {\"default\": 1}")
+        return value
+
+    @model_validator(mode="after")
+    def _shadow(self) -> "ProfileRoute":
+        if self.shadow_share > 0 and self.shadow is None:
+            raise ValueError("shadow_share > 0 needs a shadow profile")
+        return self
+
+    def allowed_profiles(self) -> frozenset[str]:
+        """The profiles a document of this route may name: ``allowed``, else the split's."""
+        return frozenset(self.allowed if self.allowed is not None else self.split)
+
+    def profiles(self) -> set[str]:
+        """Every profile this route names."""
+        return {*self.allowed_profiles(), *self.split, *([self.shadow] if self.shadow else [])}
 
 
 class Settings(BaseSettings):
@@ -301,6 +354,17 @@ class Settings(BaseSettings):
         "fingerprint (engine, models, versions, engine settings) equal one OCR'd this long ago or less gets that "
         "result without OCR (hours; also the retention of the result-cache topic). 0 = off: no lookups, nothing "
         "stored")
+    # --- Model profiles and routing (ocrstream/profiles.py, consumers/routing.py) -------
+    profiles: dict[str, dict[str, Any]] = Field(
+        {}, description="named model profiles besides `default` (= the engine settings above), JSON `{\"name\": "
+        "{\"render_dpi\": 100, \"engine\": \"paddle\", \"model_dir\": \"/models/x\", ...}}`: each sets some of "
+        "the engine, model and DPI settings (ocrstream.settings.PROFILE_FIELDS, plus a free `description`) and gets "
+        "its own page topics and worker group (topology.pages); {} = the default profile only")
+    profile_routes: dict[str, ProfileRoute] = Field(
+        {}, description="per tenant (`-` = the default tenant, `*` = every tenant without an entry of its own): "
+        "`{\"allowed\": [...], \"split\": {\"default\": 9, \"fast\": 1}, \"shadow\": \"paddle\", "
+        "\"shadow_share\": 0.05}`: the profiles its documents may name, the A/B split of the others, the shadow "
+        "profile and share (consumers.routing). A tenant without an entry (and no `*`): the default profile only")
 
     # --- Assembler ---------------------------------------------------------------
     document_deadline_s: float = Field(
@@ -311,7 +375,8 @@ class Settings(BaseSettings):
     profile: str = Field(
         "default", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
         description="the model profile this OCR worker serves: it reads that profile's page topics in its own "
-                    "consumer group (`worker` for `default`, `worker.<profile>` otherwise; see topology.pages)")
+                    "consumer group (`worker` for `default`, `worker.<profile>` otherwise; see topology.pages) and "
+                    "applies the profile's settings (OCRSTREAM_PROFILES) over its own at start")
     worker_id: str = Field(default_factory=socket.gethostname,
                            description="this instance in metrics and in transactional.id; must be stable across "
                                        "restarts and unique per stage instance (default: the host/pod name; "
@@ -325,6 +390,15 @@ class Settings(BaseSettings):
     metrics_interval_s: float = Field(10.0, description="metrics sample period (seconds)")
     http_port: int = Field(0, description="/metrics, /healthz, /readyz port; 0 = off")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+
+    @field_validator("profile")
+    @classmethod
+    def _served_profile(cls, value: str, info) -> str:
+        profiles = info.data.get("profiles", {})
+        if value != "default" and value not in profiles:
+            raise ValueError(f"profile {value!r} is not defined: OCRSTREAM_PROFILES has "
+                             f"{', '.join(['default', *profiles])}")
+        return value
 
     @field_validator("upload_prefix", "inbox_prefix", "slice_prefix", "outbox_prefix", "outbox_done_prefix",
                      "analytics_prefix")
@@ -371,6 +445,49 @@ class Settings(BaseSettings):
             if not sources.strip():
                 raise ValueError(f"tenant {name!r} has no allowed sources")
             cls._sources(sources)
+        return value
+
+    @field_validator("profiles")
+    @classmethod
+    def _profiles(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from pydantic import TypeAdapter, ValidationError
+        from typing import Annotated
+
+        from topology.pages import DEFAULT_PROFILE, check_profile_name
+
+        for name, overrides in value.items():
+            check_profile_name(name)
+            if name == DEFAULT_PROFILE:
+                raise ValueError("`default` is the profile of the engine settings themselves: name yours otherwise")
+            if not isinstance(overrides, dict):
+                raise ValueError(f"profile {name!r}: expected an object of settings, got {type(overrides).__name__}")
+            unknown = sorted(set(overrides) - set(PROFILE_FIELDS) - {"description"})
+            if unknown:
+                raise ValueError(f"profile {name!r}: {', '.join(unknown)} cannot differ between profiles "
+                                 f"(allowed: {', '.join(PROFILE_FIELDS)}, description)")
+            for key, v in overrides.items():
+                if key == "description":
+                    continue
+                field = cls.model_fields[key]
+                try:
+                    kind = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+                    TypeAdapter(kind).validate_python(v)
+                except ValidationError as exc:
+                    raise ValueError(f"profile {name!r}: {key}={v!r}: {exc.errors()[0]['msg']}") from None
+        return value
+
+    @field_validator("profile_routes")
+    @classmethod
+    def _routes(cls, value: dict[str, ProfileRoute], info) -> dict[str, ProfileRoute]:
+        from topology.pages import DEFAULT_PROFILE
+
+        profiles, tenants = info.data.get("profiles", {}), info.data.get("tenants", {})
+        for tenant, route in value.items():
+            if tenant not in ("-", "*") and tenant not in tenants:
+                raise ValueError(f"{tenant!r} is not a tenant (OCRSTREAM_TENANTS), `-` (the default tenant) or `*`")
+            undefined = sorted(p for p in route.profiles() if p != DEFAULT_PROFILE and p not in profiles)
+            if undefined:
+                raise ValueError(f"route of {tenant!r} names {', '.join(undefined)}, not in OCRSTREAM_PROFILES")
         return value
 
     @field_validator("tenant")

@@ -5,7 +5,8 @@ object), the source object and its page slices (:mod:`ocrstream.slices`) are del
 store (the referenced version; only inside
 ``OCRSTREAM_ALLOWED_SOURCES``, so the command cannot be used to delete anything else), and a
 tombstone for its key is written to ``document-results`` (compaction then removes the result;
-readers of the compacted view see it gone at once, see :mod:`producers.results`). A result that
+readers of the compacted view see it gone at once, see :mod:`producers.results`), and one to
+``shadow-results`` for its shadow copy's result, if it had one (:mod:`topology.shadow`). A result that
 names a result-cache entry (``cache_key``: it was stored in the cache, or served from it) gets
 that entry tombstoned too, so its text is not served again (a later upload of the same bytes is
 OCR'd again; splitters drop the entry once their index reads the tombstone, normally within a
@@ -28,6 +29,7 @@ from ocrstream.settings import Settings
 from ocrstream.slices import slice_folder
 from ocrstream.sources import check_source
 from ocrstream.storage import ObjectStore
+from topology import SHADOW_RESULTS, document_key
 
 from .publish import PublishError
 from .results import read_latest_results
@@ -83,6 +85,9 @@ def delete_documents(s: Settings, document_ids: list[str], *, keep_object: bool 
             producer.produce(s.topic("result-cache"), None, key, on_delivery=tracker.callback)
         for doc_id in tombstones:  # same key, same default partitioner as the assembler: same partition
             producer.produce(s.tenant_topic(s.tenant, "document-results"), None, doc_id, on_delivery=tracker.callback)
+            # a shadow copy's result holds the document's text too (topology.shadow): it goes as well
+            producer.produce(s.topic(SHADOW_RESULTS), None, document_key(s.tenant, doc_id),
+                             on_delivery=tracker.callback)
         if producer.flush(timeout_s) or tracker.errors:
             raise PublishError(f"tombstones not acknowledged: {[str(e) for e in tracker.errors[:3]]}")
     return done

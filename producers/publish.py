@@ -42,7 +42,8 @@ def now_ms() -> int:
 
 def stable_document_id(bucket: str, key: str, etag: str, version_id: str | None = None,
                        options: DocumentOptions | None = None, tenant: str | None = None,
-                       pages: str | None = None, no_cache: bool = False, webhook_url: str | None = None) -> str:
+                       pages: str | None = None, no_cache: bool = False, webhook_url: str | None = None,
+                       profile: str | None = None) -> str:
     """A document id derived from the object version and the processing options:
     republishing the same version with the same options yields the same id, so its
     result overwrites itself in the compacted results topic (and the assembler's
@@ -57,8 +58,9 @@ def stable_document_id(bucket: str, key: str, etag: str, version_id: str | None 
     cache has this document's result) makes another document too: with the same id, the done
     marker of the earlier one would drop its pages. So is a completion webhook (``webhook_url``):
     the assembler publishes one result per document, so a resubmission of a finished document that
-    asks for a callback must be a new document to get one; None leaves the id as before. 32 hex
-    chars (SHA-256 prefix)."""
+    asks for a callback must be a new document to get one; None leaves the id as before. So is a
+    model profile asked for (``profile``, ``DocumentRef.profile``): another profile's reading is
+    another result. 32 hex chars (SHA-256 prefix)."""
     material = f"{bucket}\0{key}\0{etag}\0{version_id or ''}"
     if tenant is not None:
         material = f"tenant\0{tenant}\0{material}"
@@ -73,6 +75,8 @@ def stable_document_id(bucket: str, key: str, etag: str, version_id: str | None 
         material += "\0no_cache"
     if webhook_url is not None:
         material += f"\0webhook\0{webhook_url}"
+    if profile is not None:
+        material += f"\0profile\0{profile}"
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
@@ -117,7 +121,7 @@ class DocumentPublisher:
 
     def publish_object(self, bucket: str, key: str, *, filename: str | None = None,
                        document_id: str | None = None, dpi: int | None = None, pages: str | None = None,
-                       no_cache: bool = False, webhook_url: str | None = None) -> str:
+                       no_cache: bool = False, webhook_url: str | None = None, profile: str | None = None) -> str:
         """Publish a reference to an object that is already stored (stat'ed for ETag/size).
 
         The document id (unless given) is :func:`stable_document_id` of the object version
@@ -133,6 +137,9 @@ class DocumentPublisher:
             webhook_url: completion callback (:mod:`ocrstream.webhooks`): the ``ocrstream webhooks``
                 stage POSTs the result's signed summary there; must be one of the tenant's
                 ``OCRSTREAM_WEBHOOK_ALLOWED_HOSTS``. None = no callback.
+            profile: the model profile to OCR with (``OCRSTREAM_PROFILES``); None = the tenant's
+                routing. Whether the tenant may use it is the splitter's check (a ``failed`` result
+                with ``profile_not_allowed``).
 
         Raises:
             OcrstreamError: ``invalid_page_range`` (malformed ``pages``, checked before anything
@@ -148,18 +155,19 @@ class DocumentPublisher:
         options = DocumentOptions(dpi=dpi)
         ref = DocumentRef(
             document_id=document_id or stable_document_id(bucket, key, info.etag, info.version_id, options,
-                                                          self.s.tenant, pages, no_cache, webhook_url),
+                                                          self.s.tenant, pages, no_cache, webhook_url, profile),
             source=ObjectRef(bucket=bucket, key=key, filename=filename or PurePosixPath(key).name,
                              etag=info.etag, version_id=info.version_id, size=info.size,
                              content_type=info.content_type),
             submitted_at=now_ms(), options=options, pages=pages, no_cache=no_cache or None, webhook_url=webhook_url,
+            profile=profile,
         )
         return self.publish_ref(ref)
 
     def upload_and_publish(self, path: Path, *, dpi: int | None = None, pages: str | None = None,
-                           no_cache: bool = False, webhook_url: str | None = None) -> str:
+                           no_cache: bool = False, webhook_url: str | None = None, profile: str | None = None) -> str:
         """Upload a local file under ``upload_prefix/<document_id>/<name>`` and publish it
-        (``pages``, ``no_cache``, ``webhook_url``: as :meth:`publish_object`).
+        (``pages``, ``no_cache``, ``webhook_url``, ``profile``: as :meth:`publish_object`).
 
         Raises:
             OSError: the file cannot be read.
@@ -178,7 +186,7 @@ class DocumentPublisher:
             source=ObjectRef(bucket=info.bucket, key=key, filename=Path(path).name, etag=info.etag,
                              version_id=info.version_id, size=info.size, content_type=info.content_type),
             submitted_at=now_ms(), options=DocumentOptions(dpi=dpi), pages=pages, no_cache=no_cache or None,
-            webhook_url=webhook_url,
+            webhook_url=webhook_url, profile=profile,
         )
         return self.publish_ref(ref)
 

@@ -40,6 +40,7 @@ class ReasonCode(StrEnum):
     INVALID_WEBHOOK_URL = "invalid_webhook_url"  # not an absolute http(s) URL, or credentials/fragment in it
     WEBHOOK_NOT_ALLOWED = "webhook_not_allowed"  # host, port or scheme outside the tenant's OCRSTREAM_WEBHOOK_ALLOWED_HOSTS
     WEBHOOK_FAILED = "webhook_failed"  # the receiver did not accept the call within the retry budget
+    PROFILE_NOT_ALLOWED = "profile_not_allowed"  # DocumentRef.profile not allowed for the tenant (OCRSTREAM_PROFILE_ROUTES)
     # Stage runtime (ocrstream/streaming): failures that are not the input's fault.
     INTERNAL_ERROR = "internal_error"  # an unexpected exception while handling a record (a bug)
     INCOMPLETE = "incomplete"  # a document still missing pages after OCRSTREAM_DOCUMENT_DEADLINE_S

@@ -183,6 +183,10 @@ PLACEMENT_DOC = ("partitions of the pages topic that hold this document's page t
 
 PROFILE_DOC = ("the model profile the page was routed to (set by the splitter, topology.pages); absent = `default`")
 
+SHADOW_DOC = ("true on the shadow copy of a document (topology.shadow): the same pages OCR'd by a second profile "
+              "for comparison; its pipeline key is the document key + `~shadow`, its result goes to shadow-results "
+              "only; absent = the document itself")
+
 LANE_DOC = ("the priority lane the page was routed to (set by the splitter, topology.pages); absent = `batch`")
 
 WEBHOOK_DOC = ("the document's completion callback (DocumentRef.webhook_url, checked by the splitter against "
@@ -225,6 +229,7 @@ class PageTask(_Message):
                     "pages, ocrstream/result_cache.py); the worker adds its own output fingerprint to make "
                     "PageResult.cache_key; absent = the result is not cached")
     webhook_url: str | None = Field(None, exclude_if=lambda v: v is None, description=WEBHOOK_DOC)
+    shadow: bool | None = Field(None, exclude_if=lambda v: not v, description=SHADOW_DOC)
 
 
 class Detection(_Message):
@@ -290,6 +295,8 @@ class PageResult(Page):
                                 description=PROFILE_DOC + "; copied from the page task")
     lane: Literal["interactive", "batch"] | None = Field(None, exclude_if=lambda v: v is None,
                                                          description=LANE_DOC + "; copied from the page task")
+    shadow: bool | None = Field(None, exclude_if=lambda v: not v,
+                                description=SHADOW_DOC + "; copied from the page task")
     # written only for a tenant's document: the default tenant's records stay as they were
     tenant: str | None = Field(None, exclude_if=lambda v: v is None,
                                description="the tenant whose ingest topic the document came from (set by the "
@@ -330,6 +337,9 @@ class DocumentResult(_Message):
     profile: str | None = Field(None, exclude_if=lambda v: v is None,
                                 description="the model profile that OCR'd the document (topology.pages); "
                                             "absent = `default`")
+    shadow: bool | None = Field(None, exclude_if=lambda v: not v,
+                                description="true on a shadow copy's result (topic shadow-results, never a "
+                                            "document-results topic; topology.shadow); absent = the document's own")
     timings_ms: dict[str, float] = Field(
         default_factory=dict, description="summed per-stage times and end-to-end latency"
     )
@@ -430,6 +440,9 @@ class WorkerMetrics(_Message):
         description="SHA-256 of everything of this worker that shapes the pages it writes (engine, models, package "
                     "versions, engine settings; ocrstream/result_cache.py): the splitter serves result-cache hits "
                     "only for the one fingerprint every live worker reports")
+    profile: str | None = Field(None, exclude_if=lambda v: v is None,
+                                description="the model profile the worker serves (OCRSTREAM_PROFILE); absent in "
+                                            "samples of older workers = `default`")
 
 
 ALL_MESSAGES: dict[str, type[_Message]] = {

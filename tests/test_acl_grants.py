@@ -30,7 +30,8 @@ def test_the_data_flow():
     assert _allowed("worker", "READ") == {"ocr.pages", "ocr.page-attempts"}
     assert "ocr.ingest" not in _allowed("worker", "WRITE") | _allowed("assembler", "WRITE")
     assert _allowed("assembler", "WRITE") == {"ocr.document-results", "ocr.dead-letters", "ocr.assembler-state",
-                                              "ocr.result-cache"}
+                                              "ocr.result-cache",
+                                              "ocr.shadow-results"}  # shadow copies' results (topology.shadow)
     # the result cache and the workers' fingerprints (metrics samples), by assignment
     assert _allowed("splitter", "READ") == {"ocr.ingest", "ocr.result-cache", "ocr.metrics"}
     assert _allowed("watcher", "WRITE") == {"ocr.ingest", "ocr.watch-state"}
@@ -46,7 +47,7 @@ def test_the_data_flow():
     # follower groups read by assignment: looked up, never joined as a stage's group
     assert _allowed("submitter", "READ", "group") == {"ocrstream.follower-"}
     assert _allowed("operator", "READ", "group") == {"ocrstream.dlq-replay", "ocrstream.dlq-list-", "ocrstream.top-",
-                                                     "ocrstream.follower-"}
+                                                     "ocrstream.follower-", "ocrstream.compare-"}
     assert not any(g.resource == "transactional_id" for g in acl_grants("ocr.", "ocrstream.", ("submitter", "operator")))
 
 
@@ -91,3 +92,28 @@ def test_the_webhooks_stage_reads_every_tenants_results_and_writes_only_dead_let
     assert names("READ", "group") == {"ocrstream.webhooks"}
     assert names("WRITE", "transactional_id") == {"ocrstream.webhooks-"}
     assert not {g.name for g in grants} & {"ocr.ingest", "ocr.tenant.acme.ingest", "ocr.pages", "ocr.page-results"}
+def test_profiles_get_their_page_topics_and_worker_group_and_shadow_results_stay_internal():
+    """A model profile besides ``default`` (topology.pages): its page topics (every lane) are read
+    by the worker role in the profile's own group ``worker.<p>``, written by the splitter (which
+    describes that group for placement), described by the assembler (deadline lag check), written
+    by the operator (dead-letter replay); nobody else touches them. ``shadow-results`` is written
+    by the assembler and read only by the operator (``ocrstream compare``): no submitter, tenant,
+    sink or gateway can read a shadow copy's result."""
+    grants = acl_grants("ocr.", "ocrstream.", tenants=("acme",), profiles=("fast",))
+    topics = {"ocr.profile.fast.pages", "ocr.profile.fast.pages-interactive"}
+    assert topics <= {"ocr." + t.name for t in topic_specs(profiles=("fast",))}
+
+    def who(name: str, op: str, resource: str = "topic") -> set[str]:
+        return {g.role for g in grants if g.name == name and g.operation == op and g.resource == resource}
+
+    for topic in topics:
+        assert who(topic, "READ") == {"worker"}
+        assert who(topic, "WRITE") == {"splitter", "operator"}
+        assert who(topic, "DESCRIBE") == {"splitter", "operator", "assembler"}
+    assert who("ocrstream.worker.fast", "READ", "group") == {"worker"}
+    assert who("ocrstream.worker.fast", "DESCRIBE", "group") == {"splitter", "assembler"}
+    assert who("ocr.shadow-results", "READ") == {"operator"}
+    assert who("ocr.shadow-results", "WRITE") == {"assembler", "operator"}
+    # without profiles nothing of theirs is granted; the default profile keeps its plain names
+    assert not any("profile." in g.name or g.name.startswith("ocrstream.worker.")
+                   for g in acl_grants("ocr.", "ocrstream.", tenants=("acme",)))

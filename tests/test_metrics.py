@@ -94,7 +94,7 @@ def test_worker_publishes_samples_and_serves_prometheus(settings, store, stages,
     for value in raw:
         validator.validate(orjson.loads(value))  # the committed JSON Schema, as downstream readers use it
 
-    assert all(x.worker_id == s.worker_id and x.stage == "worker" for x in samples)
+    assert all(x.worker_id == s.worker_id and x.stage == "worker" and x.profile == "default" for x in samples)
     assert sum(x.pages for x in samples) >= 4 and any(x.batches > 0 for x in samples)
     assert all(x.gpus is None for x in samples)  # CPU host: GPU fields null, not an error
     assert all(x.rss_bytes > 10_000_000 for x in samples)
@@ -108,8 +108,10 @@ def test_worker_publishes_samples_and_serves_prometheus(settings, store, stages,
                    "ocrstream_inflight_pages", "ocrstream_messages_consumed_total"):
         assert series in text, series
     # (process-wide counters: other tests in this session add to them, so presence, not values)
-    assert 'ocrstream_pages_processed_total{status="succeeded"}' in text
-    assert 'ocrstream_pages_processed_total{status="failed"}' in text
+    # every worker series carries the model profile it serves (OCRSTREAM_PROFILE)
+    assert 'ocrstream_pages_processed_total{profile="default",status="succeeded"}' in text
+    assert 'ocrstream_pages_processed_total{profile="default",status="failed"}' in text
+    assert 'ocrstream_batch_latency_seconds_count{profile="default"}' in text
     assert 'ocrstream_dead_letters_total{reason="invalid_json",stage="worker"}' in text
     assert f'ocrstream_consumer_lag{{partition="0",topic="{s.topic("pages")}"}}' in text
 

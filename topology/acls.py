@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .pages import DEFAULT_PROFILE, check_profile_name, page_topics, worker_group
+from .shadow import SHADOW_RESULTS
 from .tenants import check_tenant_name, follower_group, tenant_topic
 
 ROLES = ("submitter", "splitter", "worker", "assembler", "watcher", "outbox", "analytics", "operator",
@@ -49,9 +51,11 @@ GRANTS: dict[str, RoleGrants] = {
     "worker": RoleGrants(reads=("pages", "page-attempts"), writes=("page-results", "dead-letters", "metrics",
                                                                    "page-attempts"),
                          group="worker", transactional=True, restores=True),
-    # the document deadline waits for the worker group's lag on the pages partitions
+    # the document deadline waits for the worker group's lag on the pages partitions; shadow
+    # copies' results go to shadow-results (topology.shadow)
     "assembler": RoleGrants(reads=("page-results", "assembler-state"),
-                            writes=("document-results", "dead-letters", "assembler-state", "result-cache"),
+                            writes=("document-results", "dead-letters", "assembler-state", "result-cache",
+                                    SHADOW_RESULTS),
                             describes=("pages",), describes_groups=("worker",), group="assembler",
                             transactional=True, restores=True),
     "watcher": RoleGrants(reads=("object-events", "watch-state"), writes=("ingest", "watch-state"),
@@ -61,10 +65,12 @@ GRANTS: dict[str, RoleGrants] = {
     "analytics": RoleGrants(reads=("document-results",), writes=("dead-letters",), group="analytics",
                             transactional=True),
     # people: `dlq list|replay` (a replay re-produces to the topic the record failed on),
-    # `delete` (tombstones in document-results and result-cache), `top` (metrics); S3 rights come from its policy
-    "operator": RoleGrants(reads=("dead-letters", "metrics", "document-results"),
-                           writes=("ingest", "pages", "page-results", "document-results", "result-cache"),
-                           group="dlq-replay", group_families=("dlq-list", "top", "follower")),
+    # `delete` (tombstones in document-results, result-cache and shadow-results), `top` (metrics), `compare`
+    # (document-results, shadow-results and metrics by assignment); S3 rights come from its policy
+    "operator": RoleGrants(reads=("dead-letters", "metrics", "document-results", SHADOW_RESULTS),
+                           writes=("ingest", "pages", "page-results", "document-results", "result-cache",
+                                   SHADOW_RESULTS),
+                           group="dlq-replay", group_families=("dlq-list", "top", "follower", "compare")),
     # the HTTP gateway (`ocrstream gateway`): publishes references for the tenants of its API keys,
     # tails their results topics by assignment (groups `gateway-<id>`, `gateway-fetch-<id>`), and
     # measures the page backlog (watermarks of `pages`, committed offsets of the worker group)
@@ -95,7 +101,7 @@ def tenant_role(tenant: str) -> str:
 
 
 def acl_grants(topic_prefix: str, group_prefix: str, roles: tuple[str, ...] = ROLES,
-               tenants: tuple[str, ...] = ()) -> list[Grant]:
+               tenants: tuple[str, ...] = (), profiles: tuple[str, ...] = ()) -> list[Grant]:
     """The ACLs of ``roles`` for topics named ``<topic_prefix><name>`` and groups / transactional
     ids starting with ``<group_prefix>``, plus one role per tenant (:func:`tenant_role`). No
     wildcard grant: every topic is named, and the prefixed patterns are a stage's own group or
@@ -107,8 +113,31 @@ def acl_grants(topic_prefix: str, group_prefix: str, roles: tuple[str, ...] = RO
     reach every tenant's results topic, each by name; the gateway writes every tenant's ingest
     topic and reads every tenant's results topic (it acts as the tenant of each request's API key);
     the webhooks stage reads every tenant's results topic (each tenant's callbacks).
+
+    Model profiles besides ``default`` (``OCRSTREAM_PROFILES``, see :mod:`topology.pages`): each
+    profile's page topics (every lane) are named like the ``pages`` topic's grants: the worker
+    reads them and joins the profile's own group ``worker.<p>`` (one principal serves every
+    profile: its workers run the same code, only the models differ), the splitter writes them and
+    describes that group (page placement), the assembler describes both (the deadline's lag check),
+    the operator writes them (a dead letter's replay goes back to the topic it failed on).
     """
     out: list[Grant] = []
+    for profile in (p for p in profiles if p != DEFAULT_PROFILE):
+        group = group_prefix + worker_group(check_profile_name(profile))
+        for topic in (topic_prefix + t for t in page_topics(profile)):
+            if "worker" in roles:
+                out.append(Grant("worker", "topic", topic, "literal", "READ"))
+            for role in ("splitter", "operator"):
+                if role in roles:
+                    out += [Grant(role, "topic", topic, "literal", "WRITE"),
+                            Grant(role, "topic", topic, "literal", "DESCRIBE")]
+            if "assembler" in roles:
+                out.append(Grant("assembler", "topic", topic, "literal", "DESCRIBE"))
+        if "worker" in roles:
+            out.append(Grant("worker", "group", group, "literal", "READ"))
+        for role in ("splitter", "assembler"):
+            if role in roles:
+                out.append(Grant(role, "group", group, "literal", "DESCRIBE"))
     for tenant in tenants:
         ingest, results = (topic_prefix + tenant_topic(tenant, t) for t in ("ingest", "document-results"))
         role = tenant_role(tenant)

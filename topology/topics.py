@@ -26,6 +26,11 @@ Keys (why they are what they are):
   ``compact,delete``: the last entry per key, for ``OCRSTREAM_RESULT_CACHE_TTL_H``.
 - ``page-attempts``: the OCR worker's in-flight marks (poison-page accounting), key
   ``<pages partition>/<offset>``, partition = the page task's ``pages`` partition.
+- ``shadow-results``: document results of shadow copies (:mod:`topology.shadow`), key = the real
+  document's key (``<tenant>/<document_id>`` or ``document_id``); ``compact,delete`` with the
+  pipeline retention: comparison data, read by ``ocrstream compare``, never by users.
+- ``profile.<p>.pages`` (and each lane's): page tasks of model profile ``<p>``, configured like
+  ``pages`` (:mod:`topology.pages`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from .pages import DEFAULT_PROFILE, LANES, page_topic
+from .shadow import SHADOW_RESULTS
 from .tenants import TENANT_TOPICS, tenant_topic
 
 DAY_MS = 24 * 3600 * 1000
@@ -141,6 +147,10 @@ def _shared_specs(replication_factor: int, partitions_scale: int, retention: Ret
                   {**common, "cleanup.policy": "compact,delete", "retention.ms": keep,
                    "segment.ms": str(DAY_MS)},
                   "OCR worker in-flight marks: engine attempts per page task (partitioned like pages)"),
+        TopicSpec(SHADOW_RESULTS, 6 * partitions_scale, rf,
+                  {**common, "cleanup.policy": "compact,delete", "retention.ms": keep, "max.message.bytes": "33554432",
+                   "min.compaction.lag.ms": "60000", "segment.ms": str(DAY_MS)},
+                  "document results of shadow copies (DocumentResult, shadow: true), never read by users"),
     ]
 
 

@@ -13,7 +13,7 @@ from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.settings import Settings
 from ocrstream.streaming import Output, dead_letter, dead_letter_headers, error_of, now_ms
 from schemas import Detection, EngineInfo, PageResult, WorkerMetrics, encode
-from topology import document_key, topic_specs
+from topology import DEFAULT_PROFILE, document_key, shadow_key, topic_specs
 
 from .items import WorkItem
 
@@ -44,7 +44,10 @@ def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None
     ``cache_request`` gets a ``cache_key`` made with this worker's own output fingerprint
     (:mod:`ocrstream.result_cache`): the key of a cached result names what really produced it."""
     task = item.task
-    cache = rc.cache_key(task.cache_request, rc.fingerprint_digest(s)) if task.cache_request else None
+    # The profile this worker serves, not the one the task names: they agree unless a task was
+    # written to another profile's topic, and the result must say which models read the page.
+    profile = None if s.profile == DEFAULT_PROFILE else s.profile
+    cache = rc.cache_key(task.cache_request, rc.fingerprint_digest(s, s.profile)) if task.cache_request else None
     error = item.error or (ocr if isinstance(ocr, BaseException) else None)
     if error is not None:
         err = error_of(error)
@@ -54,7 +57,8 @@ def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None
                             dpi=task.dpi, engine=engine, worker_id=s.worker_id,
                             submitted_at=task.submitted_at, completed_at=now_ms(), timings_ms=item.timings,
                             tenant=task.tenant, placement=task.placement, page_range=task.page_range,
-                            profile=task.profile, lane=task.lane, cache_key=cache, webhook_url=task.webhook_url)
+                            profile=profile, lane=task.lane, shadow=task.shadow, cache_key=cache,
+                            webhook_url=task.webhook_url)
     else:
         h, w = item.shape
         result = PageResult(
@@ -63,13 +67,15 @@ def page_result(s: Settings, item: WorkItem, ocr: PageOcr | BaseException | None
             detections=[Detection(text=l.text, polygon=l.polygon, confidence=l.confidence) for l in ocr.lines],
             engine=engine, worker_id=s.worker_id, submitted_at=task.submitted_at,
             completed_at=now_ms(), timings_ms={**item.timings, **ocr.timings_ms}, tenant=task.tenant,
-            placement=task.placement, page_range=task.page_range, profile=task.profile, lane=task.lane,
-            rotation=getattr(ocr, "rotation", 0) or None,
+            placement=task.placement, page_range=task.page_range, profile=profile, lane=task.lane,
+            shadow=task.shadow, rotation=getattr(ocr, "rotation", 0) or None,
             text_source="text_layer" if item.text_layer is not None else None, cache_key=cache,
             webhook_url=task.webhook_url,
         )
     value = encode(result)
     key = document_key(task.tenant, task.document_id)  # one assembler partition per (tenant, document)
+    if task.shadow:
+        key = shadow_key(key)  # the shadow copy is a document of its own in the assembler (topology.shadow)
     if len(value) + len(key) + 4096 > MAX_RESULT_BYTES:  # key + framing count too
         err = OcrstreamError(ReasonCode.RESULT_TOO_LARGE, f"page result is {len(value)} bytes")
         result = result.model_copy(update={"status": "failed", "error": error_of(err), "detections": []})
@@ -94,12 +100,12 @@ def outputs_for(s: Settings, items: list[WorkItem], results: list, engine: Engin
         failed = item.error is not None or isinstance(ocr, BaseException)
         if isinstance(item.error, OcrstreamError) and item.error.code == ReasonCode.WORKER_CRASH:
             m.POISON_PAGES.inc()
-        m.PAGES_PROCESSED.labels("failed" if failed else "succeeded").inc()
+        m.PAGES_PROCESSED.labels("failed" if failed else "succeeded", s.profile).inc()
         if item.text_layer is not None and not failed:
             m.TEXT_LAYER_PAGES.inc()
         if not failed and getattr(ocr, "rotation", 0):
             m.PAGES_TURNED.labels(str(ocr.rotation)).inc()
-        m.PAGE_LATENCY.observe(max(0.0, (now_ms() - item.task.submitted_at) / 1000))
+        m.PAGE_LATENCY.labels(s.profile).observe(max(0.0, (now_ms() - item.task.submitted_at) / 1000))
     return outputs
 
 
@@ -134,7 +140,8 @@ class MetricsReporter:
             gpus=self.gpu.sample(), cpu_pct=cpu, rss_bytes=rss, pages=st.pages, batches=st.batches,
             mean_batch_size=round(sum(st.batch_sizes) / len(st.batch_sizes), 2) if st.batch_sizes else 0.0,
             pages_per_s=round(st.pages / interval, 3), batch_latency_ms_p50=pct(0.5), batch_latency_ms_p95=pct(0.95),
-            errors=dict(st.errors), lag=dict(lag), output_fingerprint=rc.fingerprint_digest(self.s),
+            errors=dict(st.errors), lag=dict(lag), output_fingerprint=rc.fingerprint_digest(self.s, self.s.profile),
+            profile=self.s.profile,
         )
         self.producer.produce(self.s.topic("metrics"), encode(sample), self.s.worker_id)
         self.producer.poll(0)

@@ -33,9 +33,11 @@ from ocrstream import result_cache as rc
 from ocrstream.engine import Engine
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import make_producer
+from ocrstream.profiles import profile_settings
 from ocrstream.settings import Settings
 from ocrstream.streaming import FatalKafkaError, OffsetTracker, StageRuntime, StopFlag, run_stage
 from schemas import WorkerMetrics
+from topology import worker_group
 
 from .attempts import PageAttempts
 from .batching import next_batch
@@ -52,18 +54,27 @@ EXIT_ENGINE_STUCK = 3
 class OcrWorker:
     """The OCR worker (see module docstring).
 
+    A worker serves one model profile (``OCRSTREAM_PROFILE``, :mod:`ocrstream.profiles`): the
+    profile's settings are applied over ``s`` here, before the engine is built, and it reads that
+    profile's page topic in the profile's own group (``topology.worker_group``).
+
     Args:
         s: settings.
         engine: an engine to use (default: ``create_engine(s)``, loaded in the engine thread).
         stop: stop flag (default: installs SIGTERM/SIGINT handlers).
+
+    Raises:
+        ValueError: ``s.profile`` is not defined (settings validation normally refuses it first).
     """
 
     def __init__(self, s: Settings, engine: Engine | None = None, stop: StopFlag | None = None):
+        s = profile_settings(s)  # its models, DPI and thresholds: before anything reads them
         self.s = s
         self.engine = EngineThread(s, engine)
-        self.rt = StageRuntime(s, STAGE, [s.topic("pages")], stop=stop, on_assign=self._on_assign,
+        self.rt = StageRuntime(s, STAGE, [s.page_topic(s.profile)], stop=stop, on_assign=self._on_assign,
                                on_revoke=self._on_revoke, on_lost=self._on_lost, on_rewind=self._on_rewind,
-                               ready=lambda: self.engine.engine is not None, busy=self._busy, results_topic=None)
+                               ready=lambda: self.engine.engine is not None, busy=self._busy, results_topic=None,
+                               group=s.group(worker_group(s.profile)))
         self.stop = self.rt.stop
         self.fetch = Prefetch(s, self.stop.event)
         self.attempts = PageAttempts(s)
@@ -233,8 +244,8 @@ class OcrWorker:
         self.stats.batches += 1
         self.stats.batch_sizes.append(len(batch))
         self.stats.batch_latency_ms.append(seconds * 1000)
-        m.BATCH_SIZE.observe(len(batch))
-        m.BATCH_LATENCY.observe(seconds)
+        m.BATCH_SIZE.labels(self.s.profile).observe(len(batch))
+        m.BATCH_LATENCY.labels(self.s.profile).observe(seconds)
         for item in batch:
             item.image = None  # release pixels before publishing
         # The engine returned: these attempts did not end the process, whatever happens to the

@@ -112,6 +112,8 @@ class StageRuntime:
         transactional: override the delivery mode (the drop-folder watcher is always transactional).
         tid: override the transactional id.
         consumer_extra: extra librdkafka consumer settings.
+        group: override the consumer group id (full name; default ``<prefix><stage>``), e.g. the
+            worker group of a model profile (``topology.worker_group``).
 
     Raises:
         FatalKafkaError: the transactional producer could not be initialised.
@@ -124,8 +126,10 @@ class StageRuntime:
                  on_rewind: Callable[[Partitions], None] | None = None,
                  ready: Callable[[], bool] | None = None, busy: Callable[[], bool] | None = None,
                  results_topic: str | None = "document-results", transactional: bool | None = None,
-                 tid: str | None = None, consumer_extra: dict[str, Any] | None = None):
+                 tid: str | None = None, consumer_extra: dict[str, Any] | None = None,
+                 group: str | None = None):
         self.s, self.stage, self.topics = s, stage, topics
+        self.group = group or s.group(stage)
         self.stop = stop or StopFlag()
         self._on_assign, self._on_revoke, self._on_lost, self._on_rewind = on_assign, on_revoke, on_lost, on_rewind
         self._ready, self._busy = ready, busy
@@ -133,7 +137,7 @@ class StageRuntime:
         self.results_topic = s.topic(results_topic) if results_topic else None
         self.lag: dict[str, int] = {}  # "topic/partition" -> records behind (librdkafka statistics)
         self._behind: dict[tuple[str, int], int] = {}  # records not yet handed to this stage
-        self.consumer = make_consumer(s, s.group(stage), **{
+        self.consumer = make_consumer(s, self.group, **{
             "statistics.interval.ms": int(s.metrics_interval_s * 1000),
             "stats_cb": self._on_stats, **(consumer_extra or {})})
         self.delivery = Delivery(s, self.consumer, stage, transactional=transactional, tid=tid)
@@ -153,7 +157,7 @@ class StageRuntime:
         self.consumer.subscribe(self.topics, on_assign=self._assign, on_revoke=self._revoke, on_lost=self._lost)
         self._started = True
         self.progress()
-        log.info("%s consuming %s (group %s, delivery %s)", self.stage, self.topics, self.s.group(self.stage),
+        log.info("%s consuming %s (group %s, delivery %s)", self.stage, self.topics, self.group,
                  "exactly-once" if self.delivery.transactional else "at-least-once")
 
     def close(self) -> None:
