@@ -42,7 +42,7 @@ def now_ms() -> int:
 
 def stable_document_id(bucket: str, key: str, etag: str, version_id: str | None = None,
                        options: DocumentOptions | None = None, tenant: str | None = None,
-                       pages: str | None = None, no_cache: bool = False, webhook_url: str | None = None,
+                       pages: str | None = None, *, no_cache: bool = False, webhook_url: str | None = None,
                        profile: str | None = None) -> str:
     """A document id derived from the object version and the processing options:
     republishing the same version with the same options yields the same id, so its
@@ -155,7 +155,8 @@ class DocumentPublisher:
         options = DocumentOptions(dpi=dpi)
         ref = DocumentRef(
             document_id=document_id or stable_document_id(bucket, key, info.etag, info.version_id, options,
-                                                          self.s.tenant, pages, no_cache, webhook_url, profile),
+                                                          self.s.tenant, pages, no_cache=no_cache,
+                                                          webhook_url=webhook_url, profile=profile),
             source=ObjectRef(bucket=bucket, key=key, filename=filename or PurePosixPath(key).name,
                              etag=info.etag, version_id=info.version_id, size=info.size,
                              content_type=info.content_type),

@@ -510,7 +510,7 @@ def test_the_gateway_refuses_webhooks_outside_the_tenants_hosts_and_forwards_all
         doc_id = r.json()["document_id"]
         etag = store.stat(s.bucket, key).etag
         # the webhook is part of the document's identity (a callback needs a result of its own)
-        assert doc_id == stable_document_id(s.bucket, key, etag, None, DocumentOptions(), "acme", None, rx.url("/gw"))
+        assert doc_id == stable_document_id(s.bucket, key, etag, None, DocumentOptions(), "acme", None, webhook_url=rx.url("/gw"))
         assert doc_id != stable_document_id(s.bucket, key, etag, None, DocumentOptions(), "acme")
         body = verified(rx.wait("/gw")[0], SECRETS["acme"])
         assert body["document_id"] == doc_id and body["status"] == "succeeded"

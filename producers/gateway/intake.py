@@ -130,8 +130,8 @@ class Intake:
         info = self.store.stat(bucket, key)
         options = DocumentOptions(dpi=dpi)
         ref = DocumentRef(
-            document_id=stable_document_id(bucket, key, info.etag, info.version_id, options, tenant, pages, no_cache,
-                                           webhook_url),
+            document_id=stable_document_id(bucket, key, info.etag, info.version_id, options, tenant, pages,
+                                           no_cache=no_cache, webhook_url=webhook_url),
             source=ObjectRef(bucket=bucket, key=key, filename=PurePosixPath(key).name, etag=info.etag,
                              version_id=info.version_id, size=info.size, content_type=info.content_type),
             submitted_at=now_ms(), options=options, pages=pages, no_cache=no_cache or None, webhook_url=webhook_url)
