@@ -20,6 +20,13 @@ ranges, so the assembler completes the document when those pages are in. A malfo
 refused before the object is read, one beyond the document's pages once they are counted
 (``invalid_page_range``).
 
+Priority lanes (:mod:`topology.pages`, :func:`choose_lane`): a document's page tasks go to the
+page topic of its profile and lane, ``pages`` (``batch``, the default) or ``pages-interactive``,
+which the workers drain first. The lane is the reference's ``priority``, checked against what
+its tenant may use (``OCRSTREAM_TENANT_LANES``; the tenant is the ingest topic's, never the
+record's word): another lane fails the document with ``lane_not_allowed`` before the object is read.
+Each page topic has its own placement, over the members of its own worker group.
+
 Anything wrong with a document becomes a dead-letter record plus a ``failed``
 document result (when its id is known); the partition never stops. That policy, the
 commit and the Kafka error handling are the stage runtime's
@@ -37,6 +44,7 @@ from ocrstream import metrics as m
 from ocrstream.documents import inspect, open_pdf, page_weights
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import make_admin
+from ocrstream.lanes import allowed_lane
 from ocrstream.page_ranges import format_page_ranges, parse_page_ranges, select_pages
 from ocrstream.settings import Settings
 from ocrstream.slices import page_pdf, slice_key, wants_slices
@@ -45,7 +53,7 @@ from ocrstream.storage import ObjectStore
 from ocrstream.streaming import Output, StageRuntime, StopFlag, retry_transient, run_stage
 from ocrstream.streaming.loop import RecordContext
 from schemas import DocumentRef, ObjectRef, PageTask, decode, encode
-from topology import document_key, page_partition, placed_partition
+from topology import DEFAULT_LANE, DEFAULT_PROFILE, document_key, page_partition, placed_partition, worker_group
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +169,16 @@ class PagePlacement:
         return [page_partition(document_id, n, count) for n in range(1, min(len(weights), count) + 1)]
 
 
+def choose_lane(s: Settings, tenant: str | None, ref: DocumentRef) -> str:
+    """The priority lane of ``ref``'s page tasks: its ``priority``, else ``batch``.
+
+    Raises:
+        OcrstreamError: ``lane_not_allowed``: ``tenant`` (the ingest topic's; None: the default
+            tenant) may not use that lane (``OCRSTREAM_TENANT_LANES``, :meth:`Settings.lanes_of`).
+    """
+    return allowed_lane(s, tenant, ref.priority)
+
+
 class Splitter:
     """The splitter stage: one ingest record at a time, on the shared stage runtime.
 
@@ -178,7 +196,17 @@ class Splitter:
         # every tenant's ingest topic: the tenant of a record is the topic it came from
         self.rt = StageRuntime(s, STAGE, s.ingest_topics(), stop=stop)
         self.stop = self.rt.stop
-        self.placement = PagePlacement(self.rt.delivery.producer, s.topic("pages"), make_admin(s), s.group("worker"))
+        self.admin = make_admin(s)
+        self.placements: dict[tuple[str, str], PagePlacement] = {}  # (page topic, worker group) -> its placement
+        self.placement = self.placement_for(s.page_topic(), s.group(worker_group()))  # `pages`, the default's
+
+    def placement_for(self, topic: str, group: str) -> PagePlacement:
+        """The :class:`PagePlacement` of page topic ``topic`` read by worker group ``group`` (full
+        names), made on first use."""
+        key = (topic, group)
+        if key not in self.placements:
+            self.placements[key] = PagePlacement(self.rt.delivery.producer, topic, self.admin, group)
+        return self.placements[key]
 
     def handle(self, msg: Message, ctx: RecordContext) -> list[Output]:
         """Page tasks for one ingest record.
@@ -196,6 +224,10 @@ class Splitter:
         ref = decode(msg.value(), DocumentRef)
         ctx.document_id, ctx.source, ctx.submitted_at = ref.document_id, ref.source, ref.submitted_at
         key = check_source(s, ref.source.bucket, ref.source.key, tenant)  # before any read: the trust boundary
+        lane = choose_lane(s, tenant, ref)  # a grant, like the sources: before any read
+        profile = DEFAULT_PROFILE
+        topic = s.page_topic(profile, lane)
+        placement_of = self.placement_for(topic, s.group(worker_group(profile, lane)))
         if ref.pages is not None:
             parse_page_ranges(ref.pages)  # junk costs no download
         data = retry_transient(
@@ -218,7 +250,7 @@ class Splitter:
         # assembler finds the partitions of missing pages: pages not requested weigh nothing.
         last = numbers[-1]
         weights = [1.0] * last
-        if info.kind == "pdf" and last <= (self.placement.partitions() or 0):  # else unused
+        if info.kind == "pdf" and last <= (placement_of.partitions() or 0):  # else unused
             try:
                 with open_pdf(data) as doc:
                     weights = page_weights(doc)[:last]
@@ -227,12 +259,15 @@ class Splitter:
         if page_range is not None:
             wanted = set(numbers)
             weights = [w if n in wanted else 0.0 for n, w in enumerate(weights, start=1)]
-        placement = self.placement.place(ref.document_id, weights)
+        placement = placement_of.place(ref.document_id, weights)
+        m.LANE_DOCUMENTS.labels(lane).inc()
         return [
-            Output(s.topic("pages"), f"{doc_key}/{n}", encode(PageTask(
+            Output(topic, f"{doc_key}/{n}", encode(PageTask(
                 document_id=ref.document_id, source=source, page_number=n, page_count=len(numbers),
                 kind=info.kind, dpi=dpi, submitted_at=ref.submitted_at, tenant=tenant, slice=slices.get(n),
                 placement=placement, page_range=page_range,
+                # written only off the defaults: records of the default profile's batch lane stay as they were
+                profile=None if profile == DEFAULT_PROFILE else profile, lane=None if lane == DEFAULT_LANE else lane,
             )), partition=placed_partition(placement, n) if placement else None)
             for n in numbers
         ]

@@ -153,7 +153,7 @@ def cmd_submit(args, s: Settings) -> int:
     check_store(s)
 
     return submit_files(s, [Path(f) for f in args.files], wait=args.wait, as_json=args.json,
-                        timeout_s=args.timeout or None, dpi=args.dpi, pages=args.pages)
+                        timeout_s=args.timeout or None, dpi=args.dpi, pages=args.pages, priority=args.priority)
 
 
 def _page_ranges(text: str) -> str:
@@ -490,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--dpi", type=int, default=None, help="PDF render DPI for these documents")
     sm.add_argument("--pages", type=_page_ranges, default=None, metavar="RANGES",
                     help='pages to OCR of each document, 1-based inclusive ranges, e.g. "1-3,7" (default: all)')
+    sm.add_argument("--priority", choices=["interactive", "batch"], default=None,
+                    help="priority lane: interactive pages are OCR'd before every batch page (the tenant must be "
+                         "allowed it: OCRSTREAM_TENANT_LANES; default: batch)")
     sm.set_defaults(fn=cmd_submit)
     for name, text in [("worker", "OCR worker (consumer group member)"), ("splitter", "documents -> pages"),
                        ("assembler", "page results -> document results"), ("watch", "drop folder -> ingest")]:

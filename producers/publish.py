@@ -28,6 +28,7 @@ from ocrstream.settings import Settings
 from ocrstream.sources import check_source
 from ocrstream.storage import ObjectStore
 from schemas import DocumentOptions, DocumentRef, ObjectRef, encode
+from topology.pages import LANES
 
 
 def now_ms() -> int:
@@ -64,6 +65,12 @@ def stable_document_id(bucket: str, key: str, etag: str, version_id: str | None 
     if pages is not None:
         material += f"\0pages\0{pages}"
     return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+def _check_priority(priority: str | None) -> None:
+    """Raises ValueError unless ``priority`` is None or a lane (:data:`topology.pages.LANES`)."""
+    if priority is not None and priority not in LANES:
+        raise ValueError(f"priority {priority!r}: one of {', '.join(LANES)}")
 
 
 class PublishError(RuntimeError):
@@ -106,7 +113,8 @@ class DocumentPublisher:
         return ref.document_id
 
     def publish_object(self, bucket: str, key: str, *, filename: str | None = None,
-                       document_id: str | None = None, dpi: int | None = None, pages: str | None = None) -> str:
+                       document_id: str | None = None, dpi: int | None = None, pages: str | None = None,
+                       priority: str | None = None) -> str:
         """Publish a reference to an object that is already stored (stat'ed for ETag/size).
 
         The document id (unless given) is :func:`stable_document_id` of the object version
@@ -117,12 +125,18 @@ class DocumentPublisher:
             pages: page ranges to OCR, 1-based inclusive (``"1-3,7"``); None = every page. Sent in
                 canonical form; whether they exist in the document is the splitter's check (a
                 ``failed`` result with ``invalid_page_range``).
+            priority: the priority lane, ``interactive`` or ``batch`` (None: batch). Whether the
+                tenant may use it is the service's configuration (``OCRSTREAM_TENANT_LANES``),
+                checked by the splitter: a ``failed`` result with ``lane_not_allowed``. Not part
+                of the document id.
 
         Raises:
             OcrstreamError: ``invalid_page_range`` (malformed ``pages``, checked before anything
                 else), ``invalid_bucket``, ``invalid_key``, ``forbidden_source`` (outside
                 ``OCRSTREAM_ALLOWED_SOURCES``), ``object_not_found``, ``storage_error``.
+            ValueError: ``priority`` is not a lane.
         """
+        _check_priority(priority)
         pages = None if pages is None else normalize_page_ranges(pages)
         key = check_source(self.s, bucket, key, self.s.tenant)  # fail here, not as a dead letter later
         info = self.store.stat(bucket, key)
@@ -133,20 +147,23 @@ class DocumentPublisher:
             source=ObjectRef(bucket=bucket, key=key, filename=filename or PurePosixPath(key).name,
                              etag=info.etag, version_id=info.version_id, size=info.size,
                              content_type=info.content_type),
-            submitted_at=now_ms(), options=options, pages=pages,
+            submitted_at=now_ms(), options=options, pages=pages, priority=priority,
         )
         return self.publish_ref(ref)
 
-    def upload_and_publish(self, path: Path, *, dpi: int | None = None, pages: str | None = None) -> str:
+    def upload_and_publish(self, path: Path, *, dpi: int | None = None, pages: str | None = None,
+                           priority: str | None = None) -> str:
         """Upload a local file under ``upload_prefix/<document_id>/<name>`` and publish it
-        (``pages``: as :meth:`publish_object`).
+        (``pages``, ``priority``: as :meth:`publish_object`).
 
         Raises:
             OSError: the file cannot be read.
             OcrstreamError: ``invalid_page_range`` (before the upload), ``storage_error``,
                 ``message_too_large``.
+            ValueError: ``priority`` is not a lane (before the upload).
         """
         pages = None if pages is None else normalize_page_ranges(pages)
+        _check_priority(priority)
         document_id = uuid.uuid4().hex
         data = Path(path).read_bytes()
         key = f"{self.s.upload_prefix}{document_id}/{Path(path).name}"
@@ -155,7 +172,7 @@ class DocumentPublisher:
             document_id=document_id,
             source=ObjectRef(bucket=info.bucket, key=key, filename=Path(path).name, etag=info.etag,
                              version_id=info.version_id, size=info.size, content_type=info.content_type),
-            submitted_at=now_ms(), options=DocumentOptions(dpi=dpi), pages=pages,
+            submitted_at=now_ms(), options=DocumentOptions(dpi=dpi), pages=pages, priority=priority,
         )
         return self.publish_ref(ref)
 

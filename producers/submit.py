@@ -19,12 +19,15 @@ from .results import ResultFollower
 
 
 def submit_files(s: Settings, files: list[Path], *, wait: bool, as_json: bool, timeout_s: float | None,
-                 dpi: int | None = None, pages: str | None = None, out: TextIO = sys.stdout) -> int:
+                 dpi: int | None = None, pages: str | None = None, priority: str | None = None,
+                 out: TextIO = sys.stdout) -> int:
     """Upload and publish ``files``; with ``wait``, print their document results.
 
     Args:
         pages: page ranges to OCR of every file (``"1-3,7"``, :mod:`ocrstream.page_ranges`);
             None = all pages. A file with fewer pages fails with ``invalid_page_range``.
+        priority: the priority lane of every file (``interactive``, ``batch``; None: batch), see
+            :meth:`~producers.publish.DocumentPublisher.publish_object`.
 
     Returns:
         exit code: 0 when every document succeeded (or ``wait`` is off), 1 when
@@ -41,7 +44,7 @@ def submit_files(s: Settings, files: list[Path], *, wait: bool, as_json: bool, t
     ids: dict[str, Path] = {}
     with DocumentPublisher(s) as pub:
         for f in files:
-            ids[pub.upload_and_publish(f, dpi=dpi, pages=pages)] = f
+            ids[pub.upload_and_publish(f, dpi=dpi, pages=pages, priority=priority)] = f
     if not wait:
         for doc_id, f in ids.items():
             print(orjson.dumps({"document_id": doc_id, "file": str(f)}).decode() if as_json else f"{doc_id}  {f}",

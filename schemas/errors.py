@@ -36,6 +36,7 @@ class ReasonCode(StrEnum):
     RESULT_TOO_LARGE = "result_too_large"
     INVALID_PAGE_RANGE = "invalid_page_range"  # DocumentRef.pages malformed, or beyond the document's pages
     NO_TEXT_LAYER = "no_text_layer"  # OCRSTREAM_TEXT_LAYER=only and the page has no usable text layer
+    LANE_NOT_ALLOWED = "lane_not_allowed"  # DocumentRef.priority names a lane the tenant may not use (OCRSTREAM_TENANT_LANES)
     # Stage runtime (ocrstream/streaming): failures that are not the input's fault.
     INTERNAL_ERROR = "internal_error"  # an unexpected exception while handling a record (a bug)
     INCOMPLETE = "incomplete"  # a document still missing pages after OCRSTREAM_DOCUMENT_DEADLINE_S

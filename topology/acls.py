@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .pages import LANES, page_topics, worker_group
 from .tenants import check_tenant_name, follower_group, tenant_topic
 
 ROLES = ("submitter", "splitter", "worker", "assembler", "watcher", "outbox", "analytics", "operator",
@@ -26,6 +27,7 @@ class RoleGrants:
     writes: tuple[str, ...] = ()
     describes: tuple[str, ...] = ()  # watermarks of another stage's input (lag checks)
     group: str | None = None  # consumer group it joins and commits as
+    other_groups: tuple[str, ...] = ()  # more groups it joins (the OCR worker's interactive lane)
     describes_groups: tuple[str, ...] = ()  # groups whose committed offsets it reads
     group_families: tuple[str, ...] = ()  # "<group_prefix><name>-*": one throwaway group per run
     # "<group_prefix><name>-*" named by consumers that only assign(): DESCRIBE (the coordinator
@@ -36,20 +38,26 @@ class RoleGrants:
     restores: bool = False  # reads a state topic by assignment (group "<group_prefix>restore-*")
 
 
+PAGE_TOPICS = tuple(page_topics())
+"""The default profile's page topics, one per priority lane (``pages-interactive``, ``pages``)."""
+
+WORKER_GROUPS = tuple(worker_group(lane=lane) for lane in LANES)
+"""Their worker groups (``worker-interactive``, ``worker``): one per page topic."""
+
 GRANTS: dict[str, RoleGrants] = {
     # programs, `ocrstream submit`: publish references, follow results (by assignment, no group)
     "submitter": RoleGrants(writes=("ingest",), reads=("document-results",), group_families=("follower",)),
     # failed documents are reported directly (failed result + dead letter)
     # page placement reads the worker group's assignment (DescribeConsumerGroups)
-    "splitter": RoleGrants(reads=("ingest",), writes=("pages", "document-results", "dead-letters"),
-                           describes_groups=("worker",), group="splitter", transactional=True),
-    "worker": RoleGrants(reads=("pages", "page-attempts"), writes=("page-results", "dead-letters", "metrics",
+    "splitter": RoleGrants(reads=("ingest",), writes=(*PAGE_TOPICS, "document-results", "dead-letters"),
+                           describes_groups=WORKER_GROUPS, group="splitter", transactional=True),
+    "worker": RoleGrants(reads=(*PAGE_TOPICS, "page-attempts"), writes=("page-results", "dead-letters", "metrics",
                                                                    "page-attempts"),
-                         group="worker", transactional=True, restores=True),
+                         group="worker", other_groups=WORKER_GROUPS[:-1], transactional=True, restores=True),
     # the document deadline waits for the worker group's lag on the pages partitions
     "assembler": RoleGrants(reads=("page-results", "assembler-state"),
                             writes=("document-results", "dead-letters", "assembler-state"),
-                            describes=("pages",), describes_groups=("worker",), group="assembler",
+                            describes=PAGE_TOPICS, describes_groups=WORKER_GROUPS, group="assembler",
                             transactional=True, restores=True),
     "watcher": RoleGrants(reads=("object-events", "watch-state"), writes=("ingest", "watch-state"),
                           group="watch", transactional=True, restores=True),
@@ -60,13 +68,13 @@ GRANTS: dict[str, RoleGrants] = {
     # people: `dlq list|replay` (a replay re-produces to the topic the record failed on),
     # `delete` (tombstones in document-results), `top` (metrics); S3 rights come from its policy
     "operator": RoleGrants(reads=("dead-letters", "metrics", "document-results"),
-                           writes=("ingest", "pages", "page-results", "document-results"),
+                           writes=("ingest", *PAGE_TOPICS, "page-results", "document-results"),
                            group="dlq-replay", group_families=("dlq-list", "top", "follower")),
     # the HTTP gateway (`ocrstream gateway`): publishes references for the tenants of its API keys,
     # tails their results topics by assignment (groups `gateway-<id>`, `gateway-fetch-<id>`), and
     # measures the page backlog (watermarks of `pages`, committed offsets of the worker group)
-    "gateway": RoleGrants(writes=("ingest",), reads=("document-results",), describes=("pages",),
-                          describes_groups=("worker",), describe_group_families=("gateway",), tenants_too=True),
+    "gateway": RoleGrants(writes=("ingest",), reads=("document-results",), describes=PAGE_TOPICS,
+                          describes_groups=WORKER_GROUPS, describe_group_families=("gateway",), tenants_too=True),
 }
 
 
@@ -129,8 +137,8 @@ def acl_grants(topic_prefix: str, group_prefix: str, roles: tuple[str, ...] = RO
             out.append(Grant(role, "topic", topic_prefix + t, "literal", "DESCRIBE"))
         for t in g.describes:
             out.append(Grant(role, "topic", topic_prefix + t, "literal", "DESCRIBE"))
-        if g.group:
-            out.append(Grant(role, "group", group_prefix + g.group, "literal", "READ"))
+        for group in ((g.group,) if g.group else ()) + g.other_groups:
+            out.append(Grant(role, "group", group_prefix + group, "literal", "READ"))
         for other in g.describes_groups:
             out.append(Grant(role, "group", group_prefix + other, "literal", "DESCRIBE"))
         if g.restores:

@@ -25,6 +25,7 @@ from confluent_kafka import KafkaError, Producer
 from ocrstream.documents import content_type_for
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import producer_config
+from ocrstream.lanes import allowed_lane
 from ocrstream.page_ranges import normalize_page_ranges
 from ocrstream.settings import Settings
 from ocrstream.sources import allowed_sources, check_source
@@ -84,17 +85,19 @@ class Intake:
         return bucket, check_source(self.s, bucket, key, tenant)
 
     def upload(self, tenant: str | None, filename: str | None, data: bytes, dpi: int | None = None,
-               pages: str | None = None) -> str:
+               pages: str | None = None, priority: str | None = None) -> str:
         """Store ``data`` and publish its reference on ``tenant``'s ingest topic; returns the new
         document id (a random 32-hex id, as ``ocrstream submit`` gives). ``pages``: page ranges
-        to OCR (``"1-3,7"``), None = all; checked before anything is stored.
+        to OCR (``"1-3,7"``), None = all; ``priority``: the lane (``interactive``, ``batch``; None:
+        batch); both checked before anything is stored.
 
         Raises:
-            OcrstreamError: ``invalid_page_range``, ``forbidden_source`` (settings), ``invalid_key``,
-                ``storage_error``, ``message_too_large``.
+            OcrstreamError: ``invalid_page_range``, ``lane_not_allowed``, ``forbidden_source`` (settings),
+                ``invalid_key``, ``storage_error``, ``message_too_large``.
             PublishError: the broker did not acknowledge the reference.
         """
         pages = None if pages is None else normalize_page_ranges(pages)
+        allowed_lane(self.s, tenant, priority)
         document_id = uuid.uuid4().hex
         name = safe_filename(filename)
         bucket, key = self.upload_target(tenant, document_id, name)
@@ -102,23 +105,25 @@ class Intake:
         ref = DocumentRef(document_id=document_id, submitted_at=now_ms(), options=DocumentOptions(dpi=dpi),
                           source=ObjectRef(bucket=bucket, key=key, filename=name, etag=info.etag,
                                            version_id=info.version_id, size=info.size, content_type=info.content_type),
-                          pages=pages)
+                          pages=pages, priority=priority)
         self.publish(tenant, ref)
         return document_id
 
     def reference(self, tenant: str | None, bucket: str, key: str, dpi: int | None = None,
-                  pages: str | None = None) -> str:
+                  pages: str | None = None, priority: str | None = None) -> str:
         """Publish a reference to a stored object on ``tenant``'s ingest topic; returns its
         document id (:func:`~producers.publish.stable_document_id`: the same object version,
-        options and pages is the same document, so a resubmission is idempotent).
+        options and pages is the same document, so a resubmission is idempotent; the priority
+        is not part of it: it changes when, not what, is read).
 
         Raises:
-            OcrstreamError: ``invalid_page_range`` (first), ``invalid_bucket``, ``invalid_key``,
+            OcrstreamError: ``invalid_page_range`` (first), ``lane_not_allowed``, ``invalid_bucket``, ``invalid_key``,
                 ``forbidden_source`` (checked before anything is read), ``object_not_found``,
                 ``storage_error``, ``message_too_large``.
             PublishError: the broker did not acknowledge the reference.
         """
         pages = None if pages is None else normalize_page_ranges(pages)
+        allowed_lane(self.s, tenant, priority)
         key = check_source(self.s, bucket, key, tenant)
         info = self.store.stat(bucket, key)
         options = DocumentOptions(dpi=dpi)
@@ -126,7 +131,7 @@ class Intake:
             document_id=stable_document_id(bucket, key, info.etag, info.version_id, options, tenant, pages),
             source=ObjectRef(bucket=bucket, key=key, filename=PurePosixPath(key).name, etag=info.etag,
                              version_id=info.version_id, size=info.size, content_type=info.content_type),
-            submitted_at=now_ms(), options=options, pages=pages)
+            submitted_at=now_ms(), options=options, pages=pages, priority=priority)
         self.publish(tenant, ref)
         return ref.document_id
 
