@@ -444,7 +444,8 @@ def cmd_gateway(args, s: Settings) -> int:
                              "(`key=-` for the default tenant)")
     if None in tenants:
         check_uploads_allowed(s)
-    check_kafka(s, [s.topic("pages"), *(s.tenant_topic(t, n) for t in tenants for n in ("ingest", "document-results"))],
+    check_kafka(s, [s.page_topic(lane="batch"), s.page_topic(lane="interactive"),  # each lane's backlog
+                    *(s.tenant_topic(t, n) for t in tenants for n in ("ingest", "document-results"))],
                 quiet=not args.debug)
     check_store(s)
     from producers.gateway import serve
