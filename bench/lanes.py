@@ -18,8 +18,8 @@ the document result's ``completed_at``:
    them started; the backlog must still be pending when the last interactive document is done
    (``backlog_pending_at_end``), else the run says ``"backlog_drained": true``.
 
-Prints one JSON line per phase (``p50_ms``, ``p99_ms``: with 20 documents p99 is the slowest)
-and one with ``p99_ratio`` = backlog p99 / idle p99 (target <= 2); writes
+Prints one JSON line per phase (``p50_ms``, ``p99_ms``: with 20 documents p99 is the slowest;
+``ocr_ms_*``: the page's own download + render + OCR time, ``wait_ms_*``: the rest) and one with ``p99_ratio`` = backlog p99 / idle p99 (target <= 2); writes
 ``bench/out/lanes.json``. A batch page already in the engine is not interrupted, so the backlog
 p99 is about the idle p99 plus one batch-lane batch (``--batch-max-pages`` pages); the run
 reports the batch lane's pages/s meanwhile to compare. The stack is stopped at the end unless
@@ -51,7 +51,7 @@ def settings(port_offset: int, **kw):
     o = port_offset
     return bench_settings(kafka_bootstrap_servers=f"127.0.0.1:{39092 + o}", kafka_port=39092 + o,
                           kafka_controller_port=39093 + o, s3_endpoint=f"127.0.0.1:{39433 + o}", s3_port=39433 + o,
-                          stack_port_base=41000 + o, stack_dir=REPO / f".ocrstream-bench-lanes-{o}", **kw)
+                          stack_port_base=41000 + o, stack_dir=REPO / ".ocrstream-bench" / f"lanes-{o}", **kw)
 
 
 def documents(tmp: Path) -> tuple[bytes, list[tuple[str, bytes]]]:
@@ -88,9 +88,10 @@ def committed_and_end(s, group: str, topic: str) -> tuple[int, int]:
         c.close()
 
 
-def interactive_run(s, one: bytes, docs: int, interval_s: float, timeout_s: float) -> list[int]:
-    """Latencies (ms, ``completed_at - submitted_at``) of ``docs`` interactive one-page documents,
-    one at a time."""
+def interactive_run(s, one: bytes, docs: int, interval_s: float, timeout_s: float) -> list[tuple[int, float]]:
+    """``(latency ms, OCR ms)`` of ``docs`` interactive one-page documents, one at a time: latency
+    ``completed_at - submitted_at``, OCR the page's own download + render + det + rec time (the
+    rest is waiting: for the batch page in the engine, for CPU, for the stages' hops)."""
     from producers.publish import DocumentPublisher
     from producers.results import ResultFollower
 
@@ -107,17 +108,22 @@ def interactive_run(s, one: bytes, docs: int, interval_s: float, timeout_s: floa
             r = follower.wait_for([doc_id], timeout_s=timeout_s)[doc_id]
             if r.status != "succeeded":
                 raise RuntimeError(f"interactive document failed: {r.error}")
-            out.append(r.completed_at - r.submitted_at)
+            own = sum(r.timings_ms.get(k, 0.0) for k in ("download_ms", "render_ms", "det_ms", "rec_ms"))
+            out.append((r.completed_at - r.submitted_at, own))
             time.sleep(max(0.0, interval_s - (time.monotonic() - t0)))
     finally:
         follower.close()
     return out
 
 
-def summary(phase: str, lat: list[int], **extra) -> dict:
-    lat = sorted(lat)
+def summary(phase: str, runs: list[tuple[int, float]], **extra) -> dict:
+    lat = sorted(ms for ms, _ in runs)
+    own = sorted(o for _, o in runs)
+    wait = sorted(ms - o for ms, o in runs)
     return {"phase": phase, "documents": len(lat), "p50_ms": round(statistics.median(lat)),
-            "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))], "max_ms": lat[-1], "min_ms": lat[0], **extra}
+            "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))], "max_ms": lat[-1], "min_ms": lat[0],
+            "ocr_ms_p50": round(statistics.median(own)), "ocr_ms_max": round(own[-1]),
+            "wait_ms_p50": round(statistics.median(wait)), "wait_ms_max": round(wait[-1]), **extra}
 
 
 def publish_backlog(s, batch: list[tuple[str, bytes]], pages: int) -> int:

@@ -25,12 +25,13 @@ lane's partitions are spread over all workers). While interactive pages are in t
 more batch pages are fetched, and resumed once the interactive lane is empty. Back-pressure
 pauses the batch lane at ``max_inflight_pages`` less a reserve (:func:`reserve_pages`), resumed
 when half drained, and the interactive lane only at ``max_inflight_pages``, resumed as soon as a
-page is done: prefetched batch pages never keep an interactive page from being fetched. They stay queued and go to the engine after the
-interactive ones (:mod:`.batching`; their renders too, :mod:`.fetch`). A batch already in the
-engine is not interrupted: an interactive page waits for it, which is why the latency bound
-under a batch backlog comes from small batches (README, "Priority lanes"). Each lane's
-records are published and committed through its own consumer (and, exactly-once, its own
-transactional producer, ``<transactional id>.<lane>``); a batch never mixes lanes.
+page is done: prefetched batch pages never keep an interactive page from being fetched. They
+stay queued and go to the engine after the interactive ones (:mod:`.batching`; their renders
+too, :mod:`.fetch`). A batch already in the engine is not interrupted: an interactive page
+waits for it, which is why the latency bound under a batch backlog comes from small batches
+(README, "Priority lanes"). Each lane's records are published and committed through its own
+consumer (and, exactly-once, its own transactional producer, ``<transactional id>.interactive``);
+a batch never mixes lanes.
 
 Rebalances (cooperative-sticky): on revoke the in-flight batch is finished, published and
 committed and queued pages of revoked partitions are dropped (their new owner re-reads
@@ -53,8 +54,8 @@ from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import make_producer
 from ocrstream.settings import Settings
 from ocrstream.streaming import FatalKafkaError, OffsetTracker, StageRuntime, StopFlag, run_stage
-from schemas import WorkerMetrics
 from ocrstream.streaming.delivery import transactional_id
+from schemas import WorkerMetrics
 from topology.pages import worker_group
 
 from .attempts import PageAttempts

@@ -17,12 +17,13 @@ whether they exist).
 
 Status codes: 401 no or unknown key; 403 a reference outside the tenant's allowed sources
 (``forbidden_source``, nothing read), or a ``priority`` lane the tenant may not use
-(``lane_not_allowed``, ``OCRSTREAM_TENANT_LANES``, nothing stored); 413 upload over ``OCRSTREAM_GATEWAY_MAX_UPLOAD_BYTES``;
-415 neither multipart nor JSON; 422 a malformed body, an invalid bucket/key, an object that
-does not exist, malformed page ranges (``invalid_page_range``; pages beyond the document's are
-found by the splitter: a ``failed`` result with that code); 429 + ``Retry-After`` over the tenant's quota or while the page backlog of
-the document's lane (an interactive document: the interactive page topic's, not the batch
-backlog) is over ``OCRSTREAM_GATEWAY_MAX_BACKLOG_PAGES``; 503 broker or object store unavailable. Error bodies
+(``lane_not_allowed``, ``OCRSTREAM_TENANT_LANES``, nothing stored); 413 upload over
+``OCRSTREAM_GATEWAY_MAX_UPLOAD_BYTES``; 415 neither multipart nor JSON; 422 a malformed body, an
+invalid bucket/key, an object that does not exist, malformed page ranges (``invalid_page_range``;
+pages beyond the document's are found by the splitter: a ``failed`` result with that code); 429 +
+``Retry-After`` over the tenant's quota or while the page backlog of the document's lane (an
+interactive document: the interactive page topic's, not the batch backlog) is over
+``OCRSTREAM_GATEWAY_MAX_BACKLOG_PAGES``; 503 broker or object store unavailable. Error bodies
 are ``{"code": ..., "detail": ...}``.
 """
 
@@ -66,9 +67,11 @@ upload limit in a request body."""
 
 DOCUMENT_ID = r"^[A-Za-z0-9._:\-]{1,200}$"  # as schemas.DocumentRef.document_id
 
-# forbidden_source is 403 (the caller may not make the service read there, whoever they are);
+# forbidden_source and lane_not_allowed are 403 (the caller may not make the service read there or
+# put its pages first, whoever they are);
 # the others name something malformed or absent: 422. Storage trouble is the service's: 503.
-_STATUS_OF = {ReasonCode.FORBIDDEN_SOURCE: 403, ReasonCode.LANE_NOT_ALLOWED: 403, ReasonCode.INVALID_KEY: 422, ReasonCode.INVALID_BUCKET: 422,
+_STATUS_OF = {ReasonCode.FORBIDDEN_SOURCE: 403, ReasonCode.LANE_NOT_ALLOWED: 403,
+              ReasonCode.INVALID_KEY: 422, ReasonCode.INVALID_BUCKET: 422,
               ReasonCode.OBJECT_NOT_FOUND: 422, ReasonCode.INVALID_PAGE_RANGE: 422, ReasonCode.MESSAGE_TOO_LARGE: 413,
               ReasonCode.STORAGE_ERROR: 503, ReasonCode.STORAGE_TIMEOUT: 503}
 
