@@ -53,8 +53,11 @@ pages that did arrive, and an ``inc/<document_id>`` marker in the state topic so
 published once. A backlog must not cause false ``incomplete`` results, so the deadline is
 only acted on when nothing upstream still holds work for the document: this assembler's
 input partition is read to its end (position = high watermark), and the OCR worker group's
-committed offsets on the ``pages`` partitions of the missing pages (the placement the page
-results carry, :attr:`schemas.PageTask.placement`) are at their high watermarks. While either has lag the
+committed offsets on the page-topic partitions of the missing pages (the placement the page
+results carry, :attr:`schemas.PageTask.placement`) are at their high watermarks. The page topic
+and worker group are the document's: :func:`topology.pages.page_topic` of the page results'
+``profile`` and ``lane`` (``pages`` and ``worker`` when absent) and its readers'
+:func:`topology.pages.worker_group`. While either has lag the
 document waits, however long. A page that arrives after ``incomplete`` is stored as usual;
 when it completes the document, the complete result replaces the incomplete one (last value
 per key in ``document-results``).
@@ -151,8 +154,8 @@ from ocrstream.streaming import Output, StageRuntime, StopFlag, now_ms, run_stag
 from ocrstream.streaming.changelog import read_partitions
 from ocrstream.streaming.loop import RecordContext
 from schemas import CachedResult, DocumentResult, Error, Page, PageResult, decode, encode
-from topology import (SHADOW_RESULTS, document_key, page_partition, placed_partition, shadow_key, split_document_key,
-                      split_shadow_key, topic_specs)
+from topology import (DEFAULT_LANE, DEFAULT_PROFILE, SHADOW_RESULTS, document_key, page_partition, page_topic,
+                      placed_partition, shadow_key, split_document_key, split_shadow_key, topic_specs, worker_group)
 
 from .result_cache import TOPIC as CACHE_TOPIC
 
@@ -648,18 +651,30 @@ class Assembler:
         try:
             # Upstream first, then our own input: a page result the workers commit between the two
             # reads is then already in our partition's high watermark.
-            idle_pages = self._idle_pages_partitions()
+            idle = {key: self._idle_pages_partitions(*key) for key in {self._page_topic(pages) for _, _, pages in due}}
             caught_up = self._inputs_caught_up({p for p, _, _ in due})
         except KafkaException as exc:
             log.warning("deadline check postponed: lag unknown (%s)", exc)
             return
-        n_pages = len(idle_pages[1])
         for p, doc, pages in due:
+            count, idle_partitions = idle[self._page_topic(pages)]
             missing = [n for n in expected_pages(next(iter(pages.values()))) if n not in pages]
-            upstream = self._upstream(doc, pages, missing, idle_pages[0])
-            if p not in caught_up or (n_pages and not upstream <= idle_pages[1]):
+            upstream = self._upstream(doc, pages, missing, count)
+            if p not in caught_up or not upstream <= idle_partitions:
                 continue  # a backlog still holds work for this document: no false `incomplete`
             self._incomplete(p, doc, pages, missing, batch)
+
+    def _page_topic(self, pages: dict[int, PageResult]) -> tuple[str, str]:
+        """``(page topic, worker group)`` (full names) that held the document's page tasks: from its
+        page results' profile and lane (:mod:`topology.pages`). A profile or lane this version does
+        not know (a bad record) counts as the default's ``pages``."""
+        first = next(iter(pages.values()))
+        profile = first.profile or DEFAULT_PROFILE
+        try:
+            lane = first.lane or DEFAULT_LANE
+            return self.s.page_topic(profile, lane), self.s.group(worker_group(profile, lane))
+        except ValueError:
+            return self.s.topic(page_topic()), self.s.group(worker_group())
 
     @staticmethod
     def _upstream(doc: str, pages: dict[int, PageResult], missing: list[int], partitions: int) -> set[int]:
@@ -702,14 +717,17 @@ class Assembler:
                 out.add(tp.partition)
         return out
 
-    def _idle_pages_partitions(self) -> tuple[int, set[int]]:
-        """``(partition count of pages, the pages partitions where the worker group has committed
-        everything)``: pages there are all OCR'd and their results published."""
-        pages_topic = self.s.topic("pages")
+    def _idle_pages_partitions(self, pages_topic: str, group: str) -> tuple[int, set[int]]:
+        """``(partition count of the page topic, its partitions where the worker group has committed
+        everything)``: pages there are all OCR'd and their results published.
+
+        Raises:
+            KafkaException: the topic or the group's offsets cannot be read.
+        """
         parts = topic_partitions(self.admin, pages_topic, 10)
         tps = [TopicPartition(pages_topic, p) for p in parts]
-        request = ConsumerGroupTopicPartitions(self.s.group("worker"), tps)
-        committed = self.admin.list_consumer_group_offsets([request])[self.s.group("worker")].result(10)
+        request = ConsumerGroupTopicPartitions(group, tps)
+        committed = self.admin.list_consumer_group_offsets([request])[group].result(10)
         offsets = {tp.partition: tp.offset for tp in committed.topic_partitions}
         # In exactly-once mode the splitter writes `pages` in transactions, so a partition ends with
         # a commit marker that no consumer ever reads: a worker that processed everything commits

@@ -37,7 +37,14 @@ topic of the profile its tenant's route gives it (``profile_not_allowed`` when i
 may not have, before the object is read), rendered at that profile's DPI unless the reference
 sets one, and placed over that profile's worker group. A sampled share also gets a *shadow copy*:
 the same page tasks, marked ``shadow`` and keyed ``<document key>~shadow``, on the shadow
-profile's page topic (:mod:`topology.shadow`), published with the real ones (both or neither).
+profile's page topic (:mod:`topology.shadow`; always its batch lane), published with the real ones
+(both or neither).
+Priority lanes (:mod:`topology.pages`, :func:`choose_lane`): a document's page tasks go to the
+page topic of its profile and lane, ``pages`` (``batch``, the default) or ``pages-interactive``,
+which the workers drain first. The lane is the reference's ``priority``, checked against what
+its tenant may use (``OCRSTREAM_TENANT_LANES``; the tenant is the ingest topic's, never the
+record's word): another lane fails the document with ``lane_not_allowed`` before the object is read.
+Each page topic has its own placement, over the members of its own worker group.
 
 Anything wrong with a document becomes a dead-letter record plus a ``failed``
 document result (when its id is known); the partition never stops. That policy, the
@@ -57,6 +64,7 @@ from ocrstream import result_cache as rc
 from ocrstream.documents import inspect, open_pdf, page_weights
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import make_admin
+from ocrstream.lanes import allowed_lane
 from ocrstream.page_ranges import format_page_ranges, parse_page_ranges, select_pages
 from ocrstream.profiles import profile_settings
 from ocrstream.settings import Settings
@@ -67,7 +75,8 @@ from ocrstream.streaming import Output, StageRuntime, StopFlag, retry_transient,
 from ocrstream.streaming.loop import RecordContext
 from ocrstream.webhooks import check_webhook_url
 from schemas import DocumentRef, ObjectRef, PageTask, decode, encode
-from topology import DEFAULT_PROFILE, document_key, page_partition, placed_partition, shadow_key, worker_group
+from topology import (DEFAULT_LANE, DEFAULT_PROFILE, document_key, page_partition, placed_partition, shadow_key,
+                      worker_group)
 
 from .routing import choose_profile
 
@@ -187,6 +196,16 @@ class PagePlacement:
         return [page_partition(document_id, n, count) for n in range(1, min(len(weights), count) + 1)]
 
 
+def choose_lane(s: Settings, tenant: str | None, ref: DocumentRef) -> str:
+    """The priority lane of ``ref``'s page tasks: its ``priority``, else ``batch``.
+
+    Raises:
+        OcrstreamError: ``lane_not_allowed``: ``tenant`` (the ingest topic's; None: the default
+            tenant) may not use that lane (``OCRSTREAM_TENANT_LANES``, :meth:`Settings.lanes_of`).
+    """
+    return allowed_lane(s, tenant, ref.priority)
+
+
 class Splitter:
     """The splitter stage: one ingest record at a time, on the shared stage runtime.
 
@@ -206,17 +225,18 @@ class Splitter:
         self.stop = self.rt.stop
         self.cache = ResultCacheIndex(s).start() if rc.enabled(s) else None
         self.admin = make_admin(s)
-        self.placements: dict[str, PagePlacement] = {}  # per profile (its page topic and worker group)
-        self.placement = self.placement_of(DEFAULT_PROFILE)
+        self.placements: dict[tuple[str, str], PagePlacement] = {}  # (page topic, worker group) -> its placement
+        self.placement = self.placement_of(DEFAULT_PROFILE, DEFAULT_LANE)  # `pages`, the default's
         self._profiles: dict[str, Settings] = {}
 
-    def placement_of(self, profile: str) -> PagePlacement:
-        """The :class:`PagePlacement` of ``profile``'s page topic over its worker group."""
-        if profile not in self.placements:
-            s = self.s
-            self.placements[profile] = PagePlacement(self.rt.delivery.producer, s.page_topic(profile), self.admin,
-                                                     s.group(worker_group(profile)))
-        return self.placements[profile]
+    def placement_of(self, profile: str, lane: str) -> PagePlacement:
+        """The :class:`PagePlacement` of the page topic of ``profile`` and ``lane`` over the worker
+        group that reads it (:func:`topology.pages.worker_group`), made on first use."""
+        s = self.s
+        topic, group = s.page_topic(profile, lane), s.group(worker_group(profile, lane))
+        if (topic, group) not in self.placements:
+            self.placements[(topic, group)] = PagePlacement(self.rt.delivery.producer, topic, self.admin, group)
+        return self.placements[(topic, group)]
 
     def profile_dpi(self, profile: str) -> int:
         """The render DPI of ``profile`` (``OCRSTREAM_PROFILES``, else ``OCRSTREAM_RENDER_DPI``)."""
@@ -244,6 +264,7 @@ class Splitter:
             # only, checked before anything is read. Once checked, a failure below is called back too.
             ctx.webhook_url = check_webhook_url(s, ref.webhook_url, tenant)
         key = check_source(s, ref.source.bucket, ref.source.key, tenant)  # before any read: the trust boundary
+        lane = choose_lane(s, tenant, ref)  # a grant, like the sources: before any read
         if ref.pages is not None:
             parse_page_ranges(ref.pages)  # junk costs no download
         doc_key = document_key(tenant, ref.document_id)
@@ -285,7 +306,7 @@ class Splitter:
         # assembler finds the partitions of missing pages: pages not requested weigh nothing.
         last = numbers[-1]
         weights = [1.0] * last
-        if info.kind == "pdf" and last <= (self.placement.partitions() or 0):  # else unused
+        if info.kind == "pdf" and last <= (self.placement_of(route.profile, lane).partitions() or 0):  # else unused
             try:
                 with open_pdf(data) as doc:
                     weights = page_weights(doc)[:last]
@@ -297,21 +318,25 @@ class Splitter:
         copies = [(route.profile, False)] + ([(route.shadow, True)] if route.shadow else [])
         outputs = []
         for profile, shadow in copies:
-            placement = self.placement_of(profile).place(ref.document_id, weights)
+            copy_lane = DEFAULT_LANE if shadow else lane  # a shadow copy never takes an interactive slot
+            placement = self.placement_of(profile, copy_lane).place(ref.document_id, weights)
             copy_dpi = (ref.options.dpi or self.profile_dpi(profile)) if info.kind == "pdf" else None
             pipeline_key = shadow_key(doc_key) if shadow else doc_key  # the copies never share state
             outputs += [
-                Output(s.page_topic(profile), f"{pipeline_key}/{n}", encode(PageTask(
+                Output(s.page_topic(profile, copy_lane), f"{pipeline_key}/{n}", encode(PageTask(
                     document_id=ref.document_id, source=source, page_number=n, page_count=len(numbers),
                     kind=info.kind, dpi=copy_dpi, submitted_at=ref.submitted_at, tenant=tenant, slice=slices.get(n),
                     placement=placement, page_range=page_range,
-                    profile=None if profile == DEFAULT_PROFILE else profile, shadow=shadow or None,
+                    # written only off the defaults: records of the default profile's batch lane stay as they were
+                    profile=None if profile == DEFAULT_PROFILE else profile,
+                    lane=None if copy_lane == DEFAULT_LANE else copy_lane, shadow=shadow or None,
                     # a shadow copy is never cached and never called back: users never see it
                     cache_request=None if shadow else cache_request,
                     webhook_url=None if shadow else ref.webhook_url,
                 )), partition=placed_partition(placement, n) if placement else None)
                 for n in numbers
             ]
+        m.LANE_DOCUMENTS.labels(lane).inc()
         return outputs
 
     def _write_slices(self, tenant: str | None, ref: DocumentRef, data: bytes,

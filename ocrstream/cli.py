@@ -168,7 +168,7 @@ def cmd_submit(args, s: Settings) -> int:
 
     return submit_files(s, [Path(f) for f in args.files], wait=args.wait, as_json=args.json,
                         timeout_s=args.timeout or None, dpi=args.dpi, pages=args.pages, no_cache=args.no_cache,
-                        webhook_url=args.webhook, profile=args.profile)
+                        webhook_url=args.webhook, profile=args.profile, priority=args.priority)
 
 
 def _profile_name(text: str) -> str:
@@ -514,7 +514,8 @@ def cmd_gateway(args, s: Settings) -> int:
                              "(`key=-` for the default tenant)")
     if None in tenants:
         check_uploads_allowed(s)
-    check_kafka(s, [s.topic("pages"), *(s.tenant_topic(t, n) for t in tenants for n in ("ingest", "document-results"))],
+    check_kafka(s, [s.page_topic(lane="batch"), s.page_topic(lane="interactive"),  # each lane's backlog
+                    *(s.tenant_topic(t, n) for t in tenants for n in ("ingest", "document-results"))],
                 quiet=not args.debug)
     check_store(s)
     from producers.gateway import serve
@@ -568,6 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--profile", type=_profile_name, default=None,
                     help="model profile to OCR with (OCRSTREAM_PROFILES; the tenant must be allowed it; "
                          "default: the tenant's routing)")
+    sm.add_argument("--priority", choices=["interactive", "batch"], default=None,
+                    help="priority lane: interactive pages are OCR'd before every batch page (the tenant must be "
+                         "allowed it: OCRSTREAM_TENANT_LANES; default: batch)")
     sm.set_defaults(fn=cmd_submit)
     for name, text in [("worker", "OCR worker (consumer group member)"), ("splitter", "documents -> pages"),
                        ("assembler", "page results -> document results"), ("watch", "drop folder -> ingest"),

@@ -66,6 +66,17 @@ INFLIGHT_PAGES = Gauge("ocrstream_inflight_pages", "Pages consumed and not yet c
 BATCH_LIMIT = Gauge("ocrstream_batch_limit_pages", "Current cap on pages per engine call (lowered after out of memory)")
 PAUSED_PARTITIONS = Gauge("ocrstream_paused_partitions", "Partitions paused by back-pressure")
 CONSUMER_LAG = Gauge("ocrstream_consumer_lag", "Messages behind the high watermark", ["topic", "partition"])
+# Priority lanes (topology.pages, consumers/worker/stage.py)
+LANE_DOCUMENTS = Counter("ocrstream_lane_documents", "Documents the splitter routed, by priority lane", ["lane"])
+LANE_PAGES = Counter("ocrstream_lane_pages", "Pages the OCR worker finished (succeeded or failed), by priority lane",
+                     ["lane"])
+LANE_QUEUE_WAIT = Histogram("ocrstream_lane_queue_wait_seconds", "OCR worker: poll of a page task to the start of "
+                            "its engine batch, by priority lane", ["lane"],
+                            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+LANE_PAGE_LATENCY = Histogram("ocrstream_lane_page_latency_seconds", "Ingest (submitted_at) to page result, by "
+                              "priority lane", ["lane"], buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900))
+LANE_HELD_PARTITIONS = Gauge("ocrstream_lane_held_partitions", "Batch-lane partitions paused while interactive pages "
+                             "are in the worker")
 # Outbox sink (consumers/sinks/outbox.py)
 OUTBOX_DOCUMENTS = Counter("ocrstream_outbox_documents", "Document results handled by the outbox sink "
                            "(status succeeded, failed, deleted: files removed after a deletion request, or skipped: outside "
@@ -95,8 +106,8 @@ PAGE_RETRIES = Counter("ocrstream_page_retries", "Pages started again after an a
 GATEWAY_REQUESTS = Counter("ocrstream_gateway_requests", "HTTP requests answered by the gateway", ["route", "code"])
 GATEWAY_DOCUMENTS = Counter("ocrstream_gateway_documents", "Documents the gateway accepted (202)", ["tenant", "kind"])
 GATEWAY_REFUSED = Counter("ocrstream_gateway_refused", "Submissions the gateway refused", ["tenant", "reason"])
-GATEWAY_PAGE_BACKLOG = Gauge("ocrstream_gateway_page_backlog", "Page tasks the worker group has not committed "
-                             "(last measurement; OCRSTREAM_GATEWAY_MAX_BACKLOG_PAGES)")
+GATEWAY_PAGE_BACKLOG = Gauge("ocrstream_gateway_page_backlog", "Page tasks the worker group has not committed, by "
+                             "priority lane (last measurement; OCRSTREAM_GATEWAY_MAX_BACKLOG_PAGES)", ["lane"])
 GATEWAY_RESULTS = Gauge("ocrstream_gateway_results", "Documents in the gateway's results table (indexed: every "
                         "result seen; cached: held in memory; pending: accepted, no result yet)", ["kind"])
 RESULT_CACHE_LOOKUPS = Counter("ocrstream_result_cache_lookups", "Documents the splitter looked up in the result "

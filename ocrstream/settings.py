@@ -148,6 +148,11 @@ class Settings(BaseSettings):
         {}, description="tenants sharing the deployment, JSON `{\"name\": \"bucket/prefix/,...\"}`: "
         "each reads only its own allowed sources, publishes to `<prefix>tenant.<name>.ingest` and gets its results "
         "on `<prefix>tenant.<name>.document-results` (the plain topics are the default tenant's); {} = none")
+    tenant_lanes: dict[str, list[Literal["interactive", "batch"]]] = Field(
+        {}, description="priority lanes each tenant may use, JSON `{\"tenant\": [\"interactive\", \"batch\"]}` "
+        "(`-`: the default tenant); a document asking for another lane fails with lane_not_allowed. Not listed: the "
+        "default tenant may use both, a named tenant `batch` only (interactive pages go before every batch page, so "
+        "that lane is granted, never assumed)")
     tenant: str | None = Field(
         None, description="the tenant this client publishes and follows results as (`ocrstream submit`); unset = "
         "the default tenant. What enforces it is the broker's ACL on the tenant's topics, not this setting")
@@ -330,7 +335,9 @@ class Settings(BaseSettings):
                           "(None = ~/.cache/ocrstream/paddle-models)")
     batch_max_pages: int = Field(8, ge=1, description="micro-batch: most pages")
     batch_max_wait_ms: int = Field(200, ge=0, description="micro-batch: longest wait for more pages")
-    max_inflight_pages: int = Field(32, ge=1, description="pages fetched ahead; partitions pause beyond")
+    max_inflight_pages: int = Field(32, ge=1, description="pages fetched ahead; partitions pause beyond (the batch "
+                                    "lane's already at this many less a reserve for interactive pages: "
+                                    "OCRSTREAM_BATCH_MAX_PAGES or a quarter, whichever is more, at most half)")
     prepare_threads: int = Field(2, ge=1, description="download/render threads")
     page_timeout_s: float = Field(
         300.0, gt=0, description="engine time budget per page (seconds); a batch over budget is retried page by page "
@@ -489,6 +496,16 @@ class Settings(BaseSettings):
             if undefined:
                 raise ValueError(f"route of {tenant!r} names {', '.join(undefined)}, not in OCRSTREAM_PROFILES")
         return value
+    @field_validator("tenant_lanes")
+    @classmethod
+    def _tenant_lanes(cls, value: dict[str, list[str]], info) -> dict[str, list[str]]:
+        tenants = info.data.get("tenants", {})
+        for name, lanes in value.items():
+            if name != "-" and name not in tenants:
+                raise ValueError(f"tenant {name!r} is not in OCRSTREAM_TENANTS (`-`: the default tenant)")
+            if not lanes:
+                raise ValueError(f"tenant {name!r} has no lanes")
+        return {name: list(dict.fromkeys(lanes)) for name, lanes in value.items()}
 
     @field_validator("tenant")
     @classmethod
@@ -589,6 +606,14 @@ class Settings(BaseSettings):
         from topology.tenants import tenant_of_topic
 
         return tenant_of_topic(topic[len(self.topic_prefix):]) if topic.startswith(self.topic_prefix) else None
+
+    def lanes_of(self, tenant: str | None) -> tuple[str, ...]:
+        """The priority lanes ``tenant`` (None: the default tenant) may use
+        (``OCRSTREAM_TENANT_LANES``, see its description for the default)."""
+        listed = self.tenant_lanes.get("-" if tenant is None else tenant)
+        if listed is not None:
+            return tuple(listed)
+        return ("interactive", "batch") if tenant is None else ("batch",)
 
     def page_topic(self, profile: str | None = None, lane: str | None = None) -> str:
         """Full name of the page topic of ``profile`` (None: ``default``) and ``lane`` (None: ``batch``),

@@ -29,6 +29,7 @@ from ocrstream.sources import check_source
 from ocrstream.storage import ObjectStore
 from ocrstream.webhooks import check_webhook_url
 from schemas import DocumentOptions, DocumentRef, ObjectRef, encode
+from topology.pages import LANES
 
 
 def now_ms() -> int:
@@ -80,6 +81,12 @@ def stable_document_id(bucket: str, key: str, etag: str, version_id: str | None 
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
+def _check_priority(priority: str | None) -> None:
+    """Raises ValueError unless ``priority`` is None or a lane (:data:`topology.pages.LANES`)."""
+    if priority is not None and priority not in LANES:
+        raise ValueError(f"priority {priority!r}: one of {', '.join(LANES)}")
+
+
 class PublishError(RuntimeError):
     """A document reference was not acknowledged by the broker."""
 
@@ -121,7 +128,8 @@ class DocumentPublisher:
 
     def publish_object(self, bucket: str, key: str, *, filename: str | None = None,
                        document_id: str | None = None, dpi: int | None = None, pages: str | None = None,
-                       no_cache: bool = False, webhook_url: str | None = None, profile: str | None = None) -> str:
+                       no_cache: bool = False, webhook_url: str | None = None, profile: str | None = None,
+                       priority: str | None = None) -> str:
         """Publish a reference to an object that is already stored (stat'ed for ETag/size).
 
         The document id (unless given) is :func:`stable_document_id` of the object version
@@ -140,13 +148,19 @@ class DocumentPublisher:
             profile: the model profile to OCR with (``OCRSTREAM_PROFILES``); None = the tenant's
                 routing. Whether the tenant may use it is the splitter's check (a ``failed`` result
                 with ``profile_not_allowed``).
+            priority: the priority lane, ``interactive`` or ``batch`` (None: batch). Whether the
+                tenant may use it is the service's configuration (``OCRSTREAM_TENANT_LANES``),
+                checked by the splitter: a ``failed`` result with ``lane_not_allowed``. Not part
+                of the document id.
 
         Raises:
             OcrstreamError: ``invalid_page_range`` (malformed ``pages``, checked before anything
                 else), ``invalid_webhook_url``, ``webhook_not_allowed``, ``invalid_bucket``,
                 ``invalid_key``, ``forbidden_source`` (outside ``OCRSTREAM_ALLOWED_SOURCES``),
                 ``object_not_found``, ``storage_error``.
+            ValueError: ``priority`` is not a lane.
         """
+        _check_priority(priority)
         pages = None if pages is None else normalize_page_ranges(pages)
         if webhook_url is not None:
             check_webhook_url(self.s, webhook_url, self.s.tenant)
@@ -161,23 +175,26 @@ class DocumentPublisher:
                              etag=info.etag, version_id=info.version_id, size=info.size,
                              content_type=info.content_type),
             submitted_at=now_ms(), options=options, pages=pages, no_cache=no_cache or None, webhook_url=webhook_url,
-            profile=profile,
+            profile=profile, priority=priority,
         )
         return self.publish_ref(ref)
 
     def upload_and_publish(self, path: Path, *, dpi: int | None = None, pages: str | None = None,
-                           no_cache: bool = False, webhook_url: str | None = None, profile: str | None = None) -> str:
+                           no_cache: bool = False, webhook_url: str | None = None, profile: str | None = None,
+                           priority: str | None = None) -> str:
         """Upload a local file under ``upload_prefix/<document_id>/<name>`` and publish it
-        (``pages``, ``no_cache``, ``webhook_url``, ``profile``: as :meth:`publish_object`).
+        (``pages``, ``no_cache``, ``webhook_url``, ``profile``, ``priority``: as :meth:`publish_object`).
 
         Raises:
             OSError: the file cannot be read.
             OcrstreamError: ``invalid_page_range``, ``invalid_webhook_url``, ``webhook_not_allowed``
                 (before the upload), ``storage_error``, ``message_too_large``.
+            ValueError: ``priority`` is not a lane (before the upload).
         """
         pages = None if pages is None else normalize_page_ranges(pages)
         if webhook_url is not None:
             check_webhook_url(self.s, webhook_url, self.s.tenant)
+        _check_priority(priority)
         document_id = uuid.uuid4().hex
         data = Path(path).read_bytes()
         key = f"{self.s.upload_prefix}{document_id}/{Path(path).name}"
@@ -187,7 +204,7 @@ class DocumentPublisher:
             source=ObjectRef(bucket=info.bucket, key=key, filename=Path(path).name, etag=info.etag,
                              version_id=info.version_id, size=info.size, content_type=info.content_type),
             submitted_at=now_ms(), options=DocumentOptions(dpi=dpi), pages=pages, no_cache=no_cache or None,
-            webhook_url=webhook_url, profile=profile,
+            webhook_url=webhook_url, profile=profile, priority=priority,
         )
         return self.publish_ref(ref)
 

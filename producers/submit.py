@@ -20,7 +20,7 @@ from .results import ResultFollower
 
 def submit_files(s: Settings, files: list[Path], *, wait: bool, as_json: bool, timeout_s: float | None,
                  dpi: int | None = None, pages: str | None = None, no_cache: bool = False,
-                 webhook_url: str | None = None,
+                 webhook_url: str | None = None, priority: str | None = None,
                  out: TextIO = sys.stdout, profile: str | None = None) -> int:
     """Upload and publish ``files``; with ``wait``, print their document results.
 
@@ -31,6 +31,8 @@ def submit_files(s: Settings, files: list[Path], *, wait: bool, as_json: bool, t
         webhook_url: completion callback of every file's document (:mod:`ocrstream.webhooks`).
         profile: the model profile to OCR with (None: the tenant's routing); one the tenant may
             not use fails with ``profile_not_allowed``.
+        priority: the priority lane of every file (``interactive``, ``batch``; None: batch), see
+            :meth:`~producers.publish.DocumentPublisher.publish_object`.
 
     Returns:
         exit code: 0 when every document succeeded (or ``wait`` is off), 1 when
@@ -48,7 +50,7 @@ def submit_files(s: Settings, files: list[Path], *, wait: bool, as_json: bool, t
     with DocumentPublisher(s) as pub:
         for f in files:
             ids[pub.upload_and_publish(f, dpi=dpi, pages=pages, no_cache=no_cache, webhook_url=webhook_url,
-                                       profile=profile)] = f
+                                       profile=profile, priority=priority)] = f
     if not wait:
         for doc_id, f in ids.items():
             print(orjson.dumps({"document_id": doc_id, "file": str(f)}).decode() if as_json else f"{doc_id}  {f}",

@@ -41,6 +41,7 @@ class ReasonCode(StrEnum):
     WEBHOOK_NOT_ALLOWED = "webhook_not_allowed"  # host, port or scheme outside the tenant's OCRSTREAM_WEBHOOK_ALLOWED_HOSTS
     WEBHOOK_FAILED = "webhook_failed"  # the receiver did not accept the call within the retry budget
     PROFILE_NOT_ALLOWED = "profile_not_allowed"  # DocumentRef.profile not allowed for the tenant (OCRSTREAM_PROFILE_ROUTES)
+    LANE_NOT_ALLOWED = "lane_not_allowed"  # DocumentRef.priority names a lane the tenant may not use (OCRSTREAM_TENANT_LANES)
     # Stage runtime (ocrstream/streaming): failures that are not the input's fault.
     INTERNAL_ERROR = "internal_error"  # an unexpected exception while handling a record (a bug)
     INCOMPLETE = "incomplete"  # a document still missing pages after OCRSTREAM_DOCUMENT_DEADLINE_S

@@ -26,8 +26,12 @@ def test_no_wildcards_and_only_known_topics():
 def test_the_data_flow():
     assert _allowed("submitter", "WRITE") == {"ocr.ingest"}
     assert _allowed("submitter", "READ") == {"ocr.document-results"}
-    assert _allowed("splitter", "WRITE") == {"ocr.pages", "ocr.document-results", "ocr.dead-letters"}
-    assert _allowed("worker", "READ") == {"ocr.pages", "ocr.page-attempts"}
+    assert _allowed("splitter", "WRITE") == {"ocr.pages", "ocr.pages-interactive", "ocr.document-results",
+                                             "ocr.dead-letters"}
+    assert _allowed("worker", "READ") == {"ocr.pages", "ocr.pages-interactive", "ocr.page-attempts"}
+    # the priority lanes' backlog: assembler (deadline) and gateway (429) describe both page topics
+    assert {"ocr.pages", "ocr.pages-interactive"} <= _allowed("assembler", "DESCRIBE")
+    assert "ocr.pages-interactive" not in _allowed("assembler", "READ") | _allowed("gateway", "WRITE")
     assert "ocr.ingest" not in _allowed("worker", "WRITE") | _allowed("assembler", "WRITE")
     assert _allowed("assembler", "WRITE") == {"ocr.document-results", "ocr.dead-letters", "ocr.assembler-state",
                                               "ocr.result-cache",
@@ -40,9 +44,11 @@ def test_the_data_flow():
         assert _allowed(sink, "WRITE") == {"ocr.dead-letters"}
         assert _allowed(sink, "READ", "group") == {f"ocrstream.{sink}"}
         assert _allowed(sink, "WRITE", "transactional_id") == {f"ocrstream.{sink}-"}
-    assert _allowed("worker", "READ", "group") == {"ocrstream.worker", "ocrstream.restore-"}
+    assert _allowed("worker", "READ", "group") == {"ocrstream.worker", "ocrstream.worker-interactive",
+                                                   "ocrstream.restore-"}
     assert _allowed("splitter", "READ", "group") == {"ocrstream.splitter", "ocrstream.restore-"}
-    assert _allowed("assembler", "DESCRIBE", "group") == {"ocrstream.worker"}  # the document deadline's lag check
+    # the document deadline's lag check, one group per lane
+    assert _allowed("assembler", "DESCRIBE", "group") == {"ocrstream.worker", "ocrstream.worker-interactive"}
     assert _allowed("splitter", "WRITE", "transactional_id") == {"ocrstream.splitter-"}
     # follower groups read by assignment: looked up, never joined as a stage's group
     assert _allowed("submitter", "READ", "group") == {"ocrstream.follower-"}
@@ -68,12 +74,13 @@ def test_the_gateway_publishes_and_follows_for_every_tenant_and_nothing_else():
 
     assert names("WRITE") == {"ocr.ingest", "ocr.tenant.acme.ingest"}
     assert names("READ") == {"ocr.document-results", "ocr.tenant.acme.document-results"}
-    assert names("DESCRIBE") == {"ocr.ingest", "ocr.tenant.acme.ingest", "ocr.pages"}
-    assert names("DESCRIBE", "group") == {"ocrstream.worker", "ocrstream.gateway-"}
+    assert names("DESCRIBE") == {"ocr.ingest", "ocr.tenant.acme.ingest", "ocr.pages", "ocr.pages-interactive"}
+    assert names("DESCRIBE", "group") == {"ocrstream.worker", "ocrstream.worker-interactive", "ocrstream.gateway-"}
     assert not names("READ", "group")  # no group it could join, commit in, or read offsets of
     assert {g.resource for g in grants} == {"topic", "group"}  # no transactional id, no cluster right
     assert {(g.name, g.pattern) for g in grants if g.resource == "group"} == {
-        ("ocrstream.worker", "literal"), ("ocrstream.gateway-", "prefixed")}
+        ("ocrstream.worker", "literal"), ("ocrstream.worker-interactive", "literal"),
+        ("ocrstream.gateway-", "prefixed")}
     # the pipeline's internals stay out of reach: no page tasks, page results or dead letters
     assert not {g.name for g in grants} & {"ocr.page-results", "ocr.dead-letters", "ocr.assembler-state"}
     assert names("WRITE") & {"ocr.pages"} == set()
@@ -109,9 +116,10 @@ def test_profiles_get_their_page_topics_and_worker_group_and_shadow_results_stay
     for topic in topics:
         assert who(topic, "READ") == {"worker"}
         assert who(topic, "WRITE") == {"splitter", "operator"}
-        assert who(topic, "DESCRIBE") == {"splitter", "operator", "assembler"}
-    assert who("ocrstream.worker.fast", "READ", "group") == {"worker"}
-    assert who("ocrstream.worker.fast", "DESCRIBE", "group") == {"splitter", "assembler"}
+        assert who(topic, "DESCRIBE") == {"splitter", "operator", "assembler", "gateway"}
+    for group in ("ocrstream.worker.fast", "ocrstream.worker.fast.interactive"):  # one per lane
+        assert who(group, "READ", "group") == {"worker"}
+        assert who(group, "DESCRIBE", "group") == {"splitter", "assembler", "gateway"}
     assert who("ocr.shadow-results", "READ") == {"operator"}
     assert who("ocr.shadow-results", "WRITE") == {"assembler", "operator"}
     # without profiles nothing of theirs is granted; the default profile keeps its plain names

@@ -301,7 +301,7 @@ def test_page_backlog_over_the_limit_is_429(stack):
                 assert time.monotonic() < deadline, "backlog still over the limit after the commit"
                 time.sleep(0.2)
             assert r.status_code == 202, r.text
-            assert "ocrstream_gateway_page_backlog 2.0" in gw.get("/metrics").text
+            assert 'ocrstream_gateway_page_backlog{lane="batch"} 2.0' in gw.get("/metrics").text
     finally:
         _drop_topics(s)
 

@@ -154,7 +154,7 @@ def test_consumers_read_a_newer_minor_version_with_an_added_field(settings, stor
     s = settings
     store.client.put_object(s.bucket, "uploads/newer.png", io.BytesIO(_png()), len(_png()))
     ref = {"schema": "document_ref", "schema_version": 1, "document_id": "newer-doc", "submitted_at": 1,
-           "priority": "high",  # added by a newer producer
+           "sla": "gold",  # added by a newer producer (not `priority`: that field exists now)
            "source": {"bucket": s.bucket, "key": "uploads/newer.png", "filename": "newer.png", "region": "eu"}}
     p = Producer(producer_config(s))
     p.produce(s.topic("ingest"), orjson.dumps(ref), "newer-doc")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .pages import DEFAULT_PROFILE, check_profile_name, page_topics, worker_group
+from .pages import DEFAULT_PROFILE, LANES, check_profile_name, page_topics, worker_group
 from .shadow import SHADOW_RESULTS
 from .tenants import check_tenant_name, follower_group, tenant_topic
 
@@ -28,6 +28,7 @@ class RoleGrants:
     writes: tuple[str, ...] = ()
     describes: tuple[str, ...] = ()  # watermarks of another stage's input (lag checks)
     group: str | None = None  # consumer group it joins and commits as
+    other_groups: tuple[str, ...] = ()  # more groups it joins (the OCR worker's interactive lane)
     describes_groups: tuple[str, ...] = ()  # groups whose committed offsets it reads
     group_families: tuple[str, ...] = ()  # "<group_prefix><name>-*": one throwaway group per run
     # "<group_prefix><name>-*" named by consumers that only assign(): DESCRIBE (the coordinator
@@ -39,6 +40,12 @@ class RoleGrants:
     restores: bool = False  # reads a state topic by assignment (group "<group_prefix>restore-*")
 
 
+PAGE_TOPICS = tuple(page_topics())
+"""The default profile's page topics, one per priority lane (``pages-interactive``, ``pages``)."""
+
+WORKER_GROUPS = tuple(worker_group(lane=lane) for lane in LANES)
+"""Their worker groups (``worker-interactive``, ``worker``): one per page topic."""
+
 GRANTS: dict[str, RoleGrants] = {
     # programs, `ocrstream submit`: publish references, follow results (by assignment, no group)
     "submitter": RoleGrants(writes=("ingest",), reads=("document-results",), group_families=("follower",)),
@@ -46,17 +53,18 @@ GRANTS: dict[str, RoleGrants] = {
     # page placement reads the worker group's assignment (DescribeConsumerGroups)
     # the result cache and the workers' fingerprints (metrics samples): read by assignment (groups
     # "restore-result-cache-*"); a hit is a document result
-    "splitter": RoleGrants(reads=("ingest", "result-cache", "metrics"), writes=("pages", "document-results", "dead-letters"),
-                           describes_groups=("worker",), group="splitter", transactional=True, restores=True),
-    "worker": RoleGrants(reads=("pages", "page-attempts"), writes=("page-results", "dead-letters", "metrics",
+    "splitter": RoleGrants(reads=("ingest", "result-cache", "metrics"),
+                           writes=(*PAGE_TOPICS, "document-results", "dead-letters"),
+                           describes_groups=WORKER_GROUPS, group="splitter", transactional=True, restores=True),
+    "worker": RoleGrants(reads=(*PAGE_TOPICS, "page-attempts"), writes=("page-results", "dead-letters", "metrics",
                                                                    "page-attempts"),
-                         group="worker", transactional=True, restores=True),
-    # the document deadline waits for the worker group's lag on the pages partitions; shadow
-    # copies' results go to shadow-results (topology.shadow)
+                         group="worker", other_groups=WORKER_GROUPS[:-1], transactional=True, restores=True),
+    # the document deadline waits for the worker groups' lag on the page topics; shadow copies'
+    # results go to shadow-results (topology.shadow)
     "assembler": RoleGrants(reads=("page-results", "assembler-state"),
                             writes=("document-results", "dead-letters", "assembler-state", "result-cache",
                                     SHADOW_RESULTS),
-                            describes=("pages",), describes_groups=("worker",), group="assembler",
+                            describes=PAGE_TOPICS, describes_groups=WORKER_GROUPS, group="assembler",
                             transactional=True, restores=True),
     "watcher": RoleGrants(reads=("object-events", "watch-state"), writes=("ingest", "watch-state"),
                           group="watch", transactional=True, restores=True),
@@ -68,14 +76,14 @@ GRANTS: dict[str, RoleGrants] = {
     # `delete` (tombstones in document-results, result-cache and shadow-results), `top` (metrics), `compare`
     # (document-results, shadow-results and metrics by assignment); S3 rights come from its policy
     "operator": RoleGrants(reads=("dead-letters", "metrics", "document-results", SHADOW_RESULTS),
-                           writes=("ingest", "pages", "page-results", "document-results", "result-cache",
+                           writes=("ingest", *PAGE_TOPICS, "page-results", "document-results", "result-cache",
                                    SHADOW_RESULTS),
                            group="dlq-replay", group_families=("dlq-list", "top", "follower", "compare")),
     # the HTTP gateway (`ocrstream gateway`): publishes references for the tenants of its API keys,
     # tails their results topics by assignment (groups `gateway-<id>`, `gateway-fetch-<id>`), and
-    # measures the page backlog (watermarks of `pages`, committed offsets of the worker group)
-    "gateway": RoleGrants(writes=("ingest",), reads=("document-results",), describes=("pages",),
-                          describes_groups=("worker",), describe_group_families=("gateway",), tenants_too=True),
+    # measures the page backlog (watermarks of the page topics, committed offsets of their worker groups)
+    "gateway": RoleGrants(writes=("ingest",), reads=("document-results",), describes=PAGE_TOPICS,
+                          describes_groups=WORKER_GROUPS, describe_group_families=("gateway",), tenants_too=True),
     # completion callbacks (`ocrstream webhooks`): every tenant's results in, dead letters out; the
     # calls themselves leave through HTTP, not Kafka
     "webhooks": RoleGrants(reads=("document-results",), writes=("dead-letters",), group="webhooks",
@@ -116,14 +124,14 @@ def acl_grants(topic_prefix: str, group_prefix: str, roles: tuple[str, ...] = RO
 
     Model profiles besides ``default`` (``OCRSTREAM_PROFILES``, see :mod:`topology.pages`): each
     profile's page topics (every lane) are named like the ``pages`` topic's grants: the worker
-    reads them and joins the profile's own group ``worker.<p>`` (one principal serves every
+    reads them and joins the profile's own groups ``worker.<p>`` and ``worker.<p>.interactive`` (one principal serves every
     profile: its workers run the same code, only the models differ), the splitter writes them and
-    describes that group (page placement), the assembler describes both (the deadline's lag check),
+    describes those groups (page placement), the assembler and the gateway describe both (lag checks),
     the operator writes them (a dead letter's replay goes back to the topic it failed on).
     """
     out: list[Grant] = []
     for profile in (p for p in profiles if p != DEFAULT_PROFILE):
-        group = group_prefix + worker_group(check_profile_name(profile))
+        groups = [group_prefix + worker_group(check_profile_name(profile), lane) for lane in LANES]
         for topic in (topic_prefix + t for t in page_topics(profile)):
             if "worker" in roles:
                 out.append(Grant("worker", "topic", topic, "literal", "READ"))
@@ -131,13 +139,15 @@ def acl_grants(topic_prefix: str, group_prefix: str, roles: tuple[str, ...] = RO
                 if role in roles:
                     out += [Grant(role, "topic", topic, "literal", "WRITE"),
                             Grant(role, "topic", topic, "literal", "DESCRIBE")]
-            if "assembler" in roles:
-                out.append(Grant("assembler", "topic", topic, "literal", "DESCRIBE"))
-        if "worker" in roles:
-            out.append(Grant("worker", "group", group, "literal", "READ"))
-        for role in ("splitter", "assembler"):
-            if role in roles:
-                out.append(Grant(role, "group", group, "literal", "DESCRIBE"))
+            for role in ("assembler", "gateway"):  # lag checks
+                if role in roles:
+                    out.append(Grant(role, "topic", topic, "literal", "DESCRIBE"))
+        for group in groups:  # one per lane (topology.pages.worker_group)
+            if "worker" in roles:
+                out.append(Grant("worker", "group", group, "literal", "READ"))
+            for role in ("splitter", "assembler", "gateway"):
+                if role in roles:
+                    out.append(Grant(role, "group", group, "literal", "DESCRIBE"))
     for tenant in tenants:
         ingest, results = (topic_prefix + tenant_topic(tenant, t) for t in ("ingest", "document-results"))
         role = tenant_role(tenant)
@@ -168,8 +178,8 @@ def acl_grants(topic_prefix: str, group_prefix: str, roles: tuple[str, ...] = RO
             out.append(Grant(role, "topic", topic_prefix + t, "literal", "DESCRIBE"))
         for t in g.describes:
             out.append(Grant(role, "topic", topic_prefix + t, "literal", "DESCRIBE"))
-        if g.group:
-            out.append(Grant(role, "group", group_prefix + g.group, "literal", "READ"))
+        for group in ((g.group,) if g.group else ()) + g.other_groups:
+            out.append(Grant(role, "group", group_prefix + group, "literal", "READ"))
         for other in g.describes_groups:
             out.append(Grant(role, "group", group_prefix + other, "literal", "DESCRIBE"))
         if g.restores:

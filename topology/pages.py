@@ -22,7 +22,13 @@ so single-profile deployments are unchanged.
 
 Each profile has its own worker group (:func:`worker_group`): ``worker`` for the default one,
 ``worker.<p>`` for the others, so the splitter's placement and the gateway's backlog read one
-group's assignment and lag per profile.
+group's assignment and lag per profile. Each lane but ``batch`` has a group of its own too
+(``worker-interactive``, ``worker.<p>.interactive``), joined by the same worker processes with a
+second consumer. Why not one group reading both topics: Kafka's sticky assignors balance the
+*total* partition count per member, not each topic's (librdkafka #4044): when the second of two
+workers joined, the first kept all 12 ``pages`` partitions and the second got all 12
+``pages-interactive`` ones, so one worker did all the batch work. One group per topic keeps each
+lane spread over every worker, and leaves the batch lane's group exactly as it was.
 """
 
 from __future__ import annotations
@@ -84,7 +90,18 @@ def parse_page_topic(logical: str) -> tuple[str, str] | None:
     return None
 
 
-def worker_group(profile: str = DEFAULT_PROFILE) -> str:
-    """The worker consumer group (without the group prefix) of ``profile``: ``worker`` or
-    ``worker.<profile>``."""
-    return "worker" if profile == DEFAULT_PROFILE else f"worker.{check_profile_name(profile)}"
+def worker_group(profile: str = DEFAULT_PROFILE, lane: str = DEFAULT_LANE) -> str:
+    """The worker consumer group (without the group prefix) that reads the page topic of
+    ``profile`` and ``lane``: ``worker`` or ``worker.<profile>`` for the batch lane,
+    ``worker-<lane>`` or ``worker.<profile>.<lane>`` for another (profile names have no ``.``, so
+    no lane's group is another profile's).
+
+    Raises:
+        ValueError: an unknown lane or an invalid profile name.
+    """
+    if lane not in LANES:
+        raise ValueError(f"lane {lane!r}: one of {', '.join(LANES)}")
+    base = "worker" if profile == DEFAULT_PROFILE else f"worker.{check_profile_name(profile)}"
+    if lane == DEFAULT_LANE:
+        return base
+    return f"{base}-{lane}" if profile == DEFAULT_PROFILE else f"{base}.{lane}"

@@ -3,6 +3,14 @@
 A batch closes when ``batch_limit`` pages are ready or the oldest ready page has waited
 ``OCRSTREAM_BATCH_MAX_WAIT_MS``. A page with earlier attempts that ended a worker process
 goes alone (see :mod:`.attempts`): if it is the poison, it takes down no other page again.
+
+Priority lanes (:mod:`topology.pages`): pages of the ``interactive`` lane go first, in a batch
+of their own (no batch-lane page rides along to lengthen it), which starts as soon as one is
+ready, without waiting ``OCRSTREAM_BATCH_MAX_WAIT_MS`` for company. While an interactive page
+is still being downloaded and rendered, no batch-lane batch starts (for up to
+:data:`INTERACTIVE_PREPARE_WAIT_S`): the engine would otherwise take a whole batch of batch pages
+just before it is ready. A batch already in the engine is never interrupted, so an interactive
+page waits at most for the batch in the engine (``OCRSTREAM_BATCH_MAX_PAGES`` pages) and then its own.
 """
 
 from __future__ import annotations
@@ -13,6 +21,11 @@ import time
 from .items import WorkItem
 
 log = logging.getLogger(__name__)
+
+INTERACTIVE_PREPARE_WAIT_S = 5.0
+"""How long the engine may stay idle for an interactive page still being prepared, from its
+poll: a download and a 150-DPI render take 0.1-1 s; a prepare slower than this is stuck or
+slow (its own budgets fail it later) and the batch lane goes on meanwhile."""
 
 
 class BatchLimit:
@@ -45,20 +58,29 @@ class BatchLimit:
             self.value, self._ok = self.value + 1, 0
 
 
-def next_batch(ready: list[WorkItem], max_pages: int, max_wait_ms: float) -> list[WorkItem]:
+def next_batch(ready: list[WorkItem], max_pages: int, max_wait_ms: float,
+               preparing: list[WorkItem] = ()) -> list[WorkItem]:
     """The pages to send to the engine now (empty: wait for more).
 
     Args:
         ready: prepared pages in arrival order.
         max_pages: the current :class:`BatchLimit` value.
-        max_wait_ms: how long the oldest ready page may wait for company.
+        max_wait_ms: how long the oldest ready batch-lane page may wait for company.
+        preparing: pages consumed and not prepared yet (only their lane and poll time count).
     """
     if not ready:
         return []
+    # A page with earlier attempts goes alone: it may be the page that ended the last process.
+    interactive = [it for it in ready if it.lane == "interactive"]
+    if interactive:  # first, and at once: an interactive page waits for no company
+        return [it for it in interactive if it.attempts > 0][:1] or interactive[:max_pages]
     retried = [it for it in ready if it.attempts > 0]
     if retried:
-        return retried[:1]  # alone: it may be the page that ended the last process
-    oldest_wait_ms = (time.monotonic() - min(it.received for it in ready)) * 1000
+        return retried[:1]
+    now = time.monotonic()
+    if any(it.lane == "interactive" and now - it.received < INTERACTIVE_PREPARE_WAIT_S for it in preparing):
+        return []  # the engine stays free for it
+    oldest_wait_ms = (now - min(it.received for it in ready)) * 1000
     if len(ready) < max_pages and oldest_wait_ms < max_wait_ms:
         return []
     return ready[:max_pages]

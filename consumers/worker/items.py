@@ -27,6 +27,7 @@ class WorkItem:
     msg: Message
     received: float  # time.monotonic() at poll
     epoch: int = 0
+    lane: str = "batch"  # the priority lane of its page topic (topology.pages.LANES)
     attempts: int = 0  # earlier engine attempts that ended a worker process
     task: PageTask | None = None
     bad: OcrstreamError | None = None  # the record itself is invalid -> dead letter
@@ -44,9 +45,9 @@ class WorkItem:
         return self.msg.topic(), self.msg.partition()
 
     @property
-    def mark(self) -> tuple[int, int]:
-        """``(partition, offset)``: the key of its in-flight mark."""
-        return self.msg.partition(), self.msg.offset()
+    def mark(self) -> tuple[str, int, int]:
+        """``(topic, partition, offset)``: what its in-flight mark is keyed by (:mod:`.attempts`)."""
+        return self.msg.topic(), self.msg.partition(), self.msg.offset()
 
     def on_phase(self, name: str) -> None:
         """Called by the prepare thread as the download and the render start."""

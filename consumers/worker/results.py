@@ -105,7 +105,10 @@ def outputs_for(s: Settings, items: list[WorkItem], results: list, engine: Engin
             m.TEXT_LAYER_PAGES.inc()
         if not failed and getattr(ocr, "rotation", 0):
             m.PAGES_TURNED.labels(str(ocr.rotation)).inc()
-        m.PAGE_LATENCY.labels(s.profile).observe(max(0.0, (now_ms() - item.task.submitted_at) / 1000))
+        latency_s = max(0.0, (now_ms() - item.task.submitted_at) / 1000)
+        m.PAGE_LATENCY.labels(s.profile).observe(latency_s)
+        m.LANE_PAGES.labels(item.lane).inc()
+        m.LANE_PAGE_LATENCY.labels(item.lane).observe(latency_s)
     return outputs
 
 

@@ -10,9 +10,28 @@ Each step, on the poll thread (the only thread that calls Kafka):
 2. a finished batch is published (page results, then the commit: :mod:`ocrstream.streaming.delivery`);
 3. pages that skip the engine (invalid records, failed or over-budget prepares, poison pages)
    are published;
-4. a new batch starts when one is due (:mod:`.batching`), after its in-flight marks are durable;
-5. back-pressure: partitions pause above ``max_inflight_pages`` and resume when half drained;
-6. poll: one record is accepted and its download + render starts (:mod:`.fetch`).
+4. a new batch starts when one is due (:mod:`.batching`: the interactive lane first), after its
+   in-flight marks are durable;
+5. flow control (:meth:`OcrWorker._flow`, the one place that decides what is fetched; the
+   pause state itself is each runtime's): back-pressure, and the lane hold below;
+6. poll: one record is accepted and its download + render starts (:mod:`.fetch`), the
+   interactive lane's consumer first.
+
+Priority lanes (:mod:`topology.pages`): the worker reads its profile's ``pages`` topic (the
+batch lane) in group ``worker`` and ``pages-interactive`` with a second consumer in group
+``worker-interactive`` (:func:`topology.pages.worker_group`; one group per topic, so that each
+lane's partitions are spread over all workers). While interactive pages are in the worker
+(consumed and not committed) the batch lane's partitions are paused (the *lane hold*), so no
+more batch pages are fetched, and resumed once the interactive lane is empty. Back-pressure
+pauses the batch lane at ``max_inflight_pages`` less a reserve (:func:`reserve_pages`), resumed
+when half drained, and the interactive lane only at ``max_inflight_pages``, resumed as soon as a
+page is done: prefetched batch pages never keep an interactive page from being fetched. They
+stay queued and go to the engine after the interactive ones (:mod:`.batching`; their renders
+too, :mod:`.fetch`). A batch already in the engine is not interrupted: an interactive page
+waits for it, which is why the latency bound under a batch backlog comes from small batches
+(README, "Priority lanes"). Each lane's records are published and committed through its own
+consumer (and, exactly-once, its own transactional producer, ``<transactional id>.interactive``);
+a batch never mixes lanes.
 
 Rebalances (cooperative-sticky): on revoke the in-flight batch is finished, published and
 committed and queued pages of revoked partitions are dropped (their new owner re-reads
@@ -25,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from confluent_kafka import KafkaException, Message, TopicPartition
 
@@ -36,6 +56,7 @@ from ocrstream.kafka import make_producer
 from ocrstream.profiles import profile_settings
 from ocrstream.settings import Settings
 from ocrstream.streaming import FatalKafkaError, OffsetTracker, StageRuntime, StopFlag, run_stage
+from ocrstream.streaming.delivery import transactional_id
 from schemas import WorkerMetrics
 from topology import worker_group
 
@@ -49,6 +70,16 @@ from .results import STAGE, MetricsReporter, WorkerStats, outputs_for
 log = logging.getLogger(__name__)
 
 EXIT_ENGINE_STUCK = 3
+IDLE_POLL_S = 0.1  # batch-lane poll when idle: an interactive record waits at most this for its own poll
+
+
+def reserve_pages(s: Settings) -> int:
+    """Of ``max_inflight_pages``, the pages the batch lane leaves to the interactive lane:
+    ``batch_max_pages`` or a quarter of the limit, whichever is more, at most half of it (8 of
+    32 by default: an interactive document of up to 8 pages is fetched at once, however many
+    batch pages wait in the worker)."""
+    limit = s.max_inflight_pages
+    return min(limit // 2, max(s.batch_max_pages, limit // 4))
 
 
 class OcrWorker:
@@ -71,11 +102,20 @@ class OcrWorker:
         s = profile_settings(s)  # its models, DPI and thresholds: before anything reads them
         self.s = s
         self.engine = EngineThread(s, engine)
-        self.rt = StageRuntime(s, STAGE, [s.page_topic(s.profile)], stop=stop, on_assign=self._on_assign,
-                               on_revoke=self._on_revoke, on_lost=self._on_lost, on_rewind=self._on_rewind,
-                               ready=lambda: self.engine.engine is not None, busy=self._busy, results_topic=None,
-                               group=s.group(worker_group(s.profile)))
+        hooks = dict(on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost,
+                     on_rewind=self._on_rewind, results_topic=None)
+        # The batch lane: the stage's own runtime (probes, readiness, liveness).
+        self.rt = StageRuntime(s, STAGE, [s.page_topic(s.profile, "batch")], stop=stop,
+                               ready=lambda: self.engine.engine is not None, busy=self._busy,
+                               group=s.group(worker_group(s.profile)), **hooks)
         self.stop = self.rt.stop
+        # The interactive lane: a second consumer in its own group, without probes of its own.
+        self.lane_rt = StageRuntime(s.model_copy(update={"http_port": 0}), STAGE,
+                                    [s.page_topic(s.profile, "interactive")], stop=self.stop,
+                                    group=s.group(worker_group(s.profile, "interactive")),
+                                    tid=f"{transactional_id(s, STAGE)}.interactive", **hooks)
+        self.runtimes = {"interactive": self.lane_rt, "batch": self.rt}  # drain order (topology.pages.LANES)
+        self.lanes = {rt.topics[0]: lane for lane, rt in self.runtimes.items()}  # page topic -> lane
         self.fetch = Prefetch(s, self.stop.event)
         self.attempts = PageAttempts(s)
         self.tracker = OffsetTracker()
@@ -95,11 +135,12 @@ class OcrWorker:
             key = (p.topic, p.partition)
             self.epochs[key] = self.epochs.get(key, 0) + 1
         # Attempt counts first: a page must not run before we know whether it killed a process.
+        tps = [(p.topic, p.partition) for p in partitions]
         try:
-            self.attempts.restore([p.partition for p in partitions])
+            self.attempts.restore(tps)
         except (OcrstreamError, KafkaException) as exc:
             # Running without the counts could let a poison page kill workers forever: restart.
-            raise FatalKafkaError(f"in-flight marks of {[p.partition for p in partitions]} unreadable: {exc}") from exc
+            raise FatalKafkaError(f"in-flight marks of {tps} unreadable: {exc}") from exc
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         if not self.stop.is_set() and not self.engine_stuck:
@@ -120,7 +161,7 @@ class OcrWorker:
 
     def _on_lost(self, partitions: list[TopicPartition]) -> None:
         self._forget(partitions)
-        self.attempts.forget([p.partition for p in partitions])  # the next owner restores them
+        self.attempts.forget([(p.topic, p.partition) for p in partitions])  # the next owner restores them
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         for p in partitions:  # a batch still in the engine must not commit for these any more
@@ -139,6 +180,7 @@ class OcrWorker:
         """
         self.engine.load()  # fail fast if models cannot load
         self.rt.start()
+        self.lane_rt.start()
         try:
             while not self.stop.is_set():
                 self.step()
@@ -150,7 +192,10 @@ class OcrWorker:
             self.engine.close()
             self.attempts.close()
             self.metrics.producer.flush(5)
-            self.rt.close()
+            try:
+                self.lane_rt.close()
+            finally:
+                self.rt.close()
 
     def step(self) -> None:
         """One iteration (see module docstring)."""
@@ -167,39 +212,63 @@ class OcrWorker:
         if self.stop.is_set():
             return  # no new batch (and no new in-flight marks) once stopping
         self._maybe_start_batch()
-        self._backpressure()
+        self._flow()
         if self.metrics.due():
             self.publish_metrics()
         if self.engine.busy and not self.engine.over_budget():
             self.rt.progress()  # the engine works within its budget: not a stall
-        msg = self.rt.poll(0.02 if self._busy() else 0.25)
+        msg = self.lane_rt.poll(0)  # the interactive lane first
+        if msg is not None:
+            self.rt.progress()  # liveness is the batch runtime's: held while interactive pages run
+        else:
+            msg = self.rt.poll(0.02 if self._busy() else IDLE_POLL_S)
         if msg is not None:
             self._accept(msg)
 
     def _accept(self, msg: Message) -> None:
         tp = (msg.topic(), msg.partition())
         self.tracker.add(*tp, msg.offset())
-        prior = self.attempts.prior(msg.partition(), msg.offset())
+        prior = self.attempts.prior(*tp, msg.offset())
         if prior:
             m.PAGE_RETRIES.inc()
             log.warning("page task %s[%d]@%d ended %d worker process(es) before: running it alone",
                         msg.topic(), msg.partition(), msg.offset(), prior)
-        self.fetch.accept(msg, self.epochs.get(tp, 0), prior)
+        self.fetch.accept(msg, self.epochs.get(tp, 0), prior, self.lanes.get(msg.topic(), "batch"))
 
-    def _backpressure(self) -> None:
+    def _flow(self) -> None:
+        """What is fetched (see module docstring, priority lanes)."""
         inflight = self.tracker.inflight()
-        if not self.rt.paused and inflight >= self.s.max_inflight_pages and self.rt.assigned:
-            self.rt.pause()
-        elif self.rt.paused and inflight <= self.s.max_inflight_pages // 2:
-            self.rt.resume()
+        limit = self.s.max_inflight_pages
+        batch_limit = max(1, limit - reserve_pages(self.s))
+        self._backpressure(self.rt, inflight, batch_limit, batch_limit // 2)
+        # No hysteresis on the interactive lane: waiting for half the batch pages to drain would
+        # keep its next page unfetched for minutes.
+        self._backpressure(self.lane_rt, inflight, limit, limit - 1)
+        if self.tracker.inflight(set(self.lane_rt.topics)):
+            if not self.rt.paused_for("lane"):
+                log.debug("interactive pages in flight: batch lane held")
+                self.rt.pause("lane")
+        elif self.rt.paused_for("lane"):
+            log.debug("interactive lane empty: batch lane fetched again")
+            self.rt.resume("lane")
         m.INFLIGHT_PAGES.set(inflight)
-        m.PAUSED_PARTITIONS.set(len(self.rt.assigned) if self.rt.paused else 0)
+        m.PAUSED_PARTITIONS.set(sum(len(rt.assigned) for rt in self.runtimes.values() if rt.paused_for("backpressure")))
+        m.LANE_HELD_PARTITIONS.set(len(self.rt.assigned) if self.rt.paused_for("lane") else 0)
+
+    @staticmethod
+    def _backpressure(rt: StageRuntime, inflight: int, limit: int, resume_at: int) -> None:
+        """Pause ``rt``'s partitions at ``limit`` pages in flight, resume them at ``resume_at``."""
+        if not rt.paused_for("backpressure") and inflight >= limit and rt.assigned:
+            rt.pause("backpressure")
+        elif rt.paused_for("backpressure") and inflight <= resume_at:
+            rt.resume("backpressure")
 
     def _maybe_start_batch(self) -> None:
         if self.engine.busy:
             return
         m.BATCH_LIMIT.set(self.engine.limit.value)
-        batch = next_batch(self.fetch.ready(), self.engine.limit.value, self.s.batch_max_wait_ms)
+        preparing = [it for it in self.fetch.queue if not it.ready()]
+        batch = next_batch(self.fetch.ready(), self.engine.limit.value, self.s.batch_max_wait_ms, preparing)
         if not batch:
             return
         for it in batch:
@@ -217,6 +286,9 @@ class OcrWorker:
             log.error("%s: batch postponed", exc)  # the pages stay queued; tried again next step
             return
         self.fetch.remove(batch)
+        now = time.monotonic()
+        for it in batch:
+            m.LANE_QUEUE_WAIT.labels(it.lane).observe(now - it.received)
         self.engine.submit(batch)
 
     def _check_engine_budget(self) -> None:
@@ -256,27 +328,37 @@ class OcrWorker:
                       [it.mark for it in batch])
 
     def _publish(self, items: list[WorkItem], results: list | None) -> bool:
-        """Publish the items' outputs and commit what is committable; True when both are durable."""
+        """Publish the items' outputs and commit what is committable, each lane through its own
+        runtime; True when all are durable."""
         if not items:
             return True
         outputs = outputs_for(self.s, items, results or [None] * len(items), self.engine.engine.info, self.stats)
-        current = [it for it in items if self.epochs.get(it.tp) == it.epoch and it.tp in self.rt.assigned]
-        for item in current:
-            self.tracker.done(*item.tp, item.msg.offset())
-        offsets = self.tracker.committable()
-        if not self.rt.publish(outputs, offsets):
-            return False
-        self.tracker.mark_committed(offsets)
-        return True
+        durable = True
+        for rt in self.runtimes.values():
+            mine = [i for i, it in enumerate(items) if it.tp[0] in rt.topics]
+            if not mine:
+                continue
+            for item in (items[i] for i in mine):
+                if self.epochs.get(item.tp) == item.epoch and item.tp in rt.assigned:
+                    self.tracker.done(*item.tp, item.msg.offset())
+            offsets = [tp for tp in self.tracker.committable() if tp.topic in rt.topics]
+            if not rt.publish([outputs[i] for i in mine], offsets):
+                durable = False
+                continue
+            self.tracker.mark_committed(offsets)
+            if rt is not self.rt:
+                self.rt.progress()
+        return durable
 
     def publish_metrics(self) -> WorkerMetrics:
         """Publish a :class:`WorkerMetrics` sample (figures since the last one) to the metrics topic."""
-        return self.metrics.publish(self.stats, self.rt.lag)
+        return self.metrics.publish(self.stats, {**self.rt.lag, **self.lane_rt.lag})
 
     def _shutdown(self, deadline_s: float = 30.0) -> None:
         """Stop fetching, finish the in-flight batch (bounded), publish, commit; close leaves the group."""
         log.info("shutting down: finishing the in-flight batch")
-        self.rt.pause()
+        for rt in self.runtimes.values():
+            rt.pause()
         if self.engine.busy and not self.engine_stuck:
             self._finish_batch(wait_s=deadline_s)
             if self.engine.busy:

@@ -42,9 +42,13 @@ engine batch still within its budget) for that long. Readiness (``/readyz``): pa
 assigned and the stage's own condition (state restored, engine loaded).
 
 Back-pressure is generic too: :meth:`pause` / :meth:`resume` pause every assigned partition,
-and a newly assigned partition gets the current flag explicitly (librdkafka keeps a partition's
-pause flag through revoke/lost and re-assignment, librdkafka #1849: a partition paused when the
-session was lost came back paused and was never fetched again).
+each for a named reason (``backpressure``; the OCR worker's ``lane`` hold of its batch lane
+while interactive pages wait); the partitions are fetched when no reason holds them. This
+runtime is the one owner of the pause state: a newly assigned partition gets it explicitly
+(librdkafka keeps a partition's pause flag through revoke/lost and re-assignment, librdkafka
+#1849: a partition paused when the session was lost came back paused and was never fetched
+again). Pausing drops what librdkafka prefetched for the partitions; resuming fetches again from
+the next offset not yet handed to the stage (librdkafka #2052).
 """
 
 from __future__ import annotations
@@ -97,8 +101,11 @@ class StageRuntime:
 
     Args:
         s: settings.
-        stage: stage name: consumer group ``<prefix><stage>``, metric label, dead-letter ``stage``.
+        stage: stage name: consumer group ``<prefix><stage>`` (unless ``group``), metric label,
+            dead-letter ``stage``.
         topics: input topics to subscribe to.
+        group: the full consumer group id, when it is not ``<prefix><stage>`` (the OCR workers of a
+            model profile, :func:`topology.pages.worker_group`).
         stop: stop flag (default: SIGTERM/SIGINT handlers when in the main thread).
         on_assign: ``(partitions)`` called before they are assigned (restore state here; the
             records of these partitions are not fetched before it returns).
@@ -126,8 +133,7 @@ class StageRuntime:
                  on_rewind: Callable[[Partitions], None] | None = None,
                  ready: Callable[[], bool] | None = None, busy: Callable[[], bool] | None = None,
                  results_topic: str | None = "document-results", transactional: bool | None = None,
-                 tid: str | None = None, consumer_extra: dict[str, Any] | None = None,
-                 group: str | None = None):
+                 tid: str | None = None, consumer_extra: dict[str, Any] | None = None, group: str | None = None):
         self.s, self.stage, self.topics = s, stage, topics
         self.group = group or s.group(stage)
         self.stop = stop or StopFlag()
@@ -142,7 +148,7 @@ class StageRuntime:
             "stats_cb": self._on_stats, **(consumer_extra or {})})
         self.delivery = Delivery(s, self.consumer, stage, transactional=transactional, tid=tid)
         self.assigned: set[tuple[str, int]] = set()  # kept by the callbacks: probes never call into the client
-        self.paused = False
+        self._pauses: set[str] = set()  # reasons the partitions are paused for (see pause())
         self._last_beat = self._last_progress = time.monotonic()
         self._next_backlog = 0.0
         self._behind_at = 0.0  # time.monotonic() of the last backlog measurement
@@ -364,19 +370,33 @@ class StageRuntime:
         log.info("%s: rewound %s to the committed offsets", self.stage, sorted(tp.partition for tp in tps))
 
     # --- back-pressure --------------------------------------------------------------------
-    def pause(self) -> None:
-        """Stop fetching every assigned partition (and those assigned later, until :meth:`resume`)."""
-        if not self.paused:
-            self.paused = True
-            if self.assigned:
-                self.consumer.pause([TopicPartition(t, p) for t, p in self.assigned])
+    @property
+    def paused(self) -> bool:
+        """True while some reason pauses the partitions."""
+        return bool(self._pauses)
 
-    def resume(self) -> None:
-        """Fetch again."""
-        if self.paused:
-            self.paused = False
-            if self.assigned:
-                self.consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
+    def paused_for(self, reason: str) -> bool:
+        """True while ``reason`` pauses the partitions."""
+        return reason in self._pauses
+
+    def pause(self, reason: str = "backpressure") -> None:
+        """Stop fetching every assigned partition (and those assigned later) for ``reason``,
+        until :meth:`resume` with the same reason."""
+        if not self._pauses and self.assigned:
+            self.consumer.pause([TopicPartition(t, p) for t, p in self.assigned])
+        if reason not in self._pauses:
+            log.debug("%s: %s paused (%s)", self.stage, self.topics, reason)
+        self._pauses.add(reason)
+
+    def resume(self, reason: str = "backpressure") -> None:
+        """Lift ``reason``'s pause; fetch again once no other reason holds the partitions."""
+        if reason not in self._pauses:
+            return
+        self._pauses.discard(reason)
+        log.debug("%s: %s resumed (%s)%s", self.stage, self.topics, reason,
+                  f", still paused for {sorted(self._pauses)}" if self._pauses else "")
+        if not self._pauses and self.assigned:
+            self.consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
 
     # --- probes -----------------------------------------------------------------------------
     def beat(self) -> None:

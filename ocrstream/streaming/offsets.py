@@ -40,9 +40,9 @@ class OffsetTracker:
         self._done[tp] = max(self._done.get(tp, -1), offset)
         return True
 
-    def inflight(self) -> int:
-        """Records consumed and not yet done, over all partitions."""
-        return sum(len(v) for v in self._inflight.values())
+    def inflight(self, topics: set[str] | None = None) -> int:
+        """Records consumed and not yet done, over all partitions (of ``topics``; None: of every topic)."""
+        return sum(len(v) for tp, v in self._inflight.items() if topics is None or tp[0] in topics)
 
     def committable(self, only_new: bool = True) -> list[TopicPartition]:
         """Offsets to commit (next offset to read per partition)."""

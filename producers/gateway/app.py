@@ -1,9 +1,10 @@
 """``ocrstream gateway``: an HTTP front door (FastAPI on uvicorn) for clients of FastAPI+Celery OCR servers.
 
-    POST /v1/documents                   multipart `file` (+ optional `dpi`, `pages`, `no_cache`, `webhook_url`),
-                                         or JSON {"bucket", "key", "dpi"?, "pages"?, "no_cache"?, "webhook_url"?};
-                                         `pages`: "1-3,7" (1-based ranges); `no_cache`: OCR even if the result
-                                         cache has it; `webhook_url`: completion callback
+    POST /v1/documents                   multipart `file` (+ optional `dpi`, `pages`, `no_cache`, `webhook_url`,
+                                         `priority`), or JSON {"bucket", "key", "dpi"?, "pages"?, "no_cache"?,
+                                         "webhook_url"?, "priority"?}; `pages`: "1-3,7" (1-based ranges);
+                                         `no_cache`: OCR even if the result cache has it; `webhook_url`:
+                                         completion callback; `priority`: `interactive` | `batch` (default)
                                          -> 202 {"document_id"}, Location: /v1/documents/{id}
     GET  /v1/documents/{id}              {"document_id", "status": pending|succeeded|failed, ...}; 404 unknown
     GET  /v1/documents/{id}/text|hocr|alto|json   the result rendered (409 while pending)
@@ -17,11 +18,15 @@ the tenant's compacted results topic through one background consumer per process
 whether they exist).
 
 Status codes: 401 no or unknown key; 403 a reference outside the tenant's allowed sources
-(``forbidden_source``, nothing read) or a ``webhook_url`` outside its allowed webhook hosts
-(``webhook_not_allowed``, nothing stored); 413 upload over ``OCRSTREAM_GATEWAY_MAX_UPLOAD_BYTES``;
-415 neither multipart nor JSON; 422 a malformed body, an invalid bucket/key, an object that
-does not exist, a malformed ``webhook_url`` (``invalid_webhook_url``), malformed page ranges (``invalid_page_range``; pages beyond the document's are
-found by the splitter: a ``failed`` result with that code); 429 + ``Retry-After`` over the tenant's quota or while the page backlog is over
+(``forbidden_source``, nothing read), a ``webhook_url`` outside its allowed webhook hosts
+(``webhook_not_allowed``, nothing stored), or a ``priority`` lane the tenant may not use
+(``lane_not_allowed``, ``OCRSTREAM_TENANT_LANES``, nothing stored); 413 upload over
+``OCRSTREAM_GATEWAY_MAX_UPLOAD_BYTES``; 415 neither multipart nor JSON; 422 a malformed body, an
+invalid bucket/key, an object that does not exist, a malformed ``webhook_url`` (``invalid_webhook_url``),
+malformed page ranges (``invalid_page_range``;
+pages beyond the document's are found by the splitter: a ``failed`` result with that code); 429 +
+``Retry-After`` over the tenant's quota or while the page backlog of the document's lane (an
+interactive document: the interactive page topic's, not the batch backlog) is over
 ``OCRSTREAM_GATEWAY_MAX_BACKLOG_PAGES``; 503 broker or object store unavailable. Error bodies
 are ``{"code": ..., "detail": ...}``.
 """
@@ -31,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Annotated
+from typing import Annotated, Literal
 
 import orjson
 from confluent_kafka import KafkaException
@@ -44,12 +49,14 @@ from starlette.datastructures import UploadFile
 
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import make_admin
+from ocrstream.lanes import allowed_lane
 from ocrstream.metrics import GATEWAY_DOCUMENTS, GATEWAY_REFUSED, GATEWAY_REQUESTS
 from ocrstream.outputs import document_text, to_alto, to_hocr
 from ocrstream.settings import Settings
 from ocrstream.storage import ObjectStore
 from ocrstream.webhooks import check_webhook_url
 from schemas import DocumentResult, decode
+from topology.pages import DEFAULT_PROFILE, LANES, worker_group
 
 from ..publish import PublishError
 from .auth import ApiKeys, Unauthorized
@@ -65,9 +72,11 @@ upload limit in a request body."""
 
 DOCUMENT_ID = r"^[A-Za-z0-9._:\-]{1,200}$"  # as schemas.DocumentRef.document_id
 
-# forbidden_source is 403 (the caller may not make the service read there, whoever they are);
+# forbidden_source and lane_not_allowed are 403 (the caller may not make the service read there or
+# put its pages first, whoever they are);
 # the others name something malformed or absent: 422. Storage trouble is the service's: 503.
-_STATUS_OF = {ReasonCode.FORBIDDEN_SOURCE: 403, ReasonCode.INVALID_KEY: 422, ReasonCode.INVALID_BUCKET: 422,
+_STATUS_OF = {ReasonCode.FORBIDDEN_SOURCE: 403, ReasonCode.LANE_NOT_ALLOWED: 403,
+              ReasonCode.INVALID_KEY: 422, ReasonCode.INVALID_BUCKET: 422,
               ReasonCode.OBJECT_NOT_FOUND: 422, ReasonCode.INVALID_PAGE_RANGE: 422, ReasonCode.MESSAGE_TOO_LARGE: 413,
               ReasonCode.WEBHOOK_NOT_ALLOWED: 403, ReasonCode.INVALID_WEBHOOK_URL: 422,
               ReasonCode.STORAGE_ERROR: 503, ReasonCode.STORAGE_TIMEOUT: 503}
@@ -97,6 +106,9 @@ class SourceBody(BaseModel):
     no_cache: bool = Field(False, description="OCR it even when the result cache holds its result")
     webhook_url: str | None = Field(None, description="completion callback: a signed summary of the result is "
                                                       "POSTed here once (one of the tenant's allowed webhook hosts)")
+    priority: Literal["interactive", "batch"] | None = Field(
+        None, description="priority lane: `interactive` pages go before every batch page (the tenant must be "
+                          "allowed the lane: OCRSTREAM_TENANT_LANES); absent = `batch`")
 
 
 _DPI = TypeAdapter(Annotated[int, Field(ge=36, le=600)])  # the multipart `dpi` field, as SourceBody.dpi
@@ -117,36 +129,63 @@ class Gateway:
         self.keys = ApiKeys(s)
         self.quota = TenantQuota(s.gateway_quota_per_minute)
         self.admin = make_admin(s)
-        self.backlog = PageBacklog(self.admin, s.topic("pages"), s.group("worker"), s.gateway_backlog_cache_s)
+        # one backlog per priority lane: an interactive document is judged on the interactive lane's
+        profile = DEFAULT_PROFILE
+        self.backlogs = {lane: PageBacklog(self.admin, s.page_topic(profile, lane),
+                                           s.group(worker_group(profile, lane)), s.gateway_backlog_cache_s,
+                                           lane=lane) for lane in LANES}
+        self.backlog = self.backlogs["batch"]
         self.fetcher = RecordFetcher(s)
         self.table = ResultsTable(s.gateway_results_cache_bytes, s.gateway_pending_ids, fetch=self.fetcher)
         self.tailer = ResultsTailer(s, self.keys.tenants, self.table).start()
         self.intake = Intake(s, ObjectStore(s))
 
     def admit(self, tenant: str | None) -> None:
-        """Refuse a submission while the page backlog is over its limit, or the tenant over its
-        quota; otherwise take one document of the quota (:meth:`TenantQuota.refund` it if the
-        submission then fails).
+        """Refuse a submission while the tenant is over its quota; otherwise take one document
+        of the quota (:meth:`TenantQuota.refund` it if the submission then fails). Called before
+        the body is read; the backlog of the document's lane is checked once its fields are
+        (:meth:`check_backlog`).
 
         Raises:
-            ApiError: 429 (``backlog``, ``quota``) with Retry-After; 503 the backlog cannot be measured.
+            ApiError: 429 ``quota`` with Retry-After.
         """
         name = tenant or "default"
-        if self.s.gateway_max_backlog_pages:
-            try:
-                pages = self.backlog.pages()
-            except KafkaException as exc:
-                raise ApiError(503, "kafka_unavailable", f"page backlog unknown: {exc}") from None
-            if pages > self.s.gateway_max_backlog_pages:
-                GATEWAY_REFUSED.labels(name, "backlog").inc()
-                raise ApiError(429, "backlog", f"{pages} pages wait for OCR (limit "
-                               f"{self.s.gateway_max_backlog_pages}); try again later",
-                               {"Retry-After": retry_after(self.s.gateway_backlog_cache_s)})
         wait = self.quota.take(tenant)
         if wait:
             GATEWAY_REFUSED.labels(name, "quota").inc()
             raise ApiError(429, "quota", f"over the quota of {self.s.gateway_quota_per_minute} documents per "
                            "minute", {"Retry-After": retry_after(wait)})
+
+    def check_backlog(self, tenant: str | None, lane: str) -> None:
+        """Refuse a submission of ``lane`` while that lane's page backlog is over
+        ``OCRSTREAM_GATEWAY_MAX_BACKLOG_PAGES``.
+
+        Raises:
+            ApiError: 429 ``backlog`` with Retry-After; 503 the backlog cannot be measured.
+        """
+        if not self.s.gateway_max_backlog_pages:
+            return
+        try:
+            pages = self.backlogs[lane].pages()
+        except KafkaException as exc:
+            raise ApiError(503, "kafka_unavailable", f"page backlog unknown: {exc}") from None
+        if pages > self.s.gateway_max_backlog_pages:
+            GATEWAY_REFUSED.labels(tenant or "default", "backlog").inc()
+            raise ApiError(429, "backlog", f"{pages} pages of the {lane} lane wait for OCR (limit "
+                           f"{self.s.gateway_max_backlog_pages}); try again later",
+                           {"Retry-After": retry_after(self.s.gateway_backlog_cache_s)})
+
+    def lane(self, tenant: str | None, priority: str | None) -> str:
+        """The lane of a submission asking for ``priority``.
+
+        Raises:
+            ApiError: 403 ``lane_not_allowed``.
+        """
+        try:
+            return allowed_lane(self.s, tenant, priority)
+        except OcrstreamError as exc:
+            GATEWAY_REFUSED.labels(tenant or "default", "lane_not_allowed").inc()
+            raise _ocr_error(exc) from None
 
     def ready(self) -> dict[str, bool]:
         """``{"broker": answered a metadata request within 3 s, "results_caught_up": ...}``."""
@@ -164,7 +203,9 @@ class Gateway:
         self.fetcher.close()
         # An AdminClient has no close(): dropping the last references destroys it (its threads and
         # connections) now, not whenever the app's reference cycles are collected.
-        self.admin = self.backlog.admin = None
+        self.admin = self.backlog = None
+        for backlog in self.backlogs.values():
+            backlog.admin = None
 
 
 class _Guard:
@@ -223,7 +264,8 @@ _UPLOAD_BODY = {
         "pages": {"type": "string", "description": "pages to OCR, 1-based inclusive ranges, e.g. \"1-3,7\""},
         "no_cache": {"type": "boolean", "description": "OCR it even when the result cache holds its result"},
         "webhook_url": {"type": "string", "description": "completion callback (one of the tenant's allowed "
-                                                         "webhook hosts)"}}}},
+                                                         "webhook hosts)"},
+        "priority": {"type": "string", "enum": list(LANES), "description": "priority lane (default `batch`)"}}}},
     "application/json": {"schema": SourceBody.model_json_schema()},
 }
 
@@ -270,7 +312,8 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
               openapi_extra={"requestBody": {"required": True, "content": _UPLOAD_BODY}},
               responses={202: {"description": "accepted: `{\"document_id\": ...}`, Location: its status"}})
     async def submit(request: Request, tenant: str | None = Depends(tenant_of)) -> JSONResponse:
-        # Limits before the body is read: a refused client costs no upload.
+        # The quota before the body is read: a refused client costs no upload. The backlog of the
+        # document's lane once its fields are parsed, before anything is stored (_submit).
         await run_in_threadpool(gw.admit, tenant)
         try:
             document_id, kind = await _submit(request, tenant)
@@ -286,10 +329,11 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
             if ctype == "multipart/form-data":
-                async with request.form(max_files=1, max_fields=4) as form:
+                async with request.form(max_files=1, max_fields=8) as form:
                     file, dpi, pages = form.get("file"), form.get("dpi"), form.get("pages")
                     no_cache = form.get("no_cache")
                     webhook_url = form.get("webhook_url")
+                    priority = form.get("priority")
                     if not isinstance(file, UploadFile):
                         raise ApiError(422, "invalid_request", "multipart body without a `file` part")
                     if file.size is not None and file.size > s.gateway_max_upload_bytes:
@@ -308,20 +352,28 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
                         raise ApiError(422, "invalid_request", "webhook_url must be a form field, not a file")
                     if webhook_url is not None:  # refused before the upload is read or stored
                         check_webhook_url(s, webhook_url, tenant)
+                    if priority in ("", None):
+                        priority = None
+                    elif priority not in LANES:
+                        raise ApiError(422, "invalid_request", f"priority must be one of {', '.join(LANES)}")
+                    lane = gw.lane(tenant, priority)  # before anything is stored
+                    await run_in_threadpool(gw.check_backlog, tenant, lane)
                     async with uploads:
                         data = await file.read(s.gateway_max_upload_bytes + 1)
                         if len(data) > s.gateway_max_upload_bytes:
                             raise _upload_too_large(tenant)
                         return await run_in_threadpool(gw.intake.upload, tenant, file.filename, data, dpi_value,
-                                                       pages, no_cache_value, webhook_url), "upload"
+                                                       pages, no_cache_value, webhook_url, priority), "upload"
             if ctype == "application/json":
                 try:
                     body = SourceBody.model_validate_json(await request.body())
                 except ValidationError as exc:
                     raise ApiError(422, "invalid_request", "; ".join(
                         f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())) from None
+                lane = gw.lane(tenant, body.priority)
+                await run_in_threadpool(gw.check_backlog, tenant, lane)
                 return await run_in_threadpool(gw.intake.reference, tenant, body.bucket, body.key, body.dpi,
-                                               body.pages, body.no_cache, body.webhook_url), "reference"
+                                               body.pages, body.no_cache, body.webhook_url, body.priority), "reference"
         except OcrstreamError as exc:
             if exc.code in (ReasonCode.FORBIDDEN_SOURCE, ReasonCode.WEBHOOK_NOT_ALLOWED):
                 GATEWAY_REFUSED.labels(tenant or "default", exc.code.value).inc()

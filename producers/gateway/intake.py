@@ -25,6 +25,7 @@ from confluent_kafka import KafkaError, Producer
 from ocrstream.documents import content_type_for
 from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import producer_config
+from ocrstream.lanes import allowed_lane
 from ocrstream.page_ranges import normalize_page_ranges
 from ocrstream.settings import Settings
 from ocrstream.sources import allowed_sources, check_source
@@ -85,21 +86,25 @@ class Intake:
         return bucket, check_source(self.s, bucket, key, tenant)
 
     def upload(self, tenant: str | None, filename: str | None, data: bytes, dpi: int | None = None,
-               pages: str | None = None, no_cache: bool = False, webhook_url: str | None = None) -> str:
+               pages: str | None = None, no_cache: bool = False, webhook_url: str | None = None,
+               priority: str | None = None) -> str:
         """Store ``data`` and publish its reference on ``tenant``'s ingest topic; returns the new
         document id (a random 32-hex id, as ``ocrstream submit`` gives). ``pages``: page ranges
         to OCR (``"1-3,7"``), None = all; ``no_cache``: OCR it even when the result cache holds
         its result; ``webhook_url``: completion callback (one of the tenant's allowed hosts,
-        :mod:`ocrstream.webhooks`), None = none; pages and webhook checked before anything is stored.
+        :mod:`ocrstream.webhooks`), None = none; ``priority``: the lane (``interactive``, ``batch``;
+        None: batch); pages, webhook and lane checked before anything is stored.
 
         Raises:
             OcrstreamError: ``invalid_page_range``, ``invalid_webhook_url``, ``webhook_not_allowed``,
-                ``forbidden_source`` (settings), ``invalid_key``, ``storage_error``, ``message_too_large``.
+                ``lane_not_allowed``, ``forbidden_source`` (settings), ``invalid_key``, ``storage_error``,
+                ``message_too_large``.
             PublishError: the broker did not acknowledge the reference.
         """
         pages = None if pages is None else normalize_page_ranges(pages)
         if webhook_url is not None:
             check_webhook_url(self.s, webhook_url, tenant)
+        allowed_lane(self.s, tenant, priority)
         document_id = uuid.uuid4().hex
         name = safe_filename(filename)
         bucket, key = self.upload_target(tenant, document_id, name)
@@ -107,25 +112,29 @@ class Intake:
         ref = DocumentRef(document_id=document_id, submitted_at=now_ms(), options=DocumentOptions(dpi=dpi),
                           source=ObjectRef(bucket=bucket, key=key, filename=name, etag=info.etag,
                                            version_id=info.version_id, size=info.size, content_type=info.content_type),
-                          pages=pages, no_cache=no_cache or None, webhook_url=webhook_url)
+                          pages=pages, no_cache=no_cache or None, webhook_url=webhook_url, priority=priority)
         self.publish(tenant, ref)
         return document_id
 
     def reference(self, tenant: str | None, bucket: str, key: str, dpi: int | None = None,
-                  pages: str | None = None, no_cache: bool = False, webhook_url: str | None = None) -> str:
+                  pages: str | None = None, no_cache: bool = False, webhook_url: str | None = None,
+                  priority: str | None = None) -> str:
         """Publish a reference to a stored object on ``tenant``'s ingest topic; returns its
         document id (:func:`~producers.publish.stable_document_id`: the same object version,
-        options, pages, ``no_cache`` and webhook is the same document, so a resubmission is idempotent).
+        options, pages, ``no_cache`` and webhook is the same document, so a resubmission is idempotent;
+        the priority is not part of it: it changes when, not what, is read).
 
         Raises:
             OcrstreamError: ``invalid_page_range``, ``invalid_webhook_url``, ``webhook_not_allowed``
-                (first), ``invalid_bucket``, ``invalid_key``, ``forbidden_source`` (checked before
-                anything is read), ``object_not_found``, ``storage_error``, ``message_too_large``.
+                (first), ``lane_not_allowed``, ``invalid_bucket``, ``invalid_key``, ``forbidden_source``
+                (checked before anything is read), ``object_not_found``, ``storage_error``,
+                ``message_too_large``.
             PublishError: the broker did not acknowledge the reference.
         """
         pages = None if pages is None else normalize_page_ranges(pages)
         if webhook_url is not None:
             check_webhook_url(self.s, webhook_url, tenant)
+        allowed_lane(self.s, tenant, priority)
         key = check_source(self.s, bucket, key, tenant)
         info = self.store.stat(bucket, key)
         options = DocumentOptions(dpi=dpi)
@@ -134,7 +143,8 @@ class Intake:
                                            no_cache=no_cache, webhook_url=webhook_url),
             source=ObjectRef(bucket=bucket, key=key, filename=PurePosixPath(key).name, etag=info.etag,
                              version_id=info.version_id, size=info.size, content_type=info.content_type),
-            submitted_at=now_ms(), options=options, pages=pages, no_cache=no_cache or None, webhook_url=webhook_url)
+            submitted_at=now_ms(), options=options, pages=pages, no_cache=no_cache or None, webhook_url=webhook_url,
+            priority=priority)
         self.publish(tenant, ref)
         return ref.document_id
 

@@ -63,20 +63,23 @@ def retry_after(seconds: float) -> str:
 
 
 class PageBacklog:
-    """The page tasks the OCR workers' consumer group has not committed yet: the sum over the
-    pages topic's partitions of ``high watermark - committed offset`` (``- low watermark`` where
-    the group has committed nothing, or below it: it reads from the earliest record). Measured with the admin
-    API (the group's committed offsets, list offsets) at most every ``cache_s`` seconds.
+    """The page tasks the OCR workers' consumer group has not committed yet on one page topic
+    (a priority lane's, :mod:`topology.pages`): the sum over the topic's partitions of ``high
+    watermark - committed offset`` (``- low watermark`` where the group has committed nothing, or
+    below it: it reads from the earliest record). Measured with the admin API (the group's
+    committed offsets, list offsets) at most every ``cache_s`` seconds.
 
     Args:
         admin: admin client of the cluster.
-        topic: the pages topic (full name).
+        topic: the page topic (full name).
         group: the workers' consumer group (full id).
         cache_s: how long a measurement is reused (seconds).
+        lane: the ``lane`` label of ``ocrstream_gateway_page_backlog``.
     """
 
-    def __init__(self, admin: AdminClient, topic: str, group: str, cache_s: float, timeout_s: float = 10.0):
-        self.admin, self.topic, self.group = admin, topic, group
+    def __init__(self, admin: AdminClient, topic: str, group: str, cache_s: float, timeout_s: float = 10.0,
+                 lane: str = "batch"):
+        self.admin, self.topic, self.group, self.lane = admin, topic, group, lane
         self.cache_s, self.timeout_s = cache_s, timeout_s
         self._lock = threading.Lock()
         self._value: int | None = None
@@ -93,7 +96,7 @@ class PageBacklog:
                 return self._value
             self._value = self._measure()
             self._at = time.monotonic()
-            GATEWAY_PAGE_BACKLOG.set(self._value)
+            GATEWAY_PAGE_BACKLOG.labels(self.lane).set(self._value)
             return self._value
 
     def _measure(self) -> int:
