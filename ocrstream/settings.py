@@ -523,7 +523,7 @@ class Settings(BaseSettings):
     @field_validator("webhook_allowed_hosts")
     @classmethod
     def _webhook_hosts(cls, value: dict[str, str], info) -> dict[str, str]:
-        from .webhooks import parse_host_rules
+        from .webhook_hosts import parse_host_rules
 
         tenants = info.data.get("tenants", {})
         for name, hosts in value.items():

@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import orjson
@@ -48,6 +47,7 @@ from schemas import DocumentResult
 
 from .errors import OcrstreamError, ReasonCode
 from .settings import Settings
+from .webhook_hosts import DEFAULT_PORTS, HostRule, parse_host_rules  # noqa: F401  (part of this API)
 
 MAX_URL_LENGTH = 2048
 """Longest webhook URL accepted (characters): the common de-facto limit of browsers and servers."""
@@ -57,52 +57,8 @@ DELIVERY_HEADER = "X-Ocrstream-Delivery"
 EVENT_HEADER = "X-Ocrstream-Event"
 EVENT = "document.completed"
 USER_AGENT = "ocrstream-webhooks/1"
-DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
-@dataclass(frozen=True)
-class HostRule:
-    """One allowed receiver: ``scheme`` (``https``, or ``http`` where written so), ``host``
-    (lower case; an IPv6 address without brackets) and ``port``."""
-
-    scheme: str
-    host: str
-    port: int
-
-    def admits(self, scheme: str, host: str, port: int) -> bool:
-        """True when a URL with these (parsed, lower-cased) parts may be called."""
-        return (scheme, host, port) == (self.scheme, self.host, self.port)
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'http://' if self.scheme == 'http' else ''}{host}:{self.port}"
-
-
-def parse_host_rules(text: str) -> tuple[HostRule, ...]:
-    """``"hooks.example.com, http://127.0.0.1:8000"`` -> rules (https port 443; http port 8000).
-
-    Raises:
-        ValueError: an entry with another scheme, a path, query, credentials, no host or a bad port.
-    """
-    rules = []
-    for entry in (e.strip() for e in text.split(",")):
-        if not entry:
-            continue
-        scheme, sep, rest = entry.partition("://")
-        if not sep:
-            scheme, rest = "https", entry
-        scheme = scheme.lower()
-        if scheme not in DEFAULT_PORTS:
-            raise ValueError(f"allowed webhook host {entry!r}: scheme must be https (default) or http")
-        try:
-            parts = urlsplit(f"{scheme}://{rest}")
-            port = parts.port
-        except ValueError as exc:
-            raise ValueError(f"allowed webhook host {entry!r}: {exc}") from None
-        if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
-            raise ValueError(f"allowed webhook host {entry!r}: expected host[:port] or http://host[:port]")
-        rules.append(HostRule(scheme, parts.hostname, port or DEFAULT_PORTS[scheme]))
-    return tuple(rules)
 
 
 def allowed_hosts(s: Settings, tenant: str | None) -> tuple[HostRule, ...]:
