@@ -55,12 +55,11 @@ only acted on when nothing upstream still holds work for the document: this asse
 input partition is read to its end (position = high watermark), and the OCR worker group's
 committed offsets on the page-topic partitions of the missing pages (the placement the page
 results carry, :attr:`schemas.PageTask.placement`) are at their high watermarks. The page topic
-and worker group are the document's: :func:`topology.pages.page_topic` of the page results'
-``profile`` and ``lane`` (``pages`` and ``worker`` when absent) and its readers'
-:func:`topology.pages.worker_group`. While either has lag the
-document waits, however long. A page that arrives after ``incomplete`` is stored as usual;
-when it completes the document, the complete result replaces the incomplete one (last value
-per key in ``document-results``).
+and worker group are the document's: those of the page results' ``profile`` and ``lane``
+(:func:`topology.pages.page_topic`, :func:`topology.pages.worker_group`; ``pages`` and ``worker``
+when absent). While either has lag the document waits, however long. A page that arrives
+after ``incomplete`` is stored as usual; when it completes the document, the complete result
+replaces the incomplete one (last value per key in ``document-results``).
 
 Idempotence
 -----------
