@@ -33,6 +33,20 @@ from .tenants import TENANT_TOPICS, tenant_topic
 
 DAY_MS = 24 * 3600 * 1000
 
+PRODUCTION_REPLICATION_FACTOR = 3
+"""Copies of every partition in production: a cluster of 3+ brokers loses any one broker (a
+crash, a rolling restart) with no record lost and writes going on."""
+
+
+def min_insync_for(replication_factor: int) -> int:
+    """``min.insync.replicas`` for a replication factor: 2 from 3 copies up (an ``acks=all``
+    write is on two brokers before it is acknowledged, and one broker may be down), else 1.
+
+    With 3 copies and min ISR 2 a second broker down stops writes (producers retry, then fail
+    with ``NOT_ENOUGH_REPLICAS``) instead of acknowledging records held by one broker only.
+    """
+    return 2 if replication_factor >= 3 else 1
+
 
 @dataclass(frozen=True)
 class Retention:
@@ -52,17 +66,19 @@ class TopicSpec:
 
     name: str
     partitions: int
-    replication_factor: int = 1
+    replication_factor: int = PRODUCTION_REPLICATION_FACTOR
     config: dict[str, str] = field(default_factory=dict)
     description: str = ""
 
 
-def topic_specs(replication_factor: int = 1, partitions_scale: int = 1,
+def topic_specs(replication_factor: int = PRODUCTION_REPLICATION_FACTOR, partitions_scale: int = 1,
                 retention: Retention = Retention(), tenants: tuple[str, ...] = ()) -> list[TopicSpec]:
     """The project's topics.
 
     Args:
-        replication_factor: 1 for a local single broker, 3 in production.
+        replication_factor: copies of each partition; 3 (the production default, with
+            ``min.insync.replicas`` 2, :func:`min_insync_for`). ``apply_topics`` lowers it to 1
+            on a single-broker cluster (the local stack) and says so.
         partitions_scale: multiplies partition counts (worker replicas <= ``pages`` partitions).
         retention: record retention (``OCRSTREAM_*_RETENTION_H`` settings, see ``Settings.retention``).
         tenants: tenant names (``OCRSTREAM_TENANTS``): each gets its own ``tenant.<name>.ingest`` and
@@ -80,7 +96,7 @@ def topic_specs(replication_factor: int = 1, partitions_scale: int = 1,
 
 def _shared_specs(replication_factor: int, partitions_scale: int, retention: Retention) -> list[TopicSpec]:
     rf = replication_factor
-    min_isr = str(min(2, rf))
+    min_isr = str(min_insync_for(rf))
     common = {"min.insync.replicas": min_isr}
     keep = str(retention.pipeline_ms)
     results = ({"cleanup.policy": "compact"} if retention.results_ms is None
