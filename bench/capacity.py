@@ -1,7 +1,8 @@
 """Capacity model: for N pages/s at D DPI, how many OCR workers (or GPUs), partitions and
 brokers, and what lag and latency to expect; every input measured on this machine (not a test).
 
-    python bench/capacity.py measure [--pages 4] [--dpis 100,150,200,300] [--seconds 5] [--check-pages 12]
+    python bench/capacity.py measure [--pages 4] [--dpis 100,150,200,300] [--seconds 5]
+                                     [--framework-pages 60] [--check-pages 12]
     python bench/capacity.py model --pages-per-s 50 --dpi 150 [--gpu-pages-per-s R] [--doc-pages 10]
     python bench/capacity.py check
 
@@ -18,11 +19,14 @@ brokers, and what lag and latency to expect; every input measured on this machin
    can for ``--seconds``: MB/s and records/s (the cluster's write capacity as the stages use it),
    the same into one partition, and at a low rate (50/s) the produce-to-acknowledgement and
    produce-to-consume latency of one hop.
-3. **point**: the whole pipeline (splitter, assembler, 2 workers of 1 thread: ``ocrstream run``
+3. **framework**: the whole pipeline on that cluster without OCR (``OCRSTREAM_ENGINE=none``, one
+   worker) over ``--framework-pages`` scanned pages: the CPU seconds per page of the splitter,
+   the assembler, the brokers and the worker's download/render/publish (``/proc``, psutil), with
+   the pages flowing fast enough that idle polling adds little.
+4. **point**: the whole pipeline (splitter, assembler, 2 workers of 1 thread: ``ocrstream run``
    on 2 cores) on that cluster with ``--check-pages`` scanned pages at 150 DPI submitted at
-   once: pages/s, each page's submit-to-result latency, the message sizes on the topics, and the
-   CPU seconds per page of each process (workers, splitter, assembler, the three brokers,
-   SeaweedFS) from ``/proc``.
+   once: pages/s, each page's submit-to-result latency, the record sizes on the topics, and the
+   CPU seconds per page of each process.
 
 ``model`` turns the inputs into a plan (JSON); ``check`` runs the model for the measured point
 (this machine, 2 workers, the same burst) and prints prediction against measurement.
@@ -155,18 +159,19 @@ def _perf_topic(s: Settings, partitions: int) -> str:
     return f"bench.{name}"
 
 
-def _producer(s: Settings):
+def _producer(s: Settings, **extra):
     from confluent_kafka import Producer
 
     from ocrstream.kafka import producer_config
 
-    conf = {k: v for k, v in producer_config(s).items() if k != "logger"}
+    conf = {k: v for k, v in producer_config(s, **extra).items() if k != "logger"}
     return Producer(conf)
 
 
-def _flood(s: Settings, topic: str, value: bytes, seconds: float, partitions: int) -> dict:
-    """Produce as fast as the client allows for ``seconds``; count acknowledged records."""
-    p = _producer(s)
+def _flood(s: Settings, topic: str, value: bytes, seconds: float, partitions: int, broker_pids: list[int]) -> dict:
+    """Produce as fast as the client allows for ``seconds``; count acknowledged records and the
+    brokers' CPU seconds per MB (replication included)."""
+    p = _producer(s, **{"queue.buffering.max.messages": 20000})
     acked = [0]
     failed = [0]
 
@@ -177,6 +182,7 @@ def _flood(s: Settings, topic: str, value: bytes, seconds: float, partitions: in
             failed[0] += 1
 
     load = [_load()]
+    cpu0 = _cpu_s(broker_pids)
     t0 = time.perf_counter()
     i = 0
     while time.perf_counter() - t0 < seconds:
@@ -188,10 +194,12 @@ def _flood(s: Settings, topic: str, value: bytes, seconds: float, partitions: in
         p.poll(0)
     p.flush(120)
     elapsed = time.perf_counter() - t0
+    cpu = _cpu_s(broker_pids) - cpu0
     load.append(_load())
+    mb = acked[0] * len(value) / 1e6
     return {"seconds": round(elapsed, 2), "records": acked[0], "failed": failed[0],
-            "records_per_s": round(acked[0] / elapsed), "mb_per_s": round(acked[0] * len(value) / elapsed / 1e6, 2),
-            "record_bytes": len(value), "load_avg": load}
+            "records_per_s": round(acked[0] / elapsed), "mb_per_s": round(mb / elapsed, 2),
+            "record_bytes": len(value), "broker_cpu_s_per_mb": round(cpu / mb, 4) if mb else None, "load_avg": load}
 
 
 def _latency(s: Settings, topic: str, value: bytes, n: int = 250, rate: float = 50.0) -> dict:
@@ -244,11 +252,19 @@ def _latency(s: Settings, topic: str, value: bytes, n: int = 250, rate: float = 
 
 def measure_broker(s: Settings, seconds: float, record_bytes: int) -> dict:
     """Write throughput and one-hop latency of the local 3-broker cluster (production replication)."""
-    value = os.urandom(record_bytes // 2).hex().encode()[:record_bytes]  # incompressible, like hex in JSON
-    # Page results are JSON (lz4 shrinks them); random bytes give the uncompressed floor.
+    from devtools.stack import Stack
+
+    # Hex of random bytes: about as compressible by lz4 as page results' JSON is not; a floor.
+    value = os.urandom(record_bytes // 2).hex().encode()[:record_bytes]
     t12, t1 = _perf_topic(s, 12), _perf_topic(s, 1)
+    pids = [n.status().pid for n in Stack(s).kafka.nodes]
+    idle0 = _cpu_s(pids)
+    time.sleep(5)
+    idle = (_cpu_s(pids) - idle0) / 5
     return {"brokers": 3, "replication_factor": 3, "min_insync_replicas": 2, "acks": "all",
-            "all_partitions": _flood(s, t12, value, seconds, 12), "one_partition": _flood(s, t1, value, seconds, 1),
+            "idle_cpu_cores": round(idle, 3),
+            "all_partitions": _flood(s, t12, value, seconds, 12, pids),
+            "one_partition": _flood(s, t1, value, seconds, 1, pids),
             "latency": _latency(s, t12, value[:2048]),
             "command": f"python bench/capacity.py measure --seconds {seconds:g}"}
 
@@ -269,27 +285,26 @@ def _cpu_s(pids: list[int]) -> float:
     return total
 
 
-def measure_point(s: Settings, pages: int, workers: int = 2) -> dict:
-    """The pipeline on the cluster, ``pages`` scanned pages submitted at once (after a warm-up)."""
+def _run_point(s: Settings, pages: int, workers: int) -> dict:
+    """The pipeline on the cluster, ``pages`` scanned pages submitted at once after a warm-up:
+    pages/s, page latencies, record sizes on the topics, CPU seconds per page of each process."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from ocrstream.kafka import consumer_config
-    from throughput import Pipeline, pick_documents, timed_run
-
     from devtools.stack import Stack
+    from ocrstream.kafka import consumer_config
+    from producers.publish import DocumentPublisher
+    from producers.results import ResultFollower
+    from throughput import Pipeline, pick_documents, timed_run
 
     tmp = REPO / ".ocrstream-bench" / "docs"
     tmp.mkdir(parents=True, exist_ok=True)
     docs = pick_documents(pages, tmp)
-    pipe = Pipeline(s.model_copy(update={"engine_threads": 1}), workers, BENCH_DIR / "logs")
+    pipe = Pipeline(s, workers, BENCH_DIR / "logs")
     stack = Stack(pipe.s)
     kinds = {"worker": [p.pid for p in pipe.procs[2:]], "splitter": [pipe.procs[0].pid],
              "assembler": [pipe.procs[1].pid], "brokers": [n.status().pid for n in stack.kafka.nodes],
              "s3": [stack.s3.status().pid]}
     try:
-        from producers.publish import DocumentPublisher
-        from producers.results import ResultFollower
-
         follower = ResultFollower(pipe.s)  # warm-up: every worker loaded its engine and holds partitions
         with DocumentPublisher(pipe.s) as pub:
             warm = [pub.upload_and_publish(docs[0]) for _ in range(workers)]
@@ -309,8 +324,7 @@ def measure_point(s: Settings, pages: int, workers: int = 2) -> dict:
             md = c.list_topics(topic, timeout=10).topics[topic]
             ends = {q: c.get_watermark_offsets(TopicPartition(topic, q), timeout=10)[1] for q in md.partitions}
             c.assign([TopicPartition(topic, q, 0) for q, e in ends.items() if e > 0])
-            want = sum(ends.values())
-            got = 0
+            want, got = sum(ends.values()), 0
             deadline = time.monotonic() + 60
             while got < want and time.monotonic() < deadline:
                 m = c.poll(0.5)
@@ -328,14 +342,30 @@ def measure_point(s: Settings, pages: int, workers: int = 2) -> dict:
     finally:
         pipe.close()
     n = res["pages"]
-    return {"workers": workers, "engine_threads": 1, "dpi": pipe.s.render_dpi, "pages": n,
-            "documents": len(docs), "seconds": res["seconds"], "pages_per_s": res["pages_per_s"],
+    return {"workers": workers, "engine": pipe.s.engine, "engine_threads": pipe.s.engine_threads,
+            "dpi": pipe.s.render_dpi, "pages": n, "documents": len(docs), "seconds": res["seconds"],
+            "pages_per_s": res["pages_per_s"],
             "page_latency_ms": {"p50": _pct(latency, 0.5), "p95": _pct(latency, 0.95), "max": max(latency)},
             "batch_max_pages": pipe.s.batch_max_pages,
             "bytes": {k: round(statistics.fmean(v)) for k, v in sizes.items()},
             "document_result_bytes_per_page": round(sum(sizes.get("document-results", [0])) / n),
-            "cpu_s_per_page": {k: round((after[k] - before[k]) / n, 3) for k in kinds}, "load_avg": load,
-            "command": f"python bench/capacity.py measure --check-pages {pages}"}
+            "cpu_s_per_page": {k: round((after[k] - before[k]) / n, 4) for k in kinds}, "load_avg": load}
+
+
+def measure_point(s: Settings, pages: int, workers: int = 2) -> dict:
+    """The check point: 2 OCR workers of one thread each (``ocrstream run`` on 2 cores)."""
+    out = _run_point(s.model_copy(update={"engine_threads": 1}), pages, workers)
+    out["command"] = f"python bench/capacity.py measure --check-pages {pages}"
+    return out
+
+
+def measure_framework(s: Settings, pages: int) -> dict:
+    """The pipeline without OCR (``OCRSTREAM_ENGINE=none``, one worker) at full speed: what a page
+    costs the splitter, the assembler, the brokers and the worker's download/render/publish, with
+    little idle time in the figures."""
+    out = _run_point(s.model_copy(update={"engine": "none"}), pages, 1)
+    out["command"] = f"python bench/capacity.py measure --framework-pages {pages}"
+    return out
 
 
 def cmd_measure(args) -> None:
@@ -352,6 +382,8 @@ def cmd_measure(args) -> None:
     try:
         rb = inputs["engine"]["by_dpi"].get("150", next(iter(inputs["engine"]["by_dpi"].values())))["page_result_bytes"]
         inputs["broker"] = measure_broker(s, args.seconds, rb)
+        if args.framework_pages:
+            inputs["framework"] = measure_framework(s, args.framework_pages)
         if args.check_pages:
             inputs["point"] = measure_point(s, args.check_pages)
     finally:
@@ -402,9 +434,10 @@ def plan(inputs: dict, pages_per_s: float, dpi: int, *, gpu_pages_per_s: float |
     Workers: CPU workers of one core each (``ocrstream run``), ``ceil(N / (utilization x mu))``,
     ``mu`` = 1 / (render + OCR time per page at ``dpi``); or GPUs at ``gpu_pages_per_s`` each
     (assumed: not measured), plus CPU cores that render for them. Partitions: ``pages`` (and
-    ``page-attempts``) ``PARTITION_HEADROOM`` x the workers, in steps of 12 (split evenly over
-    group sizes 1-4, 6, 12); ``page-results`` (= ``assembler-state``) and ``ingest`` from the
-    assembler's and splitter's measured CPU seconds per page, in steps of 6. Brokers: the more
+    ``page-attempts``) ``PARTITION_HEADROOM`` x the workers (an autoscaler may double the group),
+    in steps of 12 (split evenly over groups of 1-4, 6, 12), at least the topology's 12;
+    ``page-results`` (= ``assembler-state``, ``document-results``) and ``ingest`` one per
+    assembler / splitter needed by their measured CPU seconds per page, in steps of 6, at least 6. Brokers: the more
     of (bytes written x 3 copies against the measured write rate) and (broker CPU seconds per
     page against ``broker_cores`` each), at least 3. Queueing: M/M/c (Erlang C) over the
     workers. Latency of a page: queueing + its micro-batch (1 page plus those arriving during
@@ -431,13 +464,19 @@ def plan(inputs: dict, pages_per_s: float, dpi: int, *, gpu_pages_per_s: float |
         mu = 1 / s_page
         workers = math.ceil(n / (utilization * mu))
         compute = {"device": "cpu", "workers": workers, "cores": workers, "s_per_page": round(s_page, 3)}
+    service_s = 1 / mu  # engine time per page of one worker (a GPU's: at its batched rate)
     # stages and brokers: CPU seconds per page from the measured pipeline point
-    cpu = (point or {}).get("cpu_s_per_page", {})
+    cpu = inputs.get("framework", point or {}).get("cpu_s_per_page", {})
     splitters = math.ceil(n * cpu.get("splitter", 0.0) / utilization) or 1
     assemblers = math.ceil(n * cpu.get("assembler", 0.0) / utilization) or 1
-    pages_parts = _round_up(PARTITION_HEADROOM * workers, 12)
-    results_parts = _round_up(PARTITION_HEADROOM * assemblers, 6)
-    ingest_parts = _round_up(PARTITION_HEADROOM * splitters, 6)
+    from topology import PAGES_PARTITIONS, RESULTS_PARTITIONS
+
+    pages_parts = max(PAGES_PARTITIONS, _round_up(PARTITION_HEADROOM * workers, 12))
+    results_parts = max(RESULTS_PARTITIONS, _round_up(assemblers, 6))
+    ingest_parts = max(6, _round_up(splitters, 6))
+    if results_parts > RESULTS_PARTITIONS:
+        notes.append(f"page-results, assembler-state and document-results need {results_parts} partitions: set "
+                     "them before the first document (they cannot be raised later without harm)")
     # bytes written per page, before replication: task, page result, its changelog copy in
     # assembler-state, the document result (about one page result per page)
     doc_b = (point or {}).get("document_result_bytes_per_page", result_b)
@@ -445,7 +484,9 @@ def plan(inputs: dict, pages_per_s: float, dpi: int, *, gpu_pages_per_s: float |
     write_mb_s = n * bytes_per_page / 1e6
     cluster_mb_s = broker["all_partitions"]["mb_per_s"]  # client bytes/s the 3-broker cluster acknowledged
     brokers_bytes = math.ceil(3 * write_mb_s / (utilization * cluster_mb_s))
-    brokers_cpu = math.ceil(n * cpu.get("brokers", 0.0) / (utilization * broker_cores))
+    # brokers' CPU: per MB the clients write (replication included), measured in the flood
+    broker_cores_needed = write_mb_s * broker["all_partitions"]["broker_cpu_s_per_mb"]
+    brokers_cpu = math.ceil(broker_cores_needed / (utilization * broker_cores))
     brokers = max(3, brokers_bytes, brokers_cpu)
     per_partition_mb_s = n * result_b / 1e6 / results_parts
     if per_partition_mb_s > utilization * broker["one_partition"]["mb_per_s"]:
@@ -459,22 +500,28 @@ def plan(inputs: dict, pages_per_s: float, dpi: int, *, gpu_pages_per_s: float |
     per_worker = n / workers
     batch = min(batch_max_pages, 1 + per_worker * batch_max_wait_ms / 1000)
     hop_ms = broker["latency"]["hop_ms_p50"]
-    page_ms = wq_s * 1000 + batch * s_page * 1000 + (batch_max_wait_ms if batch < batch_max_pages else 0) + KAFKA_HOPS * hop_ms
-    doc_ms = wq_s * 1000 + math.ceil(doc_pages / min(doc_pages, workers)) * s_page * 1000 + KAFKA_HOPS * hop_ms
+    page_ms = wq_s * 1000 + batch * service_s * 1000 + (batch_max_wait_ms if batch < batch_max_pages else 0) + KAFKA_HOPS * hop_ms
+    # a document's pages are spread over min(pages, workers) workers: its last page is
+    # ceil(pages / workers) - 1 pages behind its first
+    doc_ms = page_ms + (math.ceil(doc_pages / min(doc_pages, workers)) - 1) * service_s * 1000
     lag_q = n * wq_s
+    # Little's law: uncommitted pages (the group's lag) = arrival rate x time from publish to commit
+    lag_keda = n * (page_ms - KAFKA_HOPS * hop_ms) / 1000
     return {
         "target": {"pages_per_s": n, "dpi": dpi, "utilization": utilization},
         "compute": compute,
         "partitions": {"pages": pages_parts, "page-attempts": pages_parts, "page-results": results_parts,
-                       "assembler-state": results_parts, "ingest": ingest_parts,
-                       "document-results": max(6, results_parts)},
-        "stages": {"splitters": splitters, "assemblers": assemblers},
+                       "assembler-state": results_parts, "ingest": ingest_parts, "document-results": results_parts},
+        "settings": {"OCRSTREAM_PAGES_PARTITIONS": pages_parts, "keda_max_replicas": pages_parts},
+        "stages": {"splitters": splitters, "assemblers": assemblers,
+                   "pages_per_s_of_6_assemblers": round(6 * utilization / cpu["assembler"]) if cpu.get("assembler") else None},
         "brokers": {"count": brokers, "by_bytes": brokers_bytes, "by_cpu": brokers_cpu, "cores_each": broker_cores,
                     "write_mb_s_before_replication": round(write_mb_s, 2),
-                    "write_mb_s_replicated": round(3 * write_mb_s, 2), "bytes_per_page": round(bytes_per_page)},
+                    "write_mb_s_replicated": round(3 * write_mb_s, 2), "bytes_per_page": round(bytes_per_page),
+                    "cores_needed": round(broker_cores_needed, 2)},
         "queueing": {"worker_utilization": round(rho, 3), "p_wait": round(p_wait, 3),
                      "queue_wait_ms": round(wq_s * 1000, 1), "lag_pages_waiting": round(lag_q, 1),
-                     "lag_pages_keda_sees": round(lag_q + workers * batch, 1),
+                     "lag_pages_keda_sees": round(lag_keda, 1),
                      "keda_lag_threshold": math.ceil(mu * backlog_age_s)},
         "latency_ms": {"page": round(page_ms), "document": round(doc_ms), "doc_pages": doc_pages,
                        "batch_pages": round(batch, 2), "kafka_hops": KAFKA_HOPS, "hop_ms_p50": hop_ms},
@@ -539,6 +586,7 @@ def main() -> None:
     m.add_argument("--dpis", default="100,150,200,300")
     m.add_argument("--seconds", type=float, default=5.0, help="length of each broker throughput run")
     m.add_argument("--check-pages", type=int, default=12, help="pages of the pipeline point (0: none)")
+    m.add_argument("--framework-pages", type=int, default=60, help="pages of the run without OCR (0: none)")
     m.add_argument("--keep", action="store_true", help="leave the benchmark cluster running")
     m.set_defaults(fn=cmd_measure)
     md = sub.add_parser("model")

@@ -130,7 +130,7 @@ def cmd_topics(args, s: Settings) -> int:
     # Given: exactly that, never lowered (production jobs pass it, so an outage cannot lower it).
     fit = args.replication_factor is None
     specs = topic_specs(args.replication_factor or PRODUCTION_REPLICATION_FACTOR, retention=s.retention(),
-                        tenants=tuple(s.tenants))
+                        tenants=tuple(s.tenants), pages_partitions=s.pages_partitions)
     brokers = len(admin.list_topics(timeout=30).brokers)
     try:
         _, note = fit_replication(specs, brokers) if fit else (specs, "")

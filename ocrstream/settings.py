@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     kafka_debug: str | None = Field(
         None, description="librdkafka debug contexts, e.g. `consumer,cgrp,fetch` (logged at DEBUG through "
                           "the `ocrstream.librdkafka` logger); unset = off")
+    pages_partitions: int = Field(
+        12, ge=1, description="partitions of the pages and page-attempts topics `topics apply` creates: the most OCR "
+        "workers one group can use (`python bench/capacity.py model` gives it for a load; an existing pages topic "
+        "can get more later, see README \"Scaling\")")
     pipeline_retention_h: float = Field(
         168.0, gt=0, description="retention of ingest, pages, page-results (page text), object-events and "
                                  "page-attempts (hours); applied by `ocrstream topics apply`")

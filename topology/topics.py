@@ -38,6 +38,21 @@ PRODUCTION_REPLICATION_FACTOR = 3
 crash, a rolling restart) with no record lost and writes going on."""
 
 
+PAGES_PARTITIONS = 12
+"""Default partitions of ``pages`` (and ``page-attempts``): the most OCR workers one group can
+use (a 13th member gets no partition). Raise it with ``OCRSTREAM_PAGES_PARTITIONS`` to what
+``python bench/capacity.py model`` gives for the load (README, "Scaling"); on an existing
+``pages`` topic partitions can be added later without harm (pages are independent)."""
+
+RESULTS_PARTITIONS = 6
+"""Partitions of ``page-results`` (= ``assembler-state``, partitioned alike) and
+``document-results``. Unlike ``pages`` these cannot be raised later without harm: an open
+document's page results would move to another assembler partition than its state, and a
+document's later result to another partition than its earlier one (compaction keeps both).
+The capacity model's measured assembler cost puts 6 assemblers far above the pages/s the worker
+fleets here reach (README, "Scaling")."""
+
+
 def min_insync_for(replication_factor: int) -> int:
     """``min.insync.replicas`` for a replication factor: 2 from 3 copies up (an ``acks=all``
     write is on two brokers before it is acknowledged, and one broker may be down), else 1.
@@ -72,10 +87,13 @@ class TopicSpec:
 
 
 def topic_specs(replication_factor: int = PRODUCTION_REPLICATION_FACTOR, partitions_scale: int = 1,
-                retention: Retention = Retention(), tenants: tuple[str, ...] = ()) -> list[TopicSpec]:
+                retention: Retention = Retention(), tenants: tuple[str, ...] = (),
+                pages_partitions: int = PAGES_PARTITIONS) -> list[TopicSpec]:
     """The project's topics.
 
     Args:
+        pages_partitions: partitions of ``pages`` and ``page-attempts`` (``OCRSTREAM_PAGES_PARTITIONS``):
+            the largest OCR worker group that gets work.
         replication_factor: copies of each partition; 3 (the production default, with
             ``min.insync.replicas`` 2, :func:`min_insync_for`). ``apply_topics`` lowers it to 1
             on a single-broker cluster (the local stack) and says so.
@@ -85,7 +103,7 @@ def topic_specs(replication_factor: int = PRODUCTION_REPLICATION_FACTOR, partiti
             ``tenant.<name>.document-results``, configured like the default tenant's (see
             :mod:`topology.tenants`).
     """
-    specs = _shared_specs(replication_factor, partitions_scale, retention)
+    specs = _shared_specs(replication_factor, partitions_scale, retention, pages_partitions)
     by_name = {t.name: t for t in specs}
     for tenant in tenants:
         specs += [TopicSpec(tenant_topic(tenant, name), by_name[name].partitions, replication_factor,
@@ -94,7 +112,8 @@ def topic_specs(replication_factor: int = PRODUCTION_REPLICATION_FACTOR, partiti
     return specs
 
 
-def _shared_specs(replication_factor: int, partitions_scale: int, retention: Retention) -> list[TopicSpec]:
+def _shared_specs(replication_factor: int, partitions_scale: int, retention: Retention,
+                  pages_partitions: int = PAGES_PARTITIONS) -> list[TopicSpec]:
     rf = replication_factor
     min_isr = str(min_insync_for(rf))
     common = {"min.insync.replicas": min_isr}
@@ -105,13 +124,13 @@ def _shared_specs(replication_factor: int, partitions_scale: int, retention: Ret
         TopicSpec("ingest", 6 * partitions_scale, rf,
                   {**common, "retention.ms": keep, "max.message.bytes": "1048576"},
                   "document references (DocumentRef)"),
-        TopicSpec("pages", 12 * partitions_scale, rf,
+        TopicSpec("pages", pages_partitions * partitions_scale, rf,
                   {**common, "retention.ms": keep, "max.message.bytes": "1048576"},
                   "page work items (PageTask)"),
-        TopicSpec("page-results", 6 * partitions_scale, rf,
+        TopicSpec("page-results", RESULTS_PARTITIONS * partitions_scale, rf,
                   {**common, "retention.ms": keep, "max.message.bytes": "8388608"},
                   "detections per page (PageResult)"),
-        TopicSpec("document-results", 6 * partitions_scale, rf,
+        TopicSpec("document-results", RESULTS_PARTITIONS * partitions_scale, rf,
                   {**common, **results, "max.message.bytes": "33554432",
                    "min.compaction.lag.ms": "60000", "segment.ms": str(DAY_MS)},
                   "one result per document (DocumentResult), compacted"),
@@ -127,11 +146,11 @@ def _shared_specs(replication_factor: int, partitions_scale: int, retention: Ret
         TopicSpec("watch-state", 1, rf,
                   {**common, "cleanup.policy": "compact"},
                   "drop-folder checkpoint: object key -> last published ETag/version"),
-        TopicSpec("assembler-state", 6 * partitions_scale, rf,
+        TopicSpec("assembler-state", RESULTS_PARTITIONS * partitions_scale, rf,
                   {**common, "cleanup.policy": "compact", "max.message.bytes": str(8388608 + 1024 * 1024),
                    "segment.ms": str(DAY_MS)},
                   "assembler changelog: page results of open documents, done markers (partitioned like page-results)"),
-        TopicSpec("page-attempts", 12 * partitions_scale, rf,
+        TopicSpec("page-attempts", pages_partitions * partitions_scale, rf,
                   {**common, "cleanup.policy": "compact,delete", "retention.ms": keep,
                    "segment.ms": str(DAY_MS)},
                   "OCR worker in-flight marks: engine attempts per page task (partitioned like pages)"),
