@@ -11,7 +11,7 @@ KUSTOMIZE := .tools/bin/kustomize
 KUSTOMIZE_VERSION := v5.8.0
 DOCS ?=
 
-.PHONY: venv venv-paddle kafka-jars minio kustomize deps test test-fast test-cluster demo stop stack-up cluster-up stack-down bench accuracy schemas clean
+.PHONY: venv venv-paddle kafka-jars minio kustomize deps test test-fast test-cluster demo stop stack-up cluster-up stack-down bench capacity accuracy schemas clean
 
 $(BIN)/ocrstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -82,7 +82,7 @@ cluster-up: deps
 stack-down:
 	$(BIN)/ocrstream stack down
 
-## Every benchmark (accuracy, throughput ratio, ceiling, latency, memory, scaling): JSON + PNG in bench/out/.
+## Every benchmark (accuracy, throughput ratio, ceiling, latency, memory, scaling, capacity inputs): JSON + PNG in bench/out/
 bench: deps
 	@mkdir -p bench/out
 	$(BIN)/python bench/accuracy.py receipts > bench/out/accuracy-receipts.json
@@ -92,6 +92,13 @@ bench: deps
 	$(BIN)/python bench/throughput.py latency
 	$(BIN)/python bench/throughput.py scaling
 	$(BIN)/python bench/throughput.py memory
+	$(BIN)/python bench/capacity.py measure
+
+## The capacity model's measured inputs (engine per DPI, 3-broker cluster, a pipeline point) and its check.
+capacity: deps
+	@mkdir -p bench/out
+	$(BIN)/python bench/capacity.py measure
+	$(BIN)/python bench/capacity.py check
 
 schemas: venv
 	$(BIN)/ocrstream schemas export

@@ -66,6 +66,7 @@ BENCH_DIR = REPO / ".ocrstream-bench-cluster"
 UTILIZATION = 0.7  # planned busy share of a worker / broker: headroom for bursts and queueing delay
 PARTITION_HEADROOM = 2.0  # pages partitions per planned worker: the autoscaler may double the group
 KAFKA_HOPS = 4  # ingest -> pages -> page-results -> document-results -> the client reading it
+PARTS = ("engine", "broker", "framework", "point")
 
 
 def cluster_settings(**kw) -> Settings:
@@ -372,20 +373,31 @@ def cmd_measure(args) -> None:
     from devtools.stack import Stack
 
     dpis = [int(x) for x in args.dpis.split(",")]
-    inputs = {"measured_at": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(),
-              "note": "2-core machine shared with other work: broker figures are a floor (load_avg = 1-min load "
-                      "average at the start and end of each measurement)"}
-    inputs["engine"] = measure_engine(args.pages, dpis)
+    parts = set(args.parts.split(","))
+    # --parts: measure only these, keep the others from the existing file
+    inputs = orjson.loads(INPUTS.read_bytes()) if parts != set(PARTS) and INPUTS.exists() else {}
+    inputs.update({"cpus": os.cpu_count(),
+                   "note": "2-core machine shared with other work: broker figures are a floor (load_avg = 1-min load "
+                           "average at the start and end of each measurement)"})
+    inputs.setdefault("measured_at", {})
+    if isinstance(inputs["measured_at"], str):
+        inputs["measured_at"] = {k: inputs["measured_at"] for k in PARTS if k in inputs}
+    now = time.strftime("%Y-%m-%d %H:%M")
+    if "engine" in parts:
+        inputs["engine"], inputs["measured_at"]["engine"] = measure_engine(args.pages, dpis), now
     s = cluster_settings()
     stack = Stack(s)
-    stack.up()
+    if parts & {"broker", "framework", "point"}:
+        stack.up()
     try:
-        rb = inputs["engine"]["by_dpi"].get("150", next(iter(inputs["engine"]["by_dpi"].values())))["page_result_bytes"]
-        inputs["broker"] = measure_broker(s, args.seconds, rb)
-        if args.framework_pages:
+        if "broker" in parts:
+            rb = inputs["engine"]["by_dpi"].get("150", next(iter(inputs["engine"]["by_dpi"].values())))["page_result_bytes"]
+            inputs["broker"], inputs["measured_at"]["broker"] = measure_broker(s, args.seconds, rb), now
+        if "framework" in parts and args.framework_pages:
             inputs["framework"] = measure_framework(s, args.framework_pages)
-        if args.check_pages:
-            inputs["point"] = measure_point(s, args.check_pages)
+            inputs["measured_at"]["framework"] = now
+        if "point" in parts and args.check_pages:
+            inputs["point"], inputs["measured_at"]["point"] = measure_point(s, args.check_pages), now
     finally:
         if not args.keep:
             stack.down()
@@ -482,7 +494,9 @@ def plan(inputs: dict, pages_per_s: float, dpi: int, *, gpu_pages_per_s: float |
     doc_b = (point or {}).get("document_result_bytes_per_page", result_b)
     bytes_per_page = task_b + 2 * result_b + doc_b
     write_mb_s = n * bytes_per_page / 1e6
-    cluster_mb_s = broker["all_partitions"]["mb_per_s"]  # client bytes/s the 3-broker cluster acknowledged
+    # The measured 3-broker cluster acknowledged cluster_mb_s of client bytes, 3 copies each: every
+    # broker wrote cluster_mb_s. b brokers share 3 x write_mb_s of copies.
+    cluster_mb_s = broker["all_partitions"]["mb_per_s"]
     brokers_bytes = math.ceil(3 * write_mb_s / (utilization * cluster_mb_s))
     # brokers' CPU: per MB the clients write (replication included), measured in the flood
     broker_cores_needed = write_mb_s * broker["all_partitions"]["broker_cpu_s_per_mb"]
@@ -530,11 +544,29 @@ def plan(inputs: dict, pages_per_s: float, dpi: int, *, gpu_pages_per_s: float |
 
 
 def predict_point(inputs: dict) -> dict:
-    """The model for the measured point: ``workers`` one-thread workers, a burst of its pages
-    placed evenly, batches of up to ``batch_max_pages``; completion time of each page."""
-    point = inputs["point"]
+    """The model for the measured point, from the other inputs only: ``workers`` one-thread
+    workers on this machine's cores, which the brokers, S3 and the other stages share.
+
+    Throughput: the less of the workers' engine rate (``workers`` / time per page) and what the
+    cores left after the brokers' idle load do at the CPU a page costs everything (engine, the
+    framework run's per-page CPU of splitter, assembler, S3 and the worker's own download and
+    publish, the brokers' CPU per MB written). Latency: the burst placed evenly, batches of up to
+    ``batch_max_pages`` pages, each page done when its batch is, plus ``KAFKA_HOPS`` hops.
+    """
+    point, broker = inputs["point"], inputs["broker"]
     s_page, _ = _interp(inputs["engine"]["by_dpi"], point["dpi"], "s_per_page")
-    hop_ms = inputs["broker"]["latency"]["hop_ms_p50"]
+    render_s = _interp(inputs["engine"]["by_dpi"], point["dpi"], "render_ms")[0] / 1000
+    task_b = _interp(inputs["engine"]["by_dpi"], point["dpi"], "page_task_bytes")[0]
+    result_b = _interp(inputs["engine"]["by_dpi"], point["dpi"], "page_result_bytes")[0]
+    fw = inputs.get("framework", {}).get("cpu_s_per_page", {})
+    overhead = (fw.get("splitter", 0.0) + fw.get("assembler", 0.0) + fw.get("s3", 0.0)
+                + max(0.0, fw.get("worker", 0.0) - render_s)  # the engine figure has the render
+                + (task_b + 3 * result_b) / 1e6 * broker["all_partitions"]["broker_cpu_s_per_mb"])
+    cores = inputs.get("cpus") or 2
+    free = max(0.1, cores - broker.get("idle_cpu_cores", 0.0))
+    rate = min(point["workers"] / s_page, free / (s_page + overhead))
+    slow = point["workers"] / s_page / rate  # > 1: the shared cores, not the workers, bound it
+    hop_ms = broker["latency"]["hop_ms_p50"]
     per_worker = [point["pages"] // point["workers"] + (1 if i < point["pages"] % point["workers"] else 0)
                   for i in range(point["workers"])]
     latencies = []
@@ -542,11 +574,11 @@ def predict_point(inputs: dict) -> dict:
         t, left = 0.0, k
         while left:
             b = min(point["batch_max_pages"], left)
-            t += b * s_page
+            t += b * s_page * slow
             latencies += [t * 1000 + KAFKA_HOPS * hop_ms] * b
             left -= b
-    makespan_s = max(latencies) / 1000
-    return {"pages_per_s": round(point["pages"] / makespan_s, 3),
+    return {"pages_per_s": round(rate, 3), "engine_only_pages_per_s": round(point["workers"] / s_page, 3),
+            "cpu_s_per_page": round(s_page + overhead, 3), "cores_free_of_idle_brokers": round(free, 2),
             "page_latency_ms": {"p50": _pct(latencies, 0.5), "max": round(max(latencies))}}
 
 
@@ -560,7 +592,7 @@ def cmd_model(args) -> None:
     inputs = _inputs(args.inputs)
     out = plan(inputs, args.pages_per_s, args.dpi, gpu_pages_per_s=args.gpu_pages_per_s,
                utilization=args.utilization, broker_cores=args.broker_cores, doc_pages=args.doc_pages)
-    out["inputs"] = {"file": str(args.inputs), "measured_at": inputs["measured_at"]}
+    out["inputs"] = {"file": str(args.inputs), "measured_at": inputs["measured_at"]}  # per part
     print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
 
 
@@ -573,7 +605,10 @@ def cmd_check(args) -> None:
            "predicted": pred, "measured": {"pages_per_s": meas["pages_per_s"], "page_latency_ms": meas["page_latency_ms"]},
            "measured_over_predicted": {"pages_per_s": round(meas["pages_per_s"] / pred["pages_per_s"], 3),
                                        "page_latency_p50": round(meas["page_latency_ms"]["p50"] /
-                                                                 pred["page_latency_ms"]["p50"], 3)},
+                                                                 pred["page_latency_ms"]["p50"], 3),
+                                       "page_latency_max": round(meas["page_latency_ms"]["max"] /
+                                                                 pred["page_latency_ms"]["max"], 3)},
+           "load_avg_during_point": meas.get("load_avg"),
            "cpu_s_per_page": meas["cpu_s_per_page"]}
     print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
 
@@ -588,6 +623,8 @@ def main() -> None:
     m.add_argument("--check-pages", type=int, default=12, help="pages of the pipeline point (0: none)")
     m.add_argument("--framework-pages", type=int, default=60, help="pages of the run without OCR (0: none)")
     m.add_argument("--keep", action="store_true", help="leave the benchmark cluster running")
+    m.add_argument("--parts", default=",".join(PARTS),
+                   help="what to measure (the rest is kept from the existing inputs file)")
     m.set_defaults(fn=cmd_measure)
     md = sub.add_parser("model")
     md.add_argument("--pages-per-s", type=float, required=True)
