@@ -44,15 +44,25 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def _pid_alive(pid_file: Path) -> int | None:
+    """The pid in ``pid_file`` if that process runs *and* is this service: its command line
+    names the service's folder (Kafka's ``server.properties``, weed's ``-dir``). A stale pid
+    file's number may belong to another process by now (pids are reused; on a machine shared by
+    several stacks one SIGTERMed another's broker), which must not be taken for, or stopped as,
+    the service."""
+    import psutil
+
     try:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
     try:
-        os.kill(pid, 0)
-    except OSError:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return pid  # exited, not reaped yet: _stop reaps it
+        cmdline = " ".join(proc.cmdline())
+    except psutil.Error:
         return None
-    return pid
+    return pid if str(pid_file.parent.resolve()) in cmdline else None
 
 
 def _wait_for(what: str, proc: subprocess.Popen, check, timeout_s: float, log: Path) -> None:
