@@ -334,8 +334,14 @@ class KafkaCluster:
         majority), then wait until each answers and the metadata lists every broker.
 
         Raises:
-            StackError: a node failed to start, or the cluster did not form within ``timeout_s``.
+            StackError: the nodes' ports overlap (OCRSTREAM_KAFKA_CONTROLLER_PORT must not be
+                OCRSTREAM_KAFKA_PORT + an even number below 2 x nodes), a node failed to start, or
+                the cluster did not form within ``timeout_s``.
         """
+        clash = {n.port for n in self.nodes} & {n.controller_port for n in self.nodes}
+        if clash:
+            raise StackError(f"client and controller ports overlap at {sorted(clash)}: move "
+                             "OCRSTREAM_KAFKA_CONTROLLER_PORT (node i uses both ports + 2(i-1))")
         for n in self.nodes:
             n.start()
         deadline = time.monotonic() + timeout_s

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     kafka_debug: str | None = Field(
         None, description="librdkafka debug contexts, e.g. `consumer,cgrp,fetch` (logged at DEBUG through "
                           "the `ocrstream.librdkafka` logger); unset = off")
-    pages_partitions: int = Field(
+    pages_partitions: int = Field(  # default: topology.PAGES_PARTITIONS (tests/test_stack.py checks)
         12, ge=1, description="partitions of the pages and page-attempts topics `topics apply` creates: the most OCR "
         "workers one group can use (`python bench/capacity.py model` gives it for a load; an existing pages topic "
         "can get more later, see README \"Scaling\")")

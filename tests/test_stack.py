@@ -48,6 +48,15 @@ def test_replication_fits_the_cluster():
         fit_replication(specs, 2)
 
 
+def test_pages_partitions_setting_sizes_pages_and_attempts():
+    from ocrstream.settings import Settings
+    from topology import PAGES_PARTITIONS
+
+    assert Settings().pages_partitions == PAGES_PARTITIONS  # the documented default is topology's
+    specs = {t.name: t.partitions for t in topic_specs(pages_partitions=48)}
+    assert specs["pages"] == specs["page-attempts"] == 48 and specs["page-results"] == 6
+
+
 def test_topics_apply_states_single_broker_replication(settings):
     """On the single-broker stack `topics apply` lowers the production replication and says so."""
     proc = subprocess.run([sys.executable, "-m", "ocrstream.cli", "topics", "apply"], env=settings_env(settings),
