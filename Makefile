@@ -11,7 +11,7 @@ KUSTOMIZE := .tools/bin/kustomize
 KUSTOMIZE_VERSION := v5.8.0
 DOCS ?=
 
-.PHONY: venv venv-paddle kafka-jars minio kustomize deps test test-fast demo stop stack-up stack-down bench accuracy schemas clean
+.PHONY: venv venv-paddle kafka-jars minio kustomize deps test test-fast test-cluster demo stop stack-up cluster-up stack-down bench capacity accuracy schemas clean
 
 $(BIN)/ocrstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ test: deps venv-paddle minio kustomize
 test-fast: deps
 	$(BIN)/python -m pytest -m "not slow"
 
+## The replicated 3-broker cluster's failover tests, with the heavier ones `make test` deselects
+## (marker cluster_heavy: real OCR in both delivery modes, the pipeline through a two-broker outage).
+test-cluster: deps
+	$(BIN)/python -m pytest tests/test_cluster.py -m "cluster_heavy or not cluster_heavy"
+
 ## Start the stack and all consumers, OCR sample + real documents, print results. Leaves it running.
 demo: deps
 	$(BIN)/python scripts/demo.py $(DOCS)
@@ -70,10 +75,14 @@ stop:
 stack-up: deps
 	$(BIN)/ocrstream stack up
 
+## The same with three Kafka nodes (replicated KRaft cluster on 9092/9094/9096).
+cluster-up: deps
+	$(BIN)/ocrstream stack up --brokers 3
+
 stack-down:
 	$(BIN)/ocrstream stack down
 
-## Every benchmark (accuracy, throughput ratio, ceiling, latency, memory, scaling): JSON + PNG in bench/out/.
+## Every benchmark (accuracy, throughput ratio, ceiling, latency, memory, scaling, capacity inputs): JSON + PNG in bench/out/
 bench: deps
 	@mkdir -p bench/out
 	$(BIN)/python bench/accuracy.py receipts > bench/out/accuracy-receipts.json
@@ -83,6 +92,13 @@ bench: deps
 	$(BIN)/python bench/throughput.py latency
 	$(BIN)/python bench/throughput.py scaling
 	$(BIN)/python bench/throughput.py memory
+	$(BIN)/python bench/capacity.py measure
+
+## The capacity model's measured inputs (engine per DPI, 3-broker cluster, a pipeline point) and its check.
+capacity: deps
+	@mkdir -p bench/out
+	$(BIN)/python bench/capacity.py measure
+	$(BIN)/python bench/capacity.py check
 
 schemas: venv
 	$(BIN)/ocrstream schemas export

@@ -104,6 +104,8 @@ def cmd_stack(args, s: Settings) -> int:
               "development only: from a checkout, pip install -e '.[dev]' (or `make venv`).", file=sys.stderr)
         return 2
 
+    if args.brokers:
+        s = s.model_copy(update={"stack_brokers": args.brokers})
     stack = Stack(s)
     try:
         if args.action == "up":
@@ -114,20 +116,35 @@ def cmd_stack(args, s: Settings) -> int:
         print(f"ocrstream stack {args.action}: {e}", file=sys.stderr)
         return 1
     for st in stack.status():
-        print(f"{st.name:6} {'running' if st.running else 'stopped':8} {st.address:22} pid={st.pid or '-'}")
+        print(f"{st.name:7} {'running' if st.running else 'stopped':8} {st.address:22} pid={st.pid or '-'}")
+    if hasattr(stack.kafka, "nodes") and args.action != "down":
+        # One address would do to bootstrap, but not while that node is down.
+        print(f"clients: export OCRSTREAM_KAFKA_BOOTSTRAP_SERVERS={stack.kafka.address}")
     return 0 if args.action == "down" or all(st.running for st in stack.status()) else 1
 
 
 def cmd_topics(args, s: Settings) -> int:
-    from topology import apply_topics, topic_specs
+    from topology import PRODUCTION_REPLICATION_FACTOR, apply_topics, fit_replication, topic_specs
 
     from .kafka import make_admin
 
     check_kafka(s, quiet=not args.debug)
 
-    reports = apply_topics(make_admin(s), topic_specs(args.replication_factor, retention=s.retention(), tenants=tuple(s.tenants),
-                                                      profiles=tuple(s.profiles)),
-                           s.topic_prefix)
+    admin = make_admin(s)
+    # No --replication-factor: the production default (3, min ISR 2), 1 on a single broker.
+    # Given: exactly that, never lowered (production jobs pass it, so an outage cannot lower it).
+    fit = args.replication_factor is None
+    specs = topic_specs(args.replication_factor or PRODUCTION_REPLICATION_FACTOR, retention=s.retention(),
+                        tenants=tuple(s.tenants),
+                        profiles=tuple(s.profiles), pages_partitions=s.pages_partitions)
+    brokers = len(admin.list_topics(timeout=30).brokers)
+    try:
+        _, note = fit_replication(specs, brokers) if fit else (specs, "")
+    except ValueError as exc:
+        print(f"ocrstream topics apply: {exc}", file=sys.stderr)
+        return 1
+    print(note or f"replication factor {args.replication_factor} (as given; {brokers} brokers)")
+    reports = apply_topics(admin, specs, s.topic_prefix, fit=fit)
     for r in reports:
         print(f"{r.topic:32} {r.action:8} {'; '.join(r.drift)}")
     return 1 if any(r.action == "drift" for r in reports) and args.strict else 0
@@ -544,10 +561,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = add("stack", help="local Kafka broker + S3 object store (development only)")
     st.add_argument("action", choices=["up", "down", "status"])
+    st.add_argument("--brokers", type=int, default=None, choices=range(1, 10), metavar="N",
+                    help="Kafka nodes (default OCRSTREAM_STACK_BROKERS, 1); 3 = a replicated KRaft cluster")
     st.set_defaults(fn=cmd_stack)
     tp = add("topics", help="create missing topics and report drift")
     tp.add_argument("action", choices=["apply"])
-    tp.add_argument("--replication-factor", type=int, default=1)
+    tp.add_argument("--replication-factor", type=int, default=None,
+                    help="copies of each partition (default 3 with min.insync.replicas 2, lowered to 1 on a "
+                         "single-broker cluster; a given value is never lowered)")
     tp.add_argument("--strict", action="store_true", help="exit 1 on drift")
     tp.set_defaults(fn=cmd_topics)
     ac = add("acls", help="Kafka ACLs per role, from the topology (`show` prints, `apply` creates)")

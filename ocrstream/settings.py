@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     kafka_debug: str | None = Field(
         None, description="librdkafka debug contexts, e.g. `consumer,cgrp,fetch` (logged at DEBUG through "
                           "the `ocrstream.librdkafka` logger); unset = off")
+    pages_partitions: int = Field(  # default: topology.PAGES_PARTITIONS (tests/test_stack.py checks)
+        12, ge=1, description="partitions of the pages and page-attempts topics `topics apply` creates: the most OCR "
+        "workers one group can use (`python bench/capacity.py model` gives it for a load; an existing pages topic "
+        "can get more later, see README \"Scaling\")")
     pipeline_retention_h: float = Field(
         168.0, gt=0, description="retention of ingest, pages, page-results (page text), object-events and "
                                  "page-attempts (hours); applied by `ocrstream topics apply`")
@@ -264,6 +268,11 @@ class Settings(BaseSettings):
                                                  "wheel's)")
     kafka_port: int = Field(9092, description="local broker port")
     kafka_controller_port: int = Field(9093, description="local KRaft controller port")
+    stack_brokers: int = Field(
+        1, ge=1, le=9, description="Kafka nodes of the local stack (`ocrstream stack up --brokers N`): 1 = one "
+        "broker+controller; 3 = a cluster of three broker+controller nodes (a KRaft quorum of 3), node i on "
+        "OCRSTREAM_KAFKA_PORT+2(i-1) and OCRSTREAM_KAFKA_CONTROLLER_PORT+2(i-1), data in <stack_dir>/kafka-i, "
+        "heap 384 MiB each (KAFKA_HEAP_OPTS overrides)")
     s3_port: int = Field(8333, description="local SeaweedFS S3 port")
     stack_port_base: int = Field(
         17000, description="SeaweedFS internal ports: base+80..base+888, gRPC at +10000 more"

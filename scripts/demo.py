@@ -124,7 +124,9 @@ def main() -> int:
     s = get_settings()
     print("== starting the local stack (Kafka KRaft broker + SeaweedFS S3)")
     Stack(s).up()
-    for r in apply_topics(make_admin(s), topic_specs(retention=s.retention(), tenants=tuple(s.tenants)), s.topic_prefix):
+    specs = topic_specs(retention=s.retention(), tenants=tuple(s.tenants), profiles=tuple(s.profiles),
+                        pages_partitions=s.pages_partitions)
+    for r in apply_topics(make_admin(s), specs, s.topic_prefix):
         print(f"   topic {r.topic:28} {r.action} {'; '.join(r.drift)}")
 
     pid_file = _pid_file(s)

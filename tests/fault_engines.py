@@ -43,3 +43,32 @@ def kill_on_marker(settings) -> _Fault:
 def segfault_on_marker(settings) -> _Fault:
     """Segfaults (SIGSEGV) on a marker page."""
     return _Fault("sigsegv")
+
+
+class _Sized(NullEngine):
+    """Reads every page as one line ``<width>x<height>`` (its pixel size) after sleeping
+    ``per_page_s`` per page: an engine whose output tells pages apart and whose batches take
+    time without using the CPU (broker failover tests: work stays in flight while a broker is
+    killed, and three brokers keep the two cores)."""
+
+    def __init__(self, per_page_s: float):
+        super().__init__()
+        self.per_page_s = per_page_s
+
+    def ocr_batch(self, images):
+        import time
+
+        from ocrstream.engine.base import PageOcr, TextLine
+
+        time.sleep(self.per_page_s * len(images))
+        out = []
+        for img in images:
+            h, w = img.shape[:2]
+            box = [[0.0, 0.0], [float(w), 0.0], [float(w), float(h)], [0.0, float(h)]]
+            out.append(PageOcr(lines=[TextLine(f"{w}x{h}", box, 0.99)], timings_ms={"det_ms": 0.0, "rec_ms": 0.0}))
+        return out
+
+
+def slow_sized(settings) -> _Sized:
+    """:class:`_Sized` with ``SLOW_ENGINE_S`` seconds per page (default 0.3)."""
+    return _Sized(float(os.environ.get("SLOW_ENGINE_S", "0.3")))

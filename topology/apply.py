@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from .topics import TopicSpec
+from .topics import PRODUCTION_REPLICATION_FACTOR, TopicSpec, min_insync_for
 
 
 @dataclass
@@ -18,6 +18,36 @@ class TopicReport:
     topic: str
     action: str  # "created" | "exists" | "drift"
     drift: list[str]
+    replication_factor: int = 0
+    """the replication factor the topic was created with or compared against"""
+
+
+def fit_replication(specs: list[TopicSpec], brokers: int) -> tuple[list[TopicSpec], str]:
+    """The specs as a cluster of ``brokers`` can hold them, and one line saying what
+    replication they get (``ocrstream topics apply`` prints it).
+
+    - ``brokers`` at least every spec's replication factor: unchanged (production: 3 copies,
+      ``min.insync.replicas`` 2 on a cluster of 3 or more brokers).
+    - a single broker (the local stack): replication factor 1, ``min.insync.replicas`` 1.
+
+    Raises:
+        ValueError: 2..factor-1 brokers: too few for the specs, yet not a single-broker
+            development stack (maybe a cluster with brokers down), so nothing is lowered silently.
+    """
+    want = max((s.replication_factor for s in specs), default=1)
+    if brokers >= want:
+        isr = {s.config.get("min.insync.replicas") for s in specs} - {None}
+        return specs, (f"replication factor {want}, min.insync.replicas {'/'.join(sorted(isr)) or '-'} "
+                       f"({brokers} broker{'s' if brokers != 1 else ''})")
+    if brokers == 1:
+        fitted = [replace(s, replication_factor=1, config={**s.config, "min.insync.replicas": "1"}
+                          if "min.insync.replicas" in s.config else s.config) for s in specs]
+        return fitted, (f"replication factor 1, min.insync.replicas 1: the cluster has a single broker (a "
+                        f"development stack); production topics get {PRODUCTION_REPLICATION_FACTOR} copies, "
+                        f"min.insync.replicas {min_insync_for(PRODUCTION_REPLICATION_FACTOR)}, on 3 or more brokers")
+    raise ValueError(f"the cluster lists {brokers} brokers, the topics want replication factor {want}: start the "
+                     f"missing brokers (a cluster with brokers down lists fewer), or pass a replication factor "
+                     f"of at most {brokers}")
 
 
 def _wait_until_led(admin: AdminClient, topics: set[str], partitions: dict[str, int], timeout_s: float) -> None:
@@ -47,17 +77,26 @@ def _wait_until_led(admin: AdminClient, topics: set[str], partitions: dict[str, 
         time.sleep(0.2)
 
 
-def apply_topics(admin: AdminClient, specs: list[TopicSpec], prefix: str, timeout_s: float = 30.0) -> list[TopicReport]:
+def apply_topics(admin: AdminClient, specs: list[TopicSpec], prefix: str, timeout_s: float = 30.0,
+                 fit: bool = True) -> list[TopicReport]:
     """Create the topics that are missing; compare the others with their spec.
 
     Drift (fewer partitions, different replication or config values) is
     reported, not changed: repartitioning moves keys and must be a human decision.
 
+    Args:
+        fit: on a single-broker cluster, replication factor 1 / min ISR 1 instead of the specs'
+            (:func:`fit_replication`); False: the specs as they are (the broker refuses a
+            factor above its broker count).
+
     Raises:
         confluent_kafka.KafkaException: the broker refused a creation.
+        ValueError: ``fit`` and a cluster with fewer brokers than the factor, but more than one.
     """
     metadata = admin.list_topics(timeout=timeout_s)
     existing = metadata.topics
+    if fit:
+        specs, _ = fit_replication(specs, len(metadata.brokers))
     reports: list[TopicReport] = []
     to_create = []
     for spec in specs:
@@ -84,7 +123,7 @@ def apply_topics(admin: AdminClient, specs: list[TopicSpec], prefix: str, timeou
     for spec in specs:
         name = prefix + spec.name
         if name in created:
-            reports.append(TopicReport(name, "created", []))
+            reports.append(TopicReport(name, "created", [], spec.replication_factor))
             continue
         drift = []
         tmeta = existing[name]
@@ -97,7 +136,7 @@ def apply_topics(admin: AdminClient, specs: list[TopicSpec], prefix: str, timeou
             have = configs.get(name, {}).get(key)
             if have != want:
                 drift.append(f"{key}={have} != {want}")
-        reports.append(TopicReport(name, "drift" if drift else "exists", drift))
+        reports.append(TopicReport(name, "drift" if drift else "exists", drift, spec.replication_factor))
     return reports
 
 

@@ -44,6 +44,35 @@ from .tenants import TENANT_TOPICS, tenant_topic
 
 DAY_MS = 24 * 3600 * 1000
 
+PRODUCTION_REPLICATION_FACTOR = 3
+"""Copies of every partition in production: a cluster of 3+ brokers loses any one broker (a
+crash, a rolling restart) with no record lost and writes going on."""
+
+
+PAGES_PARTITIONS = 12
+"""Default partitions of ``pages`` (and ``page-attempts``): the most OCR workers one group can
+use (a 13th member gets no partition). Raise it with ``OCRSTREAM_PAGES_PARTITIONS`` to what
+``python bench/capacity.py model`` gives for the load (README, "Scaling"); on an existing
+``pages`` topic partitions can be added later without harm (pages are independent)."""
+
+RESULTS_PARTITIONS = 6
+"""Partitions of ``page-results`` (= ``assembler-state``, partitioned alike) and
+``document-results``. Unlike ``pages`` these cannot be raised later without harm: an open
+document's page results would move to another assembler partition than its state, and a
+document's later result to another partition than its earlier one (compaction keeps both).
+The capacity model's measured assembler cost puts 6 assemblers far above the pages/s the worker
+fleets here reach (README, "Scaling")."""
+
+
+def min_insync_for(replication_factor: int) -> int:
+    """``min.insync.replicas`` for a replication factor: 2 from 3 copies up (an ``acks=all``
+    write is on two brokers before it is acknowledged, and one broker may be down), else 1.
+
+    With 3 copies and min ISR 2 a second broker down stops writes (producers retry, then fail
+    with ``NOT_ENOUGH_REPLICAS``) instead of acknowledging records held by one broker only.
+    """
+    return 2 if replication_factor >= 3 else 1
+
 
 @dataclass(frozen=True)
 class Retention:
@@ -65,18 +94,22 @@ class TopicSpec:
 
     name: str
     partitions: int
-    replication_factor: int = 1
+    replication_factor: int = PRODUCTION_REPLICATION_FACTOR
     config: dict[str, str] = field(default_factory=dict)
     description: str = ""
 
 
-def topic_specs(replication_factor: int = 1, partitions_scale: int = 1,
+def topic_specs(replication_factor: int = PRODUCTION_REPLICATION_FACTOR, partitions_scale: int = 1,
                 retention: Retention = Retention(), tenants: tuple[str, ...] = (),
-                profiles: tuple[str, ...] = ()) -> list[TopicSpec]:
+                profiles: tuple[str, ...] = (), pages_partitions: int = PAGES_PARTITIONS) -> list[TopicSpec]:
     """The project's topics.
 
     Args:
-        replication_factor: 1 for a local single broker, 3 in production.
+        pages_partitions: partitions of ``pages`` and ``page-attempts`` (``OCRSTREAM_PAGES_PARTITIONS``):
+            the largest OCR worker group that gets work.
+        replication_factor: copies of each partition; 3 (the production default, with
+            ``min.insync.replicas`` 2, :func:`min_insync_for`). ``apply_topics`` lowers it to 1
+            on a single-broker cluster (the local stack) and says so.
         partitions_scale: multiplies partition counts (worker replicas <= ``pages`` partitions).
         retention: record retention (``OCRSTREAM_*_RETENTION_H`` settings, see ``Settings.retention``).
         tenants: tenant names (``OCRSTREAM_TENANTS``): each gets its own ``tenant.<name>.ingest`` and
@@ -85,7 +118,7 @@ def topic_specs(replication_factor: int = 1, partitions_scale: int = 1,
         profiles: model profile names besides ``default`` (``OCRSTREAM_PROFILES``): each gets its page
             topics, one per lane, configured like ``pages`` (see :mod:`topology.pages`).
     """
-    specs = _shared_specs(replication_factor, partitions_scale, retention)
+    specs = _shared_specs(replication_factor, partitions_scale, retention, pages_partitions)
     by_name = {t.name: t for t in specs}
     for tenant in tenants:
         specs += [TopicSpec(tenant_topic(tenant, name), by_name[name].partitions, replication_factor,
@@ -99,9 +132,10 @@ def topic_specs(replication_factor: int = 1, partitions_scale: int = 1,
     return specs
 
 
-def _shared_specs(replication_factor: int, partitions_scale: int, retention: Retention) -> list[TopicSpec]:
+def _shared_specs(replication_factor: int, partitions_scale: int, retention: Retention,
+                  pages_partitions: int = PAGES_PARTITIONS) -> list[TopicSpec]:
     rf = replication_factor
-    min_isr = str(min(2, rf))
+    min_isr = str(min_insync_for(rf))
     common = {"min.insync.replicas": min_isr}
     keep = str(retention.pipeline_ms)
     results = ({"cleanup.policy": "compact"} if retention.results_ms is None
@@ -110,13 +144,13 @@ def _shared_specs(replication_factor: int, partitions_scale: int, retention: Ret
         TopicSpec("ingest", 6 * partitions_scale, rf,
                   {**common, "retention.ms": keep, "max.message.bytes": "1048576"},
                   "document references (DocumentRef)"),
-        TopicSpec("pages", 12 * partitions_scale, rf,
+        TopicSpec("pages", pages_partitions * partitions_scale, rf,
                   {**common, "retention.ms": keep, "max.message.bytes": "1048576"},
                   "page work items (PageTask)"),
-        TopicSpec("page-results", 6 * partitions_scale, rf,
+        TopicSpec("page-results", RESULTS_PARTITIONS * partitions_scale, rf,
                   {**common, "retention.ms": keep, "max.message.bytes": "8388608"},
                   "detections per page (PageResult)"),
-        TopicSpec("document-results", 6 * partitions_scale, rf,
+        TopicSpec("document-results", RESULTS_PARTITIONS * partitions_scale, rf,
                   {**common, **results, "max.message.bytes": "33554432",
                    "min.compaction.lag.ms": "60000", "segment.ms": str(DAY_MS)},
                   "one result per document (DocumentResult), compacted"),
@@ -132,7 +166,7 @@ def _shared_specs(replication_factor: int, partitions_scale: int, retention: Ret
         TopicSpec("watch-state", 1, rf,
                   {**common, "cleanup.policy": "compact"},
                   "drop-folder checkpoint: object key -> last published ETag/version"),
-        TopicSpec("assembler-state", 6 * partitions_scale, rf,
+        TopicSpec("assembler-state", RESULTS_PARTITIONS * partitions_scale, rf,
                   {**common, "cleanup.policy": "compact", "max.message.bytes": str(8388608 + 1024 * 1024),
                    "segment.ms": str(DAY_MS)},
                   "assembler changelog: page results of open documents, done markers (partitioned like page-results)"),
@@ -143,7 +177,7 @@ def _shared_specs(replication_factor: int, partitions_scale: int, retention: Ret
                   {**common, "cleanup.policy": "compact,delete", "retention.ms": str(retention.result_cache_ms),
                    "segment.ms": str(min(retention.result_cache_ms, DAY_MS)), "max.message.bytes": "33554432"},
                   "content-hash result cache: cache key -> a succeeded document's result (CachedResult)"),
-        TopicSpec("page-attempts", 12 * partitions_scale, rf,
+        TopicSpec("page-attempts", pages_partitions * partitions_scale, rf,
                   {**common, "cleanup.policy": "compact,delete", "retention.ms": keep,
                    "segment.ms": str(DAY_MS)},
                   "OCR worker in-flight marks: engine attempts per page task (partitioned like pages)"),

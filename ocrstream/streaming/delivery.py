@@ -20,11 +20,15 @@ What a failure means (the caller, :class:`~ocrstream.streaming.loop.StageRuntime
 - :class:`FatalKafkaError`: the producer is unusable (fenced by a newer instance with the
   same ``transactional.id``, or a commit that timed out twice); the process must exit and
   be restarted.
+- A ``send_offsets_to_transaction`` still blocked ``HUNG_GRACE_S`` after its timeout: the
+  process exits at once with status 2, as after a fatal error (see :func:`_exit_if_hung`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -36,6 +40,26 @@ from ocrstream.settings import Settings
 from . import faults
 
 log = logging.getLogger(__name__)
+
+HUNG_GRACE_S = 30.0
+"""How long past its own timeout a transactional call may block before the process exits."""
+
+
+def _exit_if_hung(stage: str, what: str, timeout_s: float) -> None:
+    """Called by a timer when a transactional call is still blocked: exit with status 2 (the
+    stage runtime's EXIT_FATAL) for the supervisor to restart the process.
+
+    Why: ``send_offsets_to_transaction`` can block past its timeout, indefinitely, when the group
+    coordinator's broker went away (librdkafka #5456, #5511, open in 2.16). Seen on the 3-broker
+    test cluster after the coordinator's broker was killed: an exactly-once worker blocked in it
+    for over 5 minutes, its partitions' pages never OCR'd. A call blocked in C cannot be
+    interrupted; the restarted instance fences this one's ``transactional.id``, aborting its open
+    transaction, and reads on from the committed offsets."""
+    log.critical("%s: %s still blocked %.0fs after its %.0fs timeout (librdkafka #5456): exiting for a restart",
+                 stage, what, HUNG_GRACE_S, timeout_s)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(2)
 
 
 @dataclass
@@ -179,7 +203,15 @@ class Delivery:
                 self.producer.abort_transaction(timeout_s)  # nothing of this unit may be committed
                 raise
             if offsets:
-                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), timeout_s)
+                watchdog = threading.Timer(timeout_s + HUNG_GRACE_S, _exit_if_hung,
+                                           (self.stage, "send_offsets_to_transaction", timeout_s))
+                watchdog.daemon = True
+                watchdog.start()
+                try:
+                    self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(),
+                                                              timeout_s)
+                finally:
+                    watchdog.cancel()
             faults.fault_point(f"{self.stage}.after_produce")
             self._commit_transaction(timeout_s)
         except KafkaException as exc:

@@ -75,6 +75,13 @@ log = logging.getLogger(__name__)
 
 EXIT_FATAL = 2  # process exit status after a FatalKafkaError: restart me
 PUBLISH_ATTEMPTS = 6  # at-least-once publish attempts before the process gives up (about 30 s of backoff)
+REWIND_ATTEMPTS = 8  # reads of the committed offsets while the group coordinator moves (about 40 s of backoff)
+# The group coordinator moved or is loading (a broker failover): reading the committed offsets
+# again finds the new one. Seen on the 3-broker test cluster: a rewind right after the
+# coordinator's broker was killed got NOT_COORDINATOR, and exiting for it left the stage down.
+_COORDINATOR_MOVING = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                       KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError._WAIT_COORD, KafkaError._TIMED_OUT,
+                       KafkaError.REQUEST_TIMED_OUT, KafkaError._TRANSPORT, KafkaError.UNSTABLE_OFFSET_COMMIT}
 # Commit refusals that mean "these partitions are no longer yours": the new owner replays them.
 _MOVED = {KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS,
           KafkaError.FENCED_INSTANCE_ID, KafkaError._ASSIGNMENT_LOST, KafkaError.STALE_MEMBER_EPOCH}
@@ -339,11 +346,11 @@ class StageRuntime:
             return True
         raise AssertionError("unreachable")
 
-    def _backoff(self, attempt: int, exc: BaseException) -> None:
+    def _backoff(self, attempt: int, exc: BaseException, what: str = "publish") -> None:
         # Full jitter, as ocrstream/retry.py (AWS Architecture Blog, "Exponential Backoff And Jitter",
         # 2015); an explicit loop here because each failure kind of publish() ends differently.
         delay = random.uniform(0, min(10.0, 0.5 * 2 ** attempt))
-        log.warning("%s: publish attempt %d failed (%s): retrying in %.1fs", self.stage, attempt, exc, delay)
+        log.warning("%s: %s attempt %d failed (%s): retrying in %.1fs", self.stage, what, attempt, exc, delay)
         self.beat()
         time.sleep(delay)
 
@@ -359,7 +366,7 @@ class StageRuntime:
         if not tps:
             return
         try:
-            committed = self.consumer.committed(tps, timeout=30)
+            committed = self._committed(tps)
             if self._on_rewind:
                 self._on_rewind(tps)
             for tp in committed:
@@ -368,6 +375,22 @@ class StageRuntime:
         except KafkaException as exc:
             raise FatalKafkaError(f"{self.stage}: could not rewind to the committed offsets: {exc}") from exc
         log.info("%s: rewound %s to the committed offsets", self.stage, sorted(tp.partition for tp in tps))
+
+    def _committed(self, tps: Partitions) -> Partitions:
+        """The committed offsets of ``tps``, read again (with backoff, ``REWIND_ATTEMPTS`` times)
+        while the group coordinator moves or loads.
+
+        Raises:
+            KafkaException: any other error, or still failing after the last attempt.
+        """
+        for attempt in range(1, REWIND_ATTEMPTS + 1):
+            try:
+                return self.consumer.committed(tps, timeout=30)
+            except KafkaException as exc:
+                if exc.args[0].code() not in _COORDINATOR_MOVING or attempt == REWIND_ATTEMPTS:
+                    raise
+                self._backoff(attempt, exc, "reading the committed offsets")
+        raise AssertionError("unreachable")
 
     # --- back-pressure --------------------------------------------------------------------
     @property
