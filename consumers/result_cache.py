@@ -50,7 +50,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from ocrstream import metrics as m
 from ocrstream import result_cache as rc
 from ocrstream.errors import OcrstreamError
-from ocrstream.kafka import consumer_config, topic_partitions
+from ocrstream.kafka import consumer_config, read_at, topic_partitions
 from ocrstream.settings import Settings
 from schemas import CachedResult, DocumentRef, DocumentResult, ObjectRef, WorkerMetrics, decode
 
@@ -198,23 +198,7 @@ class ResultCacheIndex:
         """
         if self._fetcher is None:
             self._fetcher = _consumer(self.s, "result-cache-fetch")
-        consumer = self._fetcher
-        consumer.assign([TopicPartition(self.topic, entry.partition, entry.offset)])
-        deadline = time.monotonic() + FETCH_TIMEOUT_S
-        try:
-            while time.monotonic() < deadline:
-                msg = consumer.poll(0.1)
-                if msg is None:
-                    continue
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        return None
-                    continue
-                return msg.value() if msg.offset() == entry.offset else None  # a later one: ours is gone
-        finally:
-            consumer.unassign()
-        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{self.topic}[{entry.partition}]@{entry.offset} "
-                                                               f"not read in {FETCH_TIMEOUT_S}s"))
+        return read_at(self._fetcher, self.topic, entry.partition, entry.offset, FETCH_TIMEOUT_S)
 
     # --- the index thread --------------------------------------------------------------------
     def _run(self) -> None:

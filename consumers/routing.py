@@ -27,13 +27,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from ocrstream.errors import OcrstreamError, ReasonCode
-from ocrstream.settings import ProfileRoute, Settings
+from ocrstream.profiles import DEFAULT_ROUTE, check_named_profile, route_of
+from ocrstream.settings import Settings
 from schemas import DocumentRef
-from topology import DEFAULT_PROFILE
 
-DEFAULT_ROUTE = ProfileRoute()
-"""A tenant without an entry (and no ``*``): the default profile only, no shadow."""
+__all__ = ["DEFAULT_ROUTE", "Route", "choose_profile", "route_of", "split_profile", "unit_hash"]
 
 
 @dataclass(frozen=True)
@@ -43,13 +41,6 @@ class Route:
 
     profile: str
     shadow: str | None = None
-
-
-def route_of(s: Settings, tenant: str | None) -> ProfileRoute:
-    """The routing rules of ``tenant`` (None: the default tenant): its own entry, else ``*``,
-    else :data:`DEFAULT_ROUTE`."""
-    routes = s.profile_routes
-    return routes.get("-" if tenant is None else tenant) or routes.get("*") or DEFAULT_ROUTE
 
 
 def unit_hash(salt: str, key: str) -> float:
@@ -85,14 +76,7 @@ def choose_profile(s: Settings, tenant: str | None, ref: DocumentRef, document_k
     """
     route = route_of(s, tenant)
     if ref.profile is not None:
-        allowed = route.allowed_profiles()
-        if ref.profile not in allowed:
-            who = "the default tenant" if tenant is None else f"tenant {tenant!r}"
-            known = "" if ref.profile == DEFAULT_PROFILE or ref.profile in s.profiles else " (no such profile)"
-            raise OcrstreamError(ReasonCode.PROFILE_NOT_ALLOWED,
-                                 f"profile {ref.profile[:63]!r}{known} is not allowed for {who} "
-                                 f"(allowed: {', '.join(sorted(allowed))})")
-        profile = ref.profile
+        profile = check_named_profile(s, tenant, ref.profile)
     else:
         profile = split_profile(route.split, document_key)
     shadow = None

@@ -221,3 +221,31 @@ def read_to_end(consumer: Consumer, assignment: list[TopicPartition], timeout_s:
                 pending.discard(msg.partition())
             continue
         yield msg
+
+
+def read_at(consumer: Consumer, topic: str, partition: int, offset: int, timeout_s: float,
+            poll_s: float = 0.1) -> bytes | None:
+    """The value of the record at ``topic[partition]@offset``, read with ``assign()`` (the
+    consumer needs ``enable.partition.eof=true``; it is unassigned again before returning).
+
+    Returns None when that offset holds no record any more: the partition ends before it, or the
+    first record read is a later one (compaction, a tombstone's cleanup or retention removed it).
+
+    Raises:
+        KafkaException: ``_TIMED_OUT`` when nothing was read within ``timeout_s`` seconds.
+    """
+    consumer.assign([TopicPartition(topic, partition, offset)])
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(poll_s)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    return None
+                continue
+            return msg.value() if msg.offset() == offset else None
+    finally:
+        consumer.unassign()
+    raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{topic}[{partition}]@{offset} not read in {timeout_s}s"))

@@ -107,7 +107,8 @@ GATEWAY_REQUESTS = Counter("ocrstream_gateway_requests", "HTTP requests answered
 GATEWAY_DOCUMENTS = Counter("ocrstream_gateway_documents", "Documents the gateway accepted (202)", ["tenant", "kind"])
 GATEWAY_REFUSED = Counter("ocrstream_gateway_refused", "Submissions the gateway refused", ["tenant", "reason"])
 GATEWAY_PAGE_BACKLOG = Gauge("ocrstream_gateway_page_backlog", "Page tasks the worker group has not committed, by "
-                             "priority lane (last measurement; OCRSTREAM_GATEWAY_MAX_BACKLOG_PAGES)", ["lane"])
+                             "priority lane and model profile (last measurement; OCRSTREAM_GATEWAY_MAX_BACKLOG_PAGES)",
+                             ["lane", "profile"])
 GATEWAY_RESULTS = Gauge("ocrstream_gateway_results", "Documents in the gateway's results table (indexed: every "
                         "result seen; cached: held in memory; pending: accepted, no result yet)", ["kind"])
 RESULT_CACHE_LOOKUPS = Counter("ocrstream_result_cache_lookups", "Documents the splitter looked up in the result "

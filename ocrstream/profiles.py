@@ -9,19 +9,50 @@ rest. Each profile has its own page topics and worker group (:mod:`topology.page
 serves exactly one (``OCRSTREAM_PROFILE``), because its models are loaded once at start, and a
 profile whose runtime needs another environment (the paddle engine's pins conflict with the
 default engine's, see README "OCR engine") is served by workers started from that environment.
-Which documents go to which profile is :mod:`consumers.routing`'s.
+Which documents go to which profile is :mod:`consumers.routing`'s; whether a tenant may name a
+profile (:func:`check_named_profile`) is here, because the gateway refuses such a request before
+anything is stored and the splitter enforces the same rule.
 """
 
 from __future__ import annotations
 
 from topology.pages import DEFAULT_PROFILE
 
-from .settings import PROFILE_FIELDS, Settings
+from .errors import OcrstreamError, ReasonCode
+from .settings import PROFILE_FIELDS, ProfileRoute, Settings
+
+DEFAULT_ROUTE = ProfileRoute()
+"""A tenant without an entry (and no ``*``): the default profile only, no shadow."""
 
 
 def profile_names(s: Settings) -> tuple[str, ...]:
     """``default`` and the profiles of ``OCRSTREAM_PROFILES``, in that order."""
     return (DEFAULT_PROFILE, *s.profiles)
+
+
+def route_of(s: Settings, tenant: str | None) -> ProfileRoute:
+    """The routing rules of ``tenant`` (None: the default tenant) in ``OCRSTREAM_PROFILE_ROUTES``:
+    its own entry (``-`` for the default tenant), else ``*``, else :data:`DEFAULT_ROUTE`."""
+    routes = s.profile_routes
+    return routes.get("-" if tenant is None else tenant) or routes.get("*") or DEFAULT_ROUTE
+
+
+def check_named_profile(s: Settings, tenant: str | None, profile: str) -> str:
+    """``profile`` when a document of ``tenant`` (None: the default tenant) may name it
+    (``DocumentRef.profile``): one of its route's ``allowed`` profiles, else of its A/B ``split``.
+    The name is a request, not a grant.
+
+    Raises:
+        OcrstreamError: ``profile_not_allowed`` (unknown profiles included, said so in the message).
+    """
+    allowed = route_of(s, tenant).allowed_profiles()
+    if profile not in allowed:
+        who = "the default tenant" if tenant is None else f"tenant {tenant!r}"
+        known = "" if profile == DEFAULT_PROFILE or profile in s.profiles else " (no such profile)"
+        raise OcrstreamError(ReasonCode.PROFILE_NOT_ALLOWED,
+                             f"profile {profile[:63]!r}{known} is not allowed for {who} "
+                             f"(allowed: {', '.join(sorted(allowed))})")
+    return profile
 
 
 def profile_overrides(s: Settings, profile: str) -> dict:

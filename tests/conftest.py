@@ -396,3 +396,22 @@ def minio(settings, tmp_path):
             queue="arn:minio:sqs::PRIMARY:kafka", events=["s3:ObjectCreated:*"],
             prefix_filter_rule=PrefixFilterRule(s.inbox_prefix))]))
         yield s
+
+
+def wait_ready(client, timeout_s: float, died=None, every_s: float = 0.2) -> None:
+    """Poll ``GET /readyz`` on ``client`` (an httpx client on a gateway's URL) until it answers
+    200; fail the test after ``timeout_s`` seconds, or at once when ``died()`` (optional: the
+    server process has exited) returns a message."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(httpx.TransportError):  # not listening yet
+            if client.get("/readyz").status_code == 200:
+                return
+        gone = died() if died is not None else None
+        assert not gone, f"gateway exited before it was ready: {gone}"
+        assert time.monotonic() < deadline, f"gateway not ready within {timeout_s:.0f}s"
+        time.sleep(every_s)

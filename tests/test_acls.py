@@ -35,7 +35,7 @@ from producers.results import ResultFollower
 from topology import ROLES, apply_topics, follower_group, tenant_topic, topic_specs
 from topology.acls import tenant_role
 
-from conftest import REPO, base_settings, committed_to_end, make_pdf, settings_env
+from conftest import REPO, base_settings, committed_to_end, make_pdf, settings_env, wait_ready
 from test_security import _make_certificates, sasl_ssl_props
 
 pytestmark = pytest.mark.integration
@@ -253,16 +253,10 @@ def _gateway_round_trip(roles, processes, path) -> None:
         return AssertionError(f"gateway with its own ACLs: {what}\n{open(proc.log_path, errors='replace').read()[-3000:]}")
 
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:  # not listening yet
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise failure("not ready within 60 s")
-            time.sleep(0.3)
+        try:
+            wait_ready(client, 60, died=lambda: proc.poll() is not None and f"exit {proc.poll()}", every_s=0.3)
+        except AssertionError as exc:
+            raise failure(str(exc)) from None
         for tenant, key in keys.items():
             auth = {"Authorization": f"Bearer {key}"}
             r = client.post("/v1/documents", headers=auth, files={"file": ("acl.pdf", path.read_bytes(), "application/pdf")})

@@ -34,7 +34,7 @@ from producers.publish import stable_document_id
 from schemas import DocumentOptions
 from topology import apply_topics, topic_specs
 
-from conftest import REPO, StageThreads, base_settings, make_pdf, settings_env
+from conftest import REPO, StageThreads, base_settings, make_pdf, settings_env, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -78,15 +78,7 @@ def running_gateway(s, ready_timeout_s: float = 30.0):
     thread.start()
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=30) as client:
-            deadline = time.monotonic() + ready_timeout_s
-            while True:
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:  # not listening yet
-                    pass
-                assert time.monotonic() < deadline, f"gateway not ready within {ready_timeout_s}s"
-                time.sleep(0.1)
+            wait_ready(client, ready_timeout_s, every_s=0.1)
             yield client
     finally:
         server.should_exit = True
@@ -301,7 +293,7 @@ def test_page_backlog_over_the_limit_is_429(stack):
                 assert time.monotonic() < deadline, "backlog still over the limit after the commit"
                 time.sleep(0.2)
             assert r.status_code == 202, r.text
-            assert 'ocrstream_gateway_page_backlog{lane="batch"} 2.0' in gw.get("/metrics").text
+            assert 'ocrstream_gateway_page_backlog{lane="batch",profile="default"} 2.0' in gw.get("/metrics").text
     finally:
         _drop_topics(s)
 
@@ -340,14 +332,8 @@ def test_the_command_serves_until_sigterm_and_refuses_to_start_without_keys(pipe
                               cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            deadline = time.monotonic() + 30
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get("/readyz").status_code == 200:
-                        break
-                assert server.poll() is None, (tmp_path / "gateway.log").read_text()[-2000:]
-                assert time.monotonic() < deadline, "`ocrstream gateway` not ready within 30 s"
-                time.sleep(0.2)
+            wait_ready(client, 30, died=lambda: server.poll() is not None
+                       and (tmp_path / "gateway.log").read_text()[-2000:])
             assert client.get("/v1/documents/x", headers=HEADERS["globex"]).status_code == 404
             assert client.get("/v1/documents/x").status_code == 401
         server.send_signal(signal.SIGTERM)

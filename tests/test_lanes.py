@@ -264,8 +264,8 @@ def test_the_gateway_judges_an_interactive_document_on_its_own_lane(stack):
             r = _upload(gw, None, "a.pdf", make_pdf([["A"]]), data={"priority": "interactive"})
             assert r.status_code == 202, r.text  # the interactive lane is empty
             metrics = gw.get("/metrics").text
-            assert 'ocrstream_gateway_page_backlog{lane="batch"} 3.0' in metrics
-            assert 'ocrstream_gateway_page_backlog{lane="interactive"} 0.0' in metrics
+            assert 'ocrstream_gateway_page_backlog{lane="batch",profile="default"} 3.0' in metrics
+            assert 'ocrstream_gateway_page_backlog{lane="interactive",profile="default"} 0.0' in metrics
             for _ in range(3):
                 p.produce(s.topic("pages-interactive"), b"{}", b"k", partition=0)
             assert p.flush(30) == 0

@@ -24,11 +24,11 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import orjson
 import pytest
 import yaml
+from confluent_kafka import Producer
 from hypothesis import given, settings as hyp_settings, strategies as st
 from pydantic import ValidationError
 
@@ -39,7 +39,7 @@ from consumers.worker import OcrWorker
 from ocrstream.compare import Collected, DocumentSummary, report
 from ocrstream.engine.null import NullEngine
 from ocrstream.errors import OcrstreamError
-from ocrstream.kafka import make_admin
+from ocrstream.kafka import make_admin, producer_config
 from ocrstream.profiles import profile_settings
 from ocrstream.settings import PROFILE_FIELDS, Settings
 from ocrstream.storage import ObjectStore
@@ -48,8 +48,8 @@ from ocrstream.textmatch import word_prf
 from producers.publish import DocumentPublisher
 from producers.results import ResultFollower
 from schemas import DeadLetter, DocumentRef, DocumentResult, ObjectRef, PageResult, decode
-from topology import (SHADOW_RESULTS, apply_topics, document_key, shadow_key, split_shadow_key, topic_specs,
-                      worker_group)
+from topology import (SHADOW_RESULTS, apply_topics, document_key, page_topic, shadow_key, split_shadow_key,
+                      topic_specs, worker_group)
 
 from conftest import REPO, StageThreads, base_settings, committed_to_end, make_pdf, read_topic, settings_env
 
@@ -467,3 +467,81 @@ def test_the_compose_profile_example_is_valid():
             assert name in base, f"{name}: neither a new service with a command nor one of docker-compose.yml"
         Settings(**{k: v for k, v in values.items() if k in ("profiles", "profile_routes", "profile", "tenants")})
     assert workers >= 2
+
+
+@pytest.mark.integration
+def test_the_gateway_takes_a_profile_the_tenant_may_name(pipeline):
+    from test_gateway import HEADERS, KEYS, running_gateway
+
+    s = pipeline.model_copy(update={"gateway_api_keys": ",".join(f"{k}={t or '-'}" for t, k in KEYS.items()),
+                                    "gateway_quota_per_minute": 0, "gateway_max_backlog_pages": 0})
+    store = ObjectStore(s)
+    pdf = make_pdf([["GATEWAY PROFILE"]])
+    store.put_bytes("tenants/acme/gw-profile.pdf", pdf, "application/pdf")
+    body = {"bucket": s.bucket, "key": "tenants/acme/gw-profile.pdf"}
+    with running_gateway(s) as gw:
+        # refused before anything is stored or published
+        r = gw.post("/v1/documents", headers=HEADERS["globex"], json={**body, "key": "tenants/globex/x.pdf",
+                                                                     "profile": "lowdpi"})
+        assert r.status_code == 403 and r.json()["code"] == "profile_not_allowed", r.text
+        r = gw.post("/v1/documents", headers=HEADERS["acme"], json={**body, "profile": "nope"})
+        assert r.status_code == 403 and "no such profile" in r.json()["detail"], r.text
+        r = gw.post("/v1/documents", headers=HEADERS["acme"], json={**body, "profile": "Low DPI!"})
+        assert r.status_code == 422, r.text
+        r = gw.post("/v1/documents", headers=HEADERS["globex"], files={"file": ("a.pdf", pdf, "application/pdf")},
+                    data={"profile": "lowdpi"})
+        assert r.status_code == 403 and r.json()["code"] == "profile_not_allowed", r.text
+        assert 'ocrstream_gateway_refused_total{tenant="globex",reason="profile_not_allowed"} 2.0' in \
+            gw.get("/metrics").text
+        # acme may name lowdpi: by reference and by upload, each OCR'd by lowdpi's worker
+        r = gw.post("/v1/documents", headers=HEADERS["acme"], json={**body, "profile": "lowdpi"})
+        assert r.status_code == 202, r.text
+        by_reference = r.json()["document_id"]
+        r = gw.post("/v1/documents", headers=HEADERS["acme"], json=body)
+        assert r.status_code == 202 and r.json()["document_id"] != by_reference, "the profile is not in the id"
+        r = gw.post("/v1/documents", headers=HEADERS["acme"], files={"file": ("a.pdf", pdf, "application/pdf")},
+                    data={"profile": "lowdpi"})
+        assert r.status_code == 202, r.text
+        by_upload = r.json()["document_id"]
+        deadline = time.monotonic() + 120
+        while True:
+            states = {d: gw.get(f"/v1/documents/{d}", headers=HEADERS["acme"]).json()
+                      for d in (by_reference, by_upload)}
+            if all(v["status"] != "pending" for v in states.values()):
+                break
+            assert time.monotonic() < deadline, f"no result in 120 s: {states}"
+            time.sleep(0.5)
+    for doc, state in states.items():
+        assert state["status"] == "succeeded", state
+        assert state["result"]["profile"] == "lowdpi", state
+    refs = [decode(m.value(), DocumentRef) for m in read_topic(s, s.tenant_topic("acme", "ingest"))]
+    assert {r.document_id: r.profile for r in refs if r.document_id in (by_reference, by_upload)} == \
+        {by_reference: "lowdpi", by_upload: "lowdpi"}
+    # nothing of globex's refused upload was stored
+    assert not [o.key for o in store.list("tenants/globex/") if "uploads" in o.key]
+
+
+@pytest.mark.integration
+def test_the_gateway_judges_a_named_profile_on_its_own_backlog(stack):
+    from test_gateway import _drop_topics, _namespace, _upload, running_gateway
+
+    # No workers: the backlog is what this test puts there. lowdpi's batch lane is over the limit.
+    s = _namespace(uuid.uuid4().hex[:8], gateway_max_backlog_pages=2, gateway_backlog_cache_s=0.2,
+                   profiles=PROFILES, profile_routes={"-": {"allowed": ["default", "lowdpi"]}})
+    try:
+        apply_topics(make_admin(s), topic_specs(tenants=tuple(s.tenants), profiles=tuple(s.profiles)),
+                     s.topic_prefix)
+        p = Producer(producer_config(s))
+        for _ in range(3):
+            p.produce(s.topic(page_topic("lowdpi")), b"{}", b"k", partition=0)
+        assert p.flush(30) == 0
+        with running_gateway(s) as gw:
+            r = _upload(gw, None, "a.pdf", make_pdf([["A"]]), data={"profile": "lowdpi"})
+            assert r.status_code == 429 and "profile lowdpi" in r.json()["detail"], r.text
+            r = _upload(gw, None, "a.pdf", make_pdf([["A"]]))
+            assert r.status_code == 202, r.text  # default's page topic is empty
+            metrics = gw.get("/metrics").text
+            assert 'ocrstream_gateway_page_backlog{lane="batch",profile="lowdpi"} 3.0' in metrics
+            assert 'ocrstream_gateway_page_backlog{lane="batch",profile="default"} 0.0' in metrics
+    finally:
+        _drop_topics(s)

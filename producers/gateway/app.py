@@ -1,10 +1,11 @@
 """``ocrstream gateway``: an HTTP front door (FastAPI on uvicorn) for clients of FastAPI+Celery OCR servers.
 
     POST /v1/documents                   multipart `file` (+ optional `dpi`, `pages`, `no_cache`, `webhook_url`,
-                                         `priority`), or JSON {"bucket", "key", "dpi"?, "pages"?, "no_cache"?,
-                                         "webhook_url"?, "priority"?}; `pages`: "1-3,7" (1-based ranges);
-                                         `no_cache`: OCR even if the result cache has it; `webhook_url`:
-                                         completion callback; `priority`: `interactive` | `batch` (default)
+                                         `priority`, `profile`), or JSON {"bucket", "key", "dpi"?, "pages"?,
+                                         "no_cache"?, "webhook_url"?, "priority"?, "profile"?}; `pages`: "1-3,7"
+                                         (1-based ranges); `no_cache`: OCR even if the result cache has it;
+                                         `webhook_url`: completion callback; `priority`: `interactive` | `batch`
+                                         (default); `profile`: the model profile to OCR with
                                          -> 202 {"document_id"}, Location: /v1/documents/{id}
     GET  /v1/documents/{id}              {"document_id", "status": pending|succeeded|failed, ...}; 404 unknown
     GET  /v1/documents/{id}/text|hocr|alto|json   the result rendered (409 while pending)
@@ -20,13 +21,15 @@ whether they exist).
 Status codes: 401 no or unknown key; 403 a reference outside the tenant's allowed sources
 (``forbidden_source``, nothing read), a ``webhook_url`` outside its allowed webhook hosts
 (``webhook_not_allowed``, nothing stored), or a ``priority`` lane the tenant may not use
-(``lane_not_allowed``, ``OCRSTREAM_TENANT_LANES``, nothing stored); 413 upload over
+(``lane_not_allowed``, ``OCRSTREAM_TENANT_LANES``, nothing stored), or a model ``profile`` it may
+not name (``profile_not_allowed``, ``OCRSTREAM_PROFILE_ROUTES``, nothing stored); 413 upload over
 ``OCRSTREAM_GATEWAY_MAX_UPLOAD_BYTES``; 415 neither multipart nor JSON; 422 a malformed body, an
 invalid bucket/key, an object that does not exist, a malformed ``webhook_url`` (``invalid_webhook_url``),
 malformed page ranges (``invalid_page_range``;
 pages beyond the document's are found by the splitter: a ``failed`` result with that code); 429 +
 ``Retry-After`` over the tenant's quota or while the page backlog of the document's lane (an
-interactive document: the interactive page topic's, not the batch backlog) is over
+interactive document: the interactive page topic's, not the batch backlog) and profile (one it
+names; otherwise ``default``'s: an A/B split is decided by the splitter) is over
 ``OCRSTREAM_GATEWAY_MAX_BACKLOG_PAGES``; 503 broker or object store unavailable. Error bodies
 are ``{"code": ..., "detail": ...}``.
 """
@@ -35,7 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import threading
 from typing import Annotated, Literal
 
 import orjson
@@ -52,11 +57,12 @@ from ocrstream.kafka import make_admin
 from ocrstream.lanes import allowed_lane
 from ocrstream.metrics import GATEWAY_DOCUMENTS, GATEWAY_REFUSED, GATEWAY_REQUESTS
 from ocrstream.outputs import document_text, to_alto, to_hocr
+from ocrstream.profiles import check_named_profile
 from ocrstream.settings import Settings
 from ocrstream.storage import ObjectStore
 from ocrstream.webhooks import check_webhook_url
 from schemas import DocumentResult, decode
-from topology.pages import DEFAULT_PROFILE, LANES, worker_group
+from topology.pages import DEFAULT_PROFILE, LANES, PROFILE_NAME, check_profile_name, worker_group
 
 from ..publish import PublishError
 from .auth import ApiKeys, Unauthorized
@@ -75,7 +81,7 @@ DOCUMENT_ID = r"^[A-Za-z0-9._:\-]{1,200}$"  # as schemas.DocumentRef.document_id
 # forbidden_source and lane_not_allowed are 403 (the caller may not make the service read there or
 # put its pages first, whoever they are);
 # the others name something malformed or absent: 422. Storage trouble is the service's: 503.
-_STATUS_OF = {ReasonCode.FORBIDDEN_SOURCE: 403, ReasonCode.LANE_NOT_ALLOWED: 403,
+_STATUS_OF = {ReasonCode.FORBIDDEN_SOURCE: 403, ReasonCode.LANE_NOT_ALLOWED: 403, ReasonCode.PROFILE_NOT_ALLOWED: 403,
               ReasonCode.INVALID_KEY: 422, ReasonCode.INVALID_BUCKET: 422,
               ReasonCode.OBJECT_NOT_FOUND: 422, ReasonCode.INVALID_PAGE_RANGE: 422, ReasonCode.MESSAGE_TOO_LARGE: 413,
               ReasonCode.WEBHOOK_NOT_ALLOWED: 403, ReasonCode.INVALID_WEBHOOK_URL: 422,
@@ -109,6 +115,9 @@ class SourceBody(BaseModel):
     priority: Literal["interactive", "batch"] | None = Field(
         None, description="priority lane: `interactive` pages go before every batch page (the tenant must be "
                           "allowed the lane: OCRSTREAM_TENANT_LANES); absent = `batch`")
+    profile: str | None = Field(None, pattern=PROFILE_NAME.pattern, description=(
+        "model profile to OCR it with (OCRSTREAM_PROFILES; the tenant must be allowed it: "
+        "OCRSTREAM_PROFILE_ROUTES); absent = the tenant's A/B split, else `default`"))
 
 
 _DPI = TypeAdapter(Annotated[int, Field(ge=36, le=600)])  # the multipart `dpi` field, as SourceBody.dpi
@@ -129,12 +138,10 @@ class Gateway:
         self.keys = ApiKeys(s)
         self.quota = TenantQuota(s.gateway_quota_per_minute)
         self.admin = make_admin(s)
-        # one backlog per priority lane: an interactive document is judged on the interactive lane's
-        profile = DEFAULT_PROFILE
-        self.backlogs = {lane: PageBacklog(self.admin, s.page_topic(profile, lane),
-                                           s.group(worker_group(profile, lane)), s.gateway_backlog_cache_s,
-                                           lane=lane) for lane in LANES}
-        self.backlog = self.backlogs["batch"]
+        # one backlog per model profile and priority lane, made on first use: an interactive
+        # document is judged on the interactive lane's, one naming a profile on that profile's
+        self._backlogs: dict[tuple[str, str], PageBacklog] = {}
+        self._backlogs_lock = threading.Lock()
         self.fetcher = RecordFetcher(s)
         self.table = ResultsTable(s.gateway_results_cache_bytes, s.gateway_pending_ids, fetch=self.fetcher)
         self.tailer = ResultsTailer(s, self.keys.tenants, self.table).start()
@@ -156,9 +163,18 @@ class Gateway:
             raise ApiError(429, "quota", f"over the quota of {self.s.gateway_quota_per_minute} documents per "
                            "minute", {"Retry-After": retry_after(wait)})
 
-    def check_backlog(self, tenant: str | None, lane: str) -> None:
-        """Refuse a submission of ``lane`` while that lane's page backlog is over
-        ``OCRSTREAM_GATEWAY_MAX_BACKLOG_PAGES``.
+    def backlog(self, profile: str, lane: str) -> PageBacklog:
+        """The page backlog of ``profile``'s ``lane`` (its page topic and worker group)."""
+        with self._backlogs_lock:
+            if (profile, lane) not in self._backlogs:
+                self._backlogs[profile, lane] = PageBacklog(
+                    self.admin, self.s.page_topic(profile, lane), self.s.group(worker_group(profile, lane)),
+                    self.s.gateway_backlog_cache_s, lane=lane, profile=profile)
+            return self._backlogs[profile, lane]
+
+    def check_backlog(self, tenant: str | None, lane: str, profile: str | None = None) -> None:
+        """Refuse a submission of ``lane`` while that lane's page backlog (of ``profile``; None:
+        ``default``) is over ``OCRSTREAM_GATEWAY_MAX_BACKLOG_PAGES``.
 
         Raises:
             ApiError: 429 ``backlog`` with Retry-After; 503 the backlog cannot be measured.
@@ -166,12 +182,13 @@ class Gateway:
         if not self.s.gateway_max_backlog_pages:
             return
         try:
-            pages = self.backlogs[lane].pages()
+            pages = self.backlog(profile or DEFAULT_PROFILE, lane).pages()
         except KafkaException as exc:
             raise ApiError(503, "kafka_unavailable", f"page backlog unknown: {exc}") from None
         if pages > self.s.gateway_max_backlog_pages:
             GATEWAY_REFUSED.labels(tenant or "default", "backlog").inc()
-            raise ApiError(429, "backlog", f"{pages} pages of the {lane} lane wait for OCR (limit "
+            raise ApiError(429, "backlog", f"{pages} pages of the {lane} lane of profile "
+                           f"{profile or DEFAULT_PROFILE} wait for OCR (limit "
                            f"{self.s.gateway_max_backlog_pages}); try again later",
                            {"Retry-After": retry_after(self.s.gateway_backlog_cache_s)})
 
@@ -185,6 +202,24 @@ class Gateway:
             return allowed_lane(self.s, tenant, priority)
         except OcrstreamError as exc:
             GATEWAY_REFUSED.labels(tenant or "default", "lane_not_allowed").inc()
+            raise _ocr_error(exc) from None
+
+    def profile(self, tenant: str | None, profile: str | None) -> str | None:
+        """The model profile a submission names (None: none), if the tenant may name it.
+
+        Raises:
+            ApiError: 422 ``invalid_request`` (not a profile name); 403 ``profile_not_allowed``.
+        """
+        if profile in (None, ""):
+            return None
+        try:
+            check_profile_name(profile)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from None
+        try:
+            return check_named_profile(self.s, tenant, profile)
+        except OcrstreamError as exc:
+            GATEWAY_REFUSED.labels(tenant or "default", "profile_not_allowed").inc()
             raise _ocr_error(exc) from None
 
     def ready(self) -> dict[str, bool]:
@@ -203,9 +238,10 @@ class Gateway:
         self.fetcher.close()
         # An AdminClient has no close(): dropping the last references destroys it (its threads and
         # connections) now, not whenever the app's reference cycles are collected.
-        self.admin = self.backlog = None
-        for backlog in self.backlogs.values():
-            backlog.admin = None
+        self.admin = None
+        with self._backlogs_lock:
+            for backlog in self._backlogs.values():
+                backlog.admin = None
 
 
 class _Guard:
@@ -265,7 +301,9 @@ _UPLOAD_BODY = {
         "no_cache": {"type": "boolean", "description": "OCR it even when the result cache holds its result"},
         "webhook_url": {"type": "string", "description": "completion callback (one of the tenant's allowed "
                                                          "webhook hosts)"},
-        "priority": {"type": "string", "enum": list(LANES), "description": "priority lane (default `batch`)"}}}},
+        "priority": {"type": "string", "enum": list(LANES), "description": "priority lane (default `batch`)"},
+        "profile": {"type": "string", "pattern": PROFILE_NAME.pattern, "description": "model profile to OCR with "
+                                                                                     "(default: the tenant's routing)"}}}},
     "application/json": {"schema": SourceBody.model_json_schema()},
 }
 
@@ -329,11 +367,12 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
             if ctype == "multipart/form-data":
-                async with request.form(max_files=1, max_fields=8) as form:
+                async with request.form(max_files=1, max_fields=9) as form:
                     file, dpi, pages = form.get("file"), form.get("dpi"), form.get("pages")
                     no_cache = form.get("no_cache")
                     webhook_url = form.get("webhook_url")
                     priority = form.get("priority")
+                    profile = form.get("profile")
                     if not isinstance(file, UploadFile):
                         raise ApiError(422, "invalid_request", "multipart body without a `file` part")
                     if file.size is not None and file.size > s.gateway_max_upload_bytes:
@@ -356,14 +395,19 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
                         priority = None
                     elif priority not in LANES:
                         raise ApiError(422, "invalid_request", f"priority must be one of {', '.join(LANES)}")
+                    if profile is not None and not isinstance(profile, str):
+                        raise ApiError(422, "invalid_request", "profile must be a form field, not a file")
                     lane = gw.lane(tenant, priority)  # before anything is stored
-                    await run_in_threadpool(gw.check_backlog, tenant, lane)
+                    profile = gw.profile(tenant, profile)
+                    await run_in_threadpool(gw.check_backlog, tenant, lane, profile)
                     async with uploads:
                         data = await file.read(s.gateway_max_upload_bytes + 1)
                         if len(data) > s.gateway_max_upload_bytes:
                             raise _upload_too_large(tenant)
-                        return await run_in_threadpool(gw.intake.upload, tenant, file.filename, data, dpi_value,
-                                                       pages, no_cache_value, webhook_url, priority), "upload"
+                        return await run_in_threadpool(functools.partial(
+                            gw.intake.upload, tenant, file.filename, data, dpi_value, pages=pages,
+                            no_cache=no_cache_value, webhook_url=webhook_url, priority=priority,
+                            profile=profile)), "upload"
             if ctype == "application/json":
                 try:
                     body = SourceBody.model_validate_json(await request.body())
@@ -371,9 +415,12 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
                     raise ApiError(422, "invalid_request", "; ".join(
                         f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())) from None
                 lane = gw.lane(tenant, body.priority)
-                await run_in_threadpool(gw.check_backlog, tenant, lane)
-                return await run_in_threadpool(gw.intake.reference, tenant, body.bucket, body.key, body.dpi,
-                                               body.pages, body.no_cache, body.webhook_url, body.priority), "reference"
+                profile = gw.profile(tenant, body.profile)
+                await run_in_threadpool(gw.check_backlog, tenant, lane, profile)
+                return await run_in_threadpool(functools.partial(
+                    gw.intake.reference, tenant, body.bucket, body.key, body.dpi, pages=body.pages,
+                    no_cache=body.no_cache, webhook_url=body.webhook_url, priority=body.priority,
+                    profile=profile)), "reference"
         except OcrstreamError as exc:
             if exc.code in (ReasonCode.FORBIDDEN_SOURCE, ReasonCode.WEBHOOK_NOT_ALLOWED):
                 GATEWAY_REFUSED.labels(tenant or "default", exc.code.value).inc()

@@ -27,6 +27,7 @@ from ocrstream.errors import OcrstreamError, ReasonCode
 from ocrstream.kafka import producer_config
 from ocrstream.lanes import allowed_lane
 from ocrstream.page_ranges import normalize_page_ranges
+from ocrstream.profiles import check_named_profile
 from ocrstream.settings import Settings
 from ocrstream.sources import allowed_sources, check_source
 from ocrstream.storage import ObjectStore
@@ -87,17 +88,19 @@ class Intake:
 
     def upload(self, tenant: str | None, filename: str | None, data: bytes, dpi: int | None = None,
                pages: str | None = None, no_cache: bool = False, webhook_url: str | None = None,
-               priority: str | None = None) -> str:
+               priority: str | None = None, profile: str | None = None) -> str:
         """Store ``data`` and publish its reference on ``tenant``'s ingest topic; returns the new
         document id (a random 32-hex id, as ``ocrstream submit`` gives). ``pages``: page ranges
         to OCR (``"1-3,7"``), None = all; ``no_cache``: OCR it even when the result cache holds
         its result; ``webhook_url``: completion callback (one of the tenant's allowed hosts,
         :mod:`ocrstream.webhooks`), None = none; ``priority``: the lane (``interactive``, ``batch``;
-        None: batch); pages, webhook and lane checked before anything is stored.
+        None: batch); ``profile``: the model profile asked for (None: the tenant's routing decides);
+        pages, webhook, lane and profile checked before anything is stored.
 
         Raises:
             OcrstreamError: ``invalid_page_range``, ``invalid_webhook_url``, ``webhook_not_allowed``,
-                ``lane_not_allowed``, ``forbidden_source`` (settings), ``invalid_key``, ``storage_error``,
+                ``lane_not_allowed``, ``profile_not_allowed``, ``forbidden_source`` (settings), ``invalid_key``,
+                ``storage_error``,
                 ``message_too_large``.
             PublishError: the broker did not acknowledge the reference.
         """
@@ -105,6 +108,8 @@ class Intake:
         if webhook_url is not None:
             check_webhook_url(self.s, webhook_url, tenant)
         allowed_lane(self.s, tenant, priority)
+        if profile is not None:
+            check_named_profile(self.s, tenant, profile)
         document_id = uuid.uuid4().hex
         name = safe_filename(filename)
         bucket, key = self.upload_target(tenant, document_id, name)
@@ -112,21 +117,22 @@ class Intake:
         ref = DocumentRef(document_id=document_id, submitted_at=now_ms(), options=DocumentOptions(dpi=dpi),
                           source=ObjectRef(bucket=bucket, key=key, filename=name, etag=info.etag,
                                            version_id=info.version_id, size=info.size, content_type=info.content_type),
-                          pages=pages, no_cache=no_cache or None, webhook_url=webhook_url, priority=priority)
+                          pages=pages, no_cache=no_cache or None, webhook_url=webhook_url, priority=priority,
+                          profile=profile)
         self.publish(tenant, ref)
         return document_id
 
     def reference(self, tenant: str | None, bucket: str, key: str, dpi: int | None = None,
                   pages: str | None = None, no_cache: bool = False, webhook_url: str | None = None,
-                  priority: str | None = None) -> str:
+                  priority: str | None = None, profile: str | None = None) -> str:
         """Publish a reference to a stored object on ``tenant``'s ingest topic; returns its
         document id (:func:`~producers.publish.stable_document_id`: the same object version,
-        options, pages, ``no_cache`` and webhook is the same document, so a resubmission is idempotent;
+        options, pages, ``no_cache``, webhook and profile is the same document, so a resubmission is idempotent;
         the priority is not part of it: it changes when, not what, is read).
 
         Raises:
             OcrstreamError: ``invalid_page_range``, ``invalid_webhook_url``, ``webhook_not_allowed``
-                (first), ``lane_not_allowed``, ``invalid_bucket``, ``invalid_key``, ``forbidden_source``
+                (first), ``lane_not_allowed``, ``profile_not_allowed``, ``invalid_bucket``, ``invalid_key``, ``forbidden_source``
                 (checked before anything is read), ``object_not_found``, ``storage_error``,
                 ``message_too_large``.
             PublishError: the broker did not acknowledge the reference.
@@ -135,16 +141,18 @@ class Intake:
         if webhook_url is not None:
             check_webhook_url(self.s, webhook_url, tenant)
         allowed_lane(self.s, tenant, priority)
+        if profile is not None:
+            check_named_profile(self.s, tenant, profile)
         key = check_source(self.s, bucket, key, tenant)
         info = self.store.stat(bucket, key)
         options = DocumentOptions(dpi=dpi)
         ref = DocumentRef(
             document_id=stable_document_id(bucket, key, info.etag, info.version_id, options, tenant, pages,
-                                           no_cache=no_cache, webhook_url=webhook_url),
+                                           no_cache=no_cache, webhook_url=webhook_url, profile=profile),
             source=ObjectRef(bucket=bucket, key=key, filename=PurePosixPath(key).name, etag=info.etag,
                              version_id=info.version_id, size=info.size, content_type=info.content_type),
             submitted_at=now_ms(), options=options, pages=pages, no_cache=no_cache or None, webhook_url=webhook_url,
-            priority=priority)
+            priority=priority, profile=profile)
         self.publish(tenant, ref)
         return ref.document_id
 

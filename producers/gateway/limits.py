@@ -74,12 +74,12 @@ class PageBacklog:
         topic: the page topic (full name).
         group: the workers' consumer group (full id).
         cache_s: how long a measurement is reused (seconds).
-        lane: the ``lane`` label of ``ocrstream_gateway_page_backlog``.
+        lane, profile: the ``lane`` and ``profile`` labels of ``ocrstream_gateway_page_backlog``.
     """
 
     def __init__(self, admin: AdminClient, topic: str, group: str, cache_s: float, timeout_s: float = 10.0,
-                 lane: str = "batch"):
-        self.admin, self.topic, self.group, self.lane = admin, topic, group, lane
+                 lane: str = "batch", profile: str = "default"):
+        self.admin, self.topic, self.group, self.lane, self.profile = admin, topic, group, lane, profile
         self.cache_s, self.timeout_s = cache_s, timeout_s
         self._lock = threading.Lock()
         self._value: int | None = None
@@ -96,7 +96,7 @@ class PageBacklog:
                 return self._value
             self._value = self._measure()
             self._at = time.monotonic()
-            GATEWAY_PAGE_BACKLOG.labels(self.lane).set(self._value)
+            GATEWAY_PAGE_BACKLOG.labels(self.lane, self.profile).set(self._value)
             return self._value
 
     def _measure(self) -> int:

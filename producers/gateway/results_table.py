@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from ocrstream.kafka import consumer_config, topic_partitions, watermarks
+from ocrstream.kafka import consumer_config, read_at, topic_partitions, watermarks
 from ocrstream.metrics import GATEWAY_RESULTS
 from ocrstream.settings import Settings
 
@@ -169,22 +169,7 @@ class RecordFetcher:
             KafkaException: the record could not be read within the timeout.
         """
         with self._lock:
-            self.consumer.assign([TopicPartition(loc.topic, loc.partition, loc.offset)])
-            deadline = time.monotonic() + self.timeout_s
-            try:
-                while time.monotonic() < deadline:
-                    msg = self.consumer.poll(0.2)
-                    if msg is None:
-                        continue
-                    if msg.error():
-                        if msg.error().code() == KafkaError._PARTITION_EOF:
-                            return None
-                        continue
-                    # A later offset: the one indexed was deleted by retention.
-                    return msg.value() if msg.offset() == loc.offset else None
-            finally:
-                self.consumer.unassign()
-        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"result at {loc} not read in {self.timeout_s}s"))
+            return read_at(self.consumer, loc.topic, loc.partition, loc.offset, self.timeout_s, poll_s=0.2)
 
     def close(self) -> None:
         self.consumer.close()
