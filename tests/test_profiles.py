@@ -30,7 +30,7 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 from hypothesis import given, settings as hyp_settings, strategies as st
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from consumers.assembler import Assembler
 from consumers.routing import Route, choose_profile, route_of, split_profile, unit_hash
@@ -473,10 +473,11 @@ def test_the_compose_profile_example_is_valid():
 def test_the_gateway_takes_a_profile_the_tenant_may_name(pipeline):
     from test_gateway import HEADERS, KEYS, running_gateway
 
-    s = pipeline.model_copy(update={"gateway_api_keys": ",".join(f"{k}={t or '-'}" for t, k in KEYS.items()),
+    keys = SecretStr(",".join(f"{k}={t or '-'}" for t, k in KEYS.items()))
+    s = pipeline.model_copy(update={"gateway_api_keys": keys,
                                     "gateway_quota_per_minute": 0, "gateway_max_backlog_pages": 0})
     store = ObjectStore(s)
-    pdf = make_pdf([["GATEWAY PROFILE"]])
+    pdf = make_pdf([[_line("gateway")]])
     store.put_bytes("tenants/acme/gw-profile.pdf", pdf, "application/pdf")
     body = {"bucket": s.bucket, "key": "tenants/acme/gw-profile.pdf"}
     with running_gateway(s) as gw:
@@ -491,7 +492,7 @@ def test_the_gateway_takes_a_profile_the_tenant_may_name(pipeline):
         r = gw.post("/v1/documents", headers=HEADERS["globex"], files={"file": ("a.pdf", pdf, "application/pdf")},
                     data={"profile": "lowdpi"})
         assert r.status_code == 403 and r.json()["code"] == "profile_not_allowed", r.text
-        assert 'ocrstream_gateway_refused_total{tenant="globex",reason="profile_not_allowed"} 2.0' in \
+        assert 'ocrstream_gateway_refused_total{reason="profile_not_allowed",tenant="globex"} 2.0' in \
             gw.get("/metrics").text
         # acme may name lowdpi: by reference and by upload, each OCR'd by lowdpi's worker
         r = gw.post("/v1/documents", headers=HEADERS["acme"], json={**body, "profile": "lowdpi"})
