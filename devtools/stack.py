@@ -463,21 +463,7 @@ def _stop(pid_file: Path, timeout_s: float) -> None:
         pid_file.unlink(missing_ok=True)
         return
     os.killpg(pid, signal.SIGTERM) if _is_group_leader(pid) else os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        # Started by this process (the test session): once it exits it is a zombie, which
-        # kill(pid, 0) still finds, until it is reaped here.
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                break
-        except ChildProcessError:  # not our child: init reaps it
-            pass
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            break
-        time.sleep(0.2)
-    else:
+    if not _reap(pid, timeout_s):
         try:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
@@ -485,20 +471,23 @@ def _stop(pid_file: Path, timeout_s: float) -> None:
     pid_file.unlink(missing_ok=True)
 
 
-def _reap(pid: int, timeout_s: float) -> None:
-    """Wait until ``pid`` is gone (reaping it when it is this process's child)."""
+def _reap(pid: int, timeout_s: float) -> bool:
+    """Wait until ``pid`` is gone, at most ``timeout_s`` seconds; False if it is still there."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        # Started by this process (the test session): once it exits it is a zombie, which
+        # kill(pid, 0) still finds, until it is reaped here.
         try:
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
+                return True
         except ChildProcessError:  # not our child: init reaps it
             pass
         try:
             os.kill(pid, 0)
         except OSError:
-            return
+            return True
         time.sleep(0.1)
+    return False
 
 
 def _is_group_leader(pid: int) -> bool:

@@ -415,3 +415,18 @@ def wait_ready(client, timeout_s: float, died=None, every_s: float = 0.2) -> Non
         assert not gone, f"gateway exited before it was ready: {gone}"
         assert time.monotonic() < deadline, f"gateway not ready within {timeout_s:.0f}s"
         time.sleep(every_s)
+
+
+def publish_files(s: Settings, docs: dict[str, bytes], tmp_path: Path) -> dict[str, str]:
+    """Write each of ``docs`` (file name -> bytes) under ``tmp_path``, upload it and publish its
+    reference (``DocumentPublisher``: raises unless the broker acknowledged each, acks=all).
+    Returns document id -> file name."""
+    from producers.publish import DocumentPublisher
+
+    ids = {}
+    with DocumentPublisher(s) as pub:
+        for name, data in docs.items():
+            path = tmp_path / name
+            path.write_bytes(data)
+            ids[pub.upload_and_publish(path)] = name
+    return ids

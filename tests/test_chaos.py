@@ -21,11 +21,10 @@ from confluent_kafka import Consumer, TopicPartition
 from ocrstream.engine import create_engine
 from ocrstream.documents import open_pdf, render_pdf_page
 from ocrstream.kafka import consumer_config
-from producers.publish import DocumentPublisher
 from producers.results import read_latest_results
 from schemas import DocumentRef, PageResult, PageTask, decode
 
-from conftest import base_settings, consume_all, make_pdf, read_topic
+from conftest import base_settings, consume_all, make_pdf, publish_files, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -46,16 +45,6 @@ def corpus():
     # Each page must carry text, or comparing texts after a crash would prove nothing.
     assert sum("ITEM" in text for text in expected.values()) >= N_DOCS - 2, expected
     return docs, expected
-
-
-def _publish(s, docs, tmp_path) -> dict[str, str]:
-    ids = {}
-    with DocumentPublisher(s) as pub:
-        for name, data in docs.items():
-            path = tmp_path / name
-            path.write_bytes(data)
-            ids[pub.upload_and_publish(path)] = name
-    return ids
 
 
 def _wait_results(s, ids: dict[str, str], timeout_s: float, procs=None) -> dict:
@@ -139,7 +128,7 @@ def test_worker_kill9_loses_nothing_and_duplicates_nothing(settings, processes, 
     s = _chaos_settings(settings)
     processes.start(s, "splitter")
     processes.start(s, "assembler")
-    ids = _publish(s, docs, tmp_path)
+    ids = publish_files(s, docs, tmp_path)
     rng = random.Random(7)
     kills = 0
     # librdkafka's topic/fetch debug lines (pause, resume, fetch positions) go to the worker logs
@@ -177,7 +166,7 @@ def test_kill_between_publish_and_commit(settings, processes, tmp_path, corpus, 
     s = _chaos_settings(settings, delivery=delivery)
     processes.start(s, "splitter")
     processes.start(s, "assembler")
-    ids = _publish(s, docs, tmp_path)
+    ids = publish_files(s, docs, tmp_path)
     kills = []
     for nth in (2, 1, 3, 1, 2):  # bounded: 5 kills, each at the nth publish of a fresh process
         worker = processes.start(s, "worker", OCRSTREAM_WORKER_ID=f"window-{delivery}",
@@ -213,7 +202,7 @@ def test_sigterm_during_batch_leaves_no_published_but_uncommitted_gap(settings, 
     docs, expected = corpus
     s = _chaos_settings(settings)
     processes.start(s, "splitter")
-    ids = _publish(s, docs, tmp_path)
+    ids = publish_files(s, docs, tmp_path)
     consume_all(s, s.topic("pages"), len(ids), 60)  # all page tasks exist
     worker = processes.start(s, "worker")
     consume_all(s, s.topic("page-results"), 3, 120)  # it is working
@@ -246,7 +235,7 @@ def test_broker_restart_mid_run_recovers_without_manual_steps(stack, settings, p
     processes.start(s, "splitter")
     processes.start(s, "assembler")
     worker = processes.start(s, "worker")
-    ids = _publish(s, docs, tmp_path)
+    ids = publish_files(s, docs, tmp_path)
     consume_all(s, s.topic("page-results"), 5, 120)
     stack.kafka.down()
     time.sleep(s.session_timeout_ms / 1000 + 4)  # longer than the session: the members lose their partitions
@@ -265,7 +254,7 @@ def test_rebalance_storm_loses_and_duplicates_nothing(settings, processes, tmp_p
     s = _chaos_settings(settings)
     processes.start(s, "splitter")
     processes.start(s, "assembler")
-    ids = _publish(s, docs, tmp_path)
+    ids = publish_files(s, docs, tmp_path)
     rng = random.Random(3)
     workers = [processes.start(s, "worker")]
     for i in range(6):  # bounded: 6 membership changes

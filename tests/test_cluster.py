@@ -34,11 +34,10 @@ from devtools.stack import Stack
 from ocrstream.documents import open_pdf, render_pdf_page
 from ocrstream.kafka import make_admin, producer_config
 from ocrstream.storage import ObjectStore
-from producers.publish import DocumentPublisher
 from producers.results import read_latest_results
 from topology import TopicSpec, apply_topics, topic_specs
 
-from conftest import REPO, TEST_STACK_DIR, _OFFSET, base_settings, make_pdf, read_topic, settings_env
+from conftest import REPO, TEST_STACK_DIR, _OFFSET, base_settings, make_pdf, publish_files, read_topic, settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.slow]
 
@@ -244,17 +243,6 @@ def _sized_corpus(n: int, dpi: int) -> tuple[dict[str, bytes], dict[str, str]]:
     return docs, expected
 
 
-def _publish(s, docs: dict[str, bytes], tmp_path: Path) -> dict[str, str]:
-    """Upload and publish (acks=all; ``DocumentPublisher`` raises unless each is acknowledged)."""
-    ids = {}
-    with DocumentPublisher(s) as pub:
-        for name, data in docs.items():
-            path = tmp_path / name
-            path.write_bytes(data)
-            ids[pub.upload_and_publish(path)] = name
-    return ids
-
-
 def _results(s, ids: dict[str, str], timeout_s: float, processes) -> dict:
     deadline = time.monotonic() + timeout_s
     latest: dict = {}
@@ -386,7 +374,7 @@ def _failover_run(cluster, s, tmp_path, processes, docs, expected, per_wave: int
     def mark(what: str) -> None:
         timeline[what] = round(time.monotonic() - t0, 1)
 
-    ids = _publish(s, waves[0], tmp_path)
+    ids = publish_files(s, waves[0], tmp_path)
     mark("wave 1 published")
     first = dict(ids)
     _wait("first page results", lambda: len(read_topic(s, s.topic("page-results"), complete=False)) >= 2, 180)
@@ -399,7 +387,7 @@ def _failover_run(cluster, s, tmp_path, processes, docs, expected, per_wave: int
     assert probe.proc.poll() is None and probe.acks_so_far(), "the probe is not writing"
     killed_at, killed_ms = time.time(), time.time() * 1000
     cluster.kafka.node(victim).kill()
-    ids |= _publish(s, waves[1], tmp_path)  # blocks until the partitions it led have new leaders
+    ids |= publish_files(s, waves[1], tmp_path)  # blocks until the partitions it led have new leaders
     mark("leader killed, wave 2 published")
 
     def moved():
@@ -430,7 +418,7 @@ def _failover_run(cluster, s, tmp_path, processes, docs, expected, per_wave: int
     controller = _wait("an active controller", cluster.kafka.active_controller, 30)
     epoch = cluster.kafka.node(controller).quorum_state()["leaderEpoch"]
     cluster.kafka.node(controller).kill()
-    ids |= _publish(s, waves[2], tmp_path)
+    ids |= publish_files(s, waves[2], tmp_path)
     mark("controller killed, wave 3 published")
     new_controller = _wait("a new active controller",
                            lambda: (c := cluster.kafka.active_controller()) not in (None, controller) and c, 60)
@@ -556,7 +544,7 @@ def test_pipeline_through_two_brokers_down(cluster, csettings, processes, tmp_pa
     s = _pipeline_settings(csettings, engine_plugin="fault_engines:slow_sized")
     docs, expected = _sized_corpus(16, s.render_dpi)
     stages = _start_pipeline(s, processes, SLOW_ENGINE_S="1.0")
-    ids = _publish(s, docs, tmp_path)
+    ids = publish_files(s, docs, tmp_path)
     _wait("first page results", lambda: len(read_topic(s, s.topic("page-results"), complete=False)) >= 2, 180)
     survivor = cluster.kafka.active_controller() or 1
     down = [n for n in (1, 2, 3) if n != survivor]
