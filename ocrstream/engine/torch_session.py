@@ -14,14 +14,16 @@ Conversion (:func:`prepare_graph`, then ``onnx2torch.convert``):
 1. **Identity nodes are removed** (PaddlePaddle's exporter leaves about 140 per graph, mostly on
    weights): their consumers read the Identity's input directly. An Identity that produces a
    graph output stays.
-2. **``auto_pad=SAME_UPPER`` / ``SAME_LOWER`` become explicit pads** (3 nodes per graph: 2x2 Conv
+2. **Constant nodes holding a tensor become initializers** (the angle classifier keeps its 308
+   weights that way; onnx2torch reads convolution weights from initializers only).
+3. **``auto_pad=SAME_UPPER`` / ``SAME_LOWER`` become explicit pads** (3 nodes per graph: 2x2 Conv
    and MaxPool, stride 1, which onnx2torch 1.5.15 refuses). With stride 1 the padding does not
    depend on the input size: ``dilation * (kernel - 1)`` per axis, the odd pixel at the end
    (SAME_UPPER), so a 2x2 kernel gets ``pads=[0, 0, 1, 1]``. ONNX Runtime gives identical outputs
    on the rewritten graphs (``tests/test_engine_torch.py``). Other strides raise ``ValueError``.
 
 Converter: **onnx2torch 1.5.15**, not onnx2pytorch 0.6.0 (which implements SAME_UPPER itself):
-after step 2 onnx2torch converts every operator of the three graphs (opset 11, 28 op types), and
+after steps 1-3 onnx2torch converts every operator of the three graphs (all opset 11), and
 what it builds is a ``torch.fx.GraphModule``: plain generated PyTorch code (``module.code``),
 one submodule per ONNX node, which ``torch.inference_mode``, ``torch.autocast`` and the fx / compile
 tool chain take as it is, with the batch dimension left free. onnx2pytorch instead walks its
@@ -34,6 +36,11 @@ Precision (``OCRSTREAM_ENGINE_PRECISION``): ``fp32`` runs the graphs as exported
 softmax and reductions in fp32) and return fp32 arrays. Whether the text stays equal is what
 ``bench/gpu_engine.py`` measures per precision; ``fp32`` is the default.
 
+onnx2torch imports torchvision at import time for its NMS and RoiAlign converters only; none of
+these graphs has those operators. Where torchvision is not installed (a bare PyTorch image),
+:func:`_import_onnx2torch` lets onnx2torch import against a placeholder that raises if either is
+ever called, and takes the placeholder out of ``sys.modules`` again, so nothing else sees it.
+
 Device: ``cpu`` or ``cuda:N``. A CUDA device that torch cannot use is a ``RuntimeError`` at load,
 never a silent CPU fallback.
 """
@@ -41,6 +48,9 @@ never a silent CPU fallback.
 from __future__ import annotations
 
 import contextlib
+import sys
+import types
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -51,6 +61,40 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 """Values of ``OCRSTREAM_ENGINE_PRECISION``."""
 
 _POOLS_AND_CONVS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool")
+
+# onnx2torch 1.5.15's Slice indexes with a list, which torch >= 2.5 warns about on every call
+# (the results are checked against ONNX Runtime by tests/test_engine_torch.py).
+warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                        category=UserWarning)
+
+
+def _import_onnx2torch():
+    """``onnx2torch.convert``, importing onnx2torch against a torchvision placeholder where
+    torchvision is not installed (module docstring).
+
+    Raises:
+        ImportError: onnx2torch (or torch, onnx) is not installed.
+    """
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        def _absent(*_a, **_k):
+            raise NotImplementedError("this ONNX graph needs torchvision (NMS / RoiAlign): install torchvision")
+
+        stub, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
+        ops.roi_align = ops.nms = ops.box_convert = _absent
+        stub.ops = ops
+        sys.modules.update({"torchvision": stub, "torchvision.ops": ops})
+        try:
+            from onnx2torch import convert as onnx2torch_convert
+        finally:
+            for name in ("torchvision", "torchvision.ops"):
+                if sys.modules.get(name) in (stub, ops):
+                    del sys.modules[name]
+        return onnx2torch_convert
+    from onnx2torch import convert as onnx2torch_convert
+
+    return onnx2torch_convert
 
 
 def check_device(device: str) -> str:
@@ -95,14 +139,15 @@ def _same_pads(auto_pad: str, kernel: list[int], dilations: list[int]) -> list[i
 
 
 def prepare_graph(model: Any) -> tuple[Any, dict[str, int]]:
-    """Rewrite an ONNX graph for onnx2torch (module docstring): remove Identity nodes, turn
-    ``auto_pad=SAME_*`` with stride 1 into explicit ``pads``. ``model`` is changed in place.
+    """Rewrite an ONNX graph for onnx2torch (module docstring): remove Identity nodes, move
+    tensor Constant nodes to initializers, turn ``auto_pad=SAME_*`` with stride 1 into explicit
+    ``pads``. ``model`` is changed in place; ONNX Runtime computes the same outputs from it.
 
     Args:
         model: an ``onnx.ModelProto``.
 
     Returns:
-        ``(model, {"identity_removed": n, "same_pad_rewritten": m})``.
+        ``(model, {"identity_removed": n, "constants_to_initializers": c, "same_pad_rewritten": m})``.
 
     Raises:
         ValueError: a SAME-padded node with a stride other than 1 (its pads depend on the input
@@ -127,10 +172,21 @@ def prepare_graph(model: Any) -> tuple[Any, dict[str, int]]:
             if name in alias:
                 node.input[i] = alias[name]
     removed = len(graph.node) - len(keep)
+    # 2. Constant nodes with a tensor value -> initializers of the same name.
+    nodes, constants = [], 0
+    for node in keep:
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type == "Constant" and set(attrs) == {"value"} and node.output[0] not in graph_outputs:
+            tensor = helper.get_attribute_value(attrs["value"])
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+            constants += 1
+        else:
+            nodes.append(node)
     del graph.node[:]
-    graph.node.extend(keep)
+    graph.node.extend(nodes)
 
-    # 2. SAME padding -> explicit pads.
+    # 3. SAME padding -> explicit pads.
     weights = {init.name: list(init.dims) for init in graph.initializer}
     rewritten = 0
     for node in graph.node:
@@ -159,7 +215,8 @@ def prepare_graph(model: Any) -> tuple[Any, dict[str, int]]:
         node.attribute.append(helper.make_attribute("pads", pads))
         rewritten += 1
     onnx.checker.check_model(model)
-    return model, {"identity_removed": removed, "same_pad_rewritten": rewritten}
+    return model, {"identity_removed": removed, "constants_to_initializers": constants,
+                   "same_pad_rewritten": rewritten}
 
 
 def convert(model_path: str | Path) -> Any:
@@ -174,8 +231,8 @@ def convert(model_path: str | Path) -> Any:
         NotImplementedError: onnx2torch has no converter for an operator of the graph.
     """
     import onnx
-    from onnx2torch import convert as onnx2torch_convert
 
+    onnx2torch_convert = _import_onnx2torch()
     model, _ = prepare_graph(onnx.load(str(model_path)))
     return onnx2torch_convert(model).eval()
 
