@@ -538,7 +538,7 @@ def main(argv=None) -> int:
     ap.add_argument("--host-seconds", type=float, default=15.0)
     ap.add_argument("--no-pdf-render", action="store_true", help="host side: decode the PNGs instead of rendering")
     ap.add_argument("--reference", default="auto", help="auto (compute here on the CPU) | FILE | none")
-    ap.add_argument("--max-seconds", type=float, default=60.0, help="cap on one setting's timed run")
+    ap.add_argument("--max-seconds", type=float, default=20.0, help="cap on one setting's timed run")
     ap.add_argument("--deadline-s", type=float, default=0.0, help="skip settings once the run is this old; 0 = never")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     ap.add_argument("--out", type=Path, default=None, help="also append the JSON lines here")
@@ -612,7 +612,8 @@ def main(argv=None) -> int:
             base = {"kind": "engine", "device": args.device, "device_name": env["device_name"],
                     "runtime": args.runtime, "precision": precision, "batch_size": bs,
                     "rec_batch_size": args.rec_batch_size, "engine_version": engine.info.version,
-                    "load_s": load_s, "cudnn_benchmark": args.cudnn_benchmark}
+                    "load_s": load_s, "cudnn_benchmark": args.cudnn_benchmark,
+                    "tf32": bool(torch and torch.backends.cudnn.allow_tf32) if cuda else None}
             try:
                 r = rec({**base, **run_setting(engine, names, images, bs, args, index, reference), "error": None})
                 results.append(r)
@@ -622,13 +623,19 @@ def main(argv=None) -> int:
             except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
                 rec({**base, "error": repr(exc)[:500]})
         # The per-page loop: one page per call, the recognition batch sizes tried in turn (set on
-        # the engine as its settings would: the one attribute _recognize reads).
+        # the engine as its settings would: the one attribute _recognize reads). The sweep's batch
+        # size 1 at --rec-batch-size is that loop already: copied, not run twice.
         for rb in loop_recs:
+            base = {"kind": "per_page_loop", "device": args.device, "runtime": args.runtime, "precision": precision,
+                    "batch_size": 1, "rec_batch_size": rb}
+            same = next((r for r in results if r["kind"] == "engine" and r["precision"] == precision
+                         and r["batch_size"] == 1 and r["rec_batch_size"] == rb), None)
+            if same is not None:
+                results.append(rec({**same, **base, "same_as": "engine batch_size 1"}))
+                continue
             if late(f"per_page_loop {precision} rec {rb}"):
                 break
             inner(engine).rec_batch_size = rb
-            base = {"kind": "per_page_loop", "device": args.device, "runtime": args.runtime, "precision": precision,
-                    "batch_size": 1, "rec_batch_size": rb}
             try:
                 results.append(rec({**base, **run_setting(engine, names, images, 1, args, index, reference),
                                     "error": None}))

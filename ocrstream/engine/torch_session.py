@@ -31,8 +31,9 @@ node list in its own ``forward``; it has no advantage here that would pay for a 
 interpreter, and the one thing onnx2torch lacks (SAME_UPPER) is a few lines of graph rewrite
 that ONNX Runtime itself checks.
 
-Precision (``OCRSTREAM_ENGINE_PRECISION``): ``fp32`` runs the graphs as exported; ``fp16`` /
-``bf16`` run them under ``torch.autocast`` (convolutions and matrix products in that type,
+Precision (``OCRSTREAM_ENGINE_PRECISION``): ``fp32`` runs the graphs as exported, in IEEE fp32 on
+a GPU too (a CUDA session turns off TF32 for the process: PyTorch lets cuDNN convolutions use
+TF32, 10 mantissa bits, by default); ``fp16`` / ``bf16`` run them under ``torch.autocast`` (convolutions and matrix products in that type,
 softmax and reductions in fp32) and return fp32 arrays. Whether the text stays equal is what
 ``bench/gpu_engine.py`` measures per precision; ``fp32`` is the default.
 
@@ -266,6 +267,9 @@ class TorchSession:
         self.model_path = Path(model_path)
         self._torch = torch
         self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        if precision == "fp32" and self.device.startswith("cuda"):
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.module = convert(model_path).to(self.device)
         # The recognizer's character list travels in the ONNX metadata (RapidOCR reads it there).
         meta = onnx.load(str(model_path), load_external_data=False).metadata_props
