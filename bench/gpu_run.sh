@@ -41,12 +41,13 @@ case "${1:-}" in
     # Same wheels for this machine's Python, in a virtualenv that has only what the GPU machine has.
     ver=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
     dir=${CHECK_DIR:-/tmp/ocrstream-gpu-check}
-    rm -rf "$dir" && mkdir -p "$dir"
+    rm -rf "$dir/whl" "$dir/site" && mkdir -p "$dir"
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$ver" --implementation cp \
       "${PLATFORMS[@]}" -d "$dir/whl" -r bench/gpu_wheels.txt
-    "$PY" -m venv "$dir/venv"
-    "$dir/venv/bin/pip" install -q numpy opencv-python-headless onnx onnxruntime pillow nvidia-ml-py \
-      ${CHECK_TORCH:-torch}
+    if [ ! -x "$dir/venv/bin/python" ]; then  # kept between checks: torch is several GB
+      "$PY" -m venv "$dir/venv"
+      "$dir/venv/bin/pip" install -q numpy opencv-python-headless onnx onnxruntime pillow nvidia-ml-py torch
+    fi
     "$dir/venv/bin/pip" install -q --no-index --no-deps --target "$dir/site" "$dir"/whl/*.whl
     PYTHONPATH="$dir/site:$PWD" "$dir/venv/bin/python" -c '
 import ocrstream.engine, ocrstream.engine.torch_session, onnx2torch, importlib.util as u
