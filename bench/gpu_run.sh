@@ -50,7 +50,9 @@ case "${1:-}" in
     fi
     "$dir/venv/bin/pip" install -q --no-index --no-deps --target "$dir/site" "$dir"/whl/*.whl
     PYTHONPATH="$dir/site:$PWD" "$dir/venv/bin/python" -c '
-import ocrstream.engine, ocrstream.engine.torch_session, onnx2torch, importlib.util as u
+import importlib.util as u, ocrstream.engine
+from ocrstream.engine.torch_session import _import_onnx2torch
+_import_onnx2torch()  # onnx2torch imports torchvision: a placeholder stands in where it is absent
 print("imports ok; torchvision installed:", u.find_spec("torchvision") is not None)'
     PYTHONPATH="$dir/site:$PWD" "$dir/venv/bin/python" bench/gpu_engine.py --device cpu --pages 2 \
       --batch-sizes 1,2 --workers 2 --host-seconds 2 --out "$dir/gpu.jsonl" > /dev/null
