@@ -39,8 +39,8 @@ One JSON line per record (stdout and ``--out``), in this order:
 - ``engine_procs``: ``P`` engine processes sharing the device (``ocrstream run --workers-per-gpu``),
   at the best batch size and precision whose text equals the reference on >= 99 % of pages,
   for each ``--engine-procs``: aggregate pages/s from a common start.
-- ``summary``: best engine pages/s (text equal on >= 99 % of pages), best per-page loop, ratio,
-  best of engine_procs, host pages/s; which bounds.
+- ``summary``: best engine pages/s (text equal on >= 99 % of pages), best per-page loop, the
+  ratios of the best single engine and of the best engine_procs to it, host pages/s; which bounds.
 
 A setting that fails (out of device memory, ...) is a record with ``error`` set, not a crash;
 ``--max-seconds`` caps one setting, ``--deadline-s`` the whole run (later settings are reported
@@ -679,6 +679,8 @@ def main(argv=None) -> int:
          "ratio_best_vs_loop": round(best["pages_per_s"] / best_loop["pages_per_s"], 2) if best and best_loop else None,
          "best_engine_procs": procs_best and {k: procs_best[k] for k in ("procs", "pages_per_s", "text_equal_share",
                                                                          "gpu_util_pct")},
+         "ratio_procs_vs_loop": (round(procs_best["pages_per_s"] / best_loop["pages_per_s"], 2)
+                                 if procs_best and best_loop else None),
          "host_pages_per_s": host and host["pages_per_s"], "bound": bound,
          "seconds": round(time.monotonic() - t_start, 1)})
     return 0
