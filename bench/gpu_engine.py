@@ -261,16 +261,27 @@ def agreement(names: list[str], texts: list[str], reference: dict[str, str] | No
             "lines_equal_share": round(lines_equal / max(1, lines_total), 4)}
 
 
-def load_pages(folder: Path, limit: int) -> tuple[list[str], list]:
+def read_page(path) -> "np.ndarray":
+    """A pre-rendered page as ``HxWx3 uint8 BGR`` (OpenCV).
+
+    Raises:
+        FileNotFoundError: the file is absent or not an image OpenCV reads.
+    """
     import cv2
 
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f"{path}: absent or not an image")
+    return image
+
+
+def load_pages(folder: Path, limit: int) -> tuple[list[str], list]:
     names = sorted(p.name for p in folder.glob("*.png"))
     if limit:
         names = names[:limit]
     if not names:
         raise SystemExit(f"no PNG pages in {folder} (run `python bench/gpu_engine.py --render` first)")
-    images = [cv2.imread(str(folder / n), cv2.IMREAD_COLOR) for n in names]
-    return names, images
+    return names, [read_page(folder / n) for n in names]
 
 
 def run_setting(engine, names, images, batch_size, args, sampler_index, reference) -> dict:
@@ -333,12 +344,10 @@ def _reference_worker(payload):
     from ocrstream.engine import create_engine
     from ocrstream.settings import Settings
 
-    import cv2
-
     engine = create_engine(Settings(**settings_kw))
     out = {}
     for n in names:
-        (page,) = engine.ocr_batch([cv2.imread(str(Path(folder) / n), cv2.IMREAD_COLOR)])
+        (page,) = engine.ocr_batch([read_page(Path(folder) / n)])
         out[n] = page_text(page)
     return out
 
@@ -361,7 +370,6 @@ def compute_reference(args, names) -> tuple[dict[str, str], dict]:
 def _host_worker(payload):
     """One host-side process: the engine's code per page with both network calls replayed."""
     folder, maps_dir, items, seconds, settings_kw, barrier = payload
-    import cv2
     import numpy as np
 
     from ocrstream.engine import create_engine
@@ -399,7 +407,7 @@ def _host_worker(payload):
                 doc = docs.get(it["pdf"]) or docs.setdefault(it["pdf"], pymupdf.open(Path(folder) / it["pdf"]))
                 image = render_pdf_page(doc, it["page"], 150, 10**9)
             else:
-                image = cv2.imread(str(Path(folder) / it["png"]), cv2.IMREAD_COLOR)
+                image = read_page(Path(folder) / it["png"])
             render_s += time.perf_counter() - t
             current["map"] = maps[it["png"]]
             engine.ocr_batch([image])
@@ -452,13 +460,12 @@ def measure_host(args, names, maps_dir: Path) -> dict:
 def _procs_worker(payload):
     """One of P engine processes sharing the device: its pages, batch after batch, from a common start."""
     folder, names, settings_kw, batch_size, barrier = payload
-    import cv2
 
     from ocrstream.engine import create_engine
     from ocrstream.settings import Settings
 
     engine = create_engine(Settings(**settings_kw))
-    images = [cv2.imread(str(Path(folder) / n), cv2.IMREAD_COLOR) for n in names]
+    images = [read_page(Path(folder) / n) for n in names]
     engine.ocr_batch(images[:batch_size])
     barrier.wait()  # every process loaded and warmed up, and the main process sampling
     t0 = time.perf_counter()
