@@ -61,7 +61,7 @@ print("imports ok; torchvision installed:", u.find_spec("torchvision") is not No
   device)
     OUT=${OUT:-bench/out}
     mkdir -p "$OUT"
-    { "$PY" -m pip list 2>/dev/null; nvidia-smi 2>&1 || true; nproc; } > "$OUT/env.txt"
+    { "$PY" -m pip list 2>/dev/null || true; nvidia-smi 2>&1 || true; nproc || true; } > "$OUT/env.txt"
     "$PY" -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD
     timeout "${TIMEOUT_S:-560}" "$PY" bench/gpu_engine.py --device "${DEVICE:-cuda:0}" --out "$OUT/gpu.jsonl" \
