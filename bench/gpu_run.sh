@@ -62,8 +62,9 @@ print("imports ok; torchvision installed:", u.find_spec("torchvision") is not No
     OUT=${OUT:-bench/out}
     mkdir -p "$OUT"
     { "$PY" -m pip list 2>/dev/null || true; nvidia-smi 2>&1 || true; nproc || true; } > "$OUT/env.txt"
-    "$PY" -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site:$PWD
+    # WHL / SITE: other folders only to rehearse this branch elsewhere (e.g. with check's wheels)
+    "$PY" -m pip install -q --no-index --no-deps --target "${SITE:-/tmp/site}" "${WHL:-.whl}"/*.whl
+    export PYTHONPATH=${SITE:-/tmp/site}:$PWD
     timeout "${TIMEOUT_S:-560}" "$PY" bench/gpu_engine.py --device "${DEVICE:-cuda:0}" --out "$OUT/gpu.jsonl" \
       --deadline-s "${DEADLINE_S:-420}" --max-seconds "${MAX_SECONDS:-20}" ${BENCH_ARGS:-} 2> "$OUT/gpu.stderr" \
       || { rc=$?; echo "gpu_engine.py rc=$rc" >> "$OUT/gpu.stderr"; tail -40 "$OUT/gpu.stderr"; exit $rc; }
