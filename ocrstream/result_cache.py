@@ -52,6 +52,9 @@ _COMMON_PACKAGES = ("numpy", "opencv-python", "opencv-python-headless", "pymupdf
 _RUNTIME_PACKAGES = {
     "onnxruntime": ("rapidocr", "onnxruntime", "onnxruntime-gpu"),
     "openvino": ("rapidocr", "openvino"),
+    # torch: ONNX Runtime loads the models (and reads the recognizer's characters), onnx and
+    # onnx2torch rewrite and convert the graphs, torch runs them.
+    "torch": ("rapidocr", "onnxruntime", "torch", "onnx", "onnx2torch"),
     "paddle": ("paddleocr", "paddlepaddle", "paddlepaddle-gpu", "rapidocr_paddle", "paddlex"),
     "none": (),
 }
@@ -126,7 +129,9 @@ def output_fingerprint(s: Settings, profile: str = DEFAULT_PROFILE) -> dict[str,
       engine resolves it: batch shapes may change a GPU kernel's rounding), orientation
       (``PAGE_ORIENTATION``, ``ORIENTATION_MIN_CONFIDENCE``), ``TEXT_LAYER`` (pages read from
       their text layer instead of OCR), ``MAX_PAGE_PIXELS`` (a page over it fails at render
-      time: a hit must not skip that check).
+      time: a hit must not skip that check); with the ``torch`` runtime also
+      ``ENGINE_PRECISION`` (fp16/bf16 round differently; the key is absent for the other
+      runtimes, which run fp32 whatever it says, so their fingerprints are as before).
 
     Left out because they change speed or where things are, not the pages: threads, micro-batch
     waits, prefetch, time budgets, retries, slicing thresholds (a slice renders like its page),
@@ -143,6 +148,18 @@ def output_fingerprint(s: Settings, profile: str = DEFAULT_PROFILE) -> dict[str,
     packages = [*_COMMON_PACKAGES, *(p for r in runtimes for p in _RUNTIME_PACKAGES.get(r, ()))]
     if s.det_int8:
         packages.append("nncf")
+    shaping: dict[str, Any] = {
+        "det_limit_side_len": s.det_limit_side_len, "det_min_side_len": s.det_min_side_len,
+        "det_box_thresh": s.det_box_thresh, "det_unclip_ratio": s.det_unclip_ratio,
+        "text_score": s.text_score, "rec_space_threshold": s.rec_space_threshold,
+        "rec_space_threshold_letters": s.rec_space_threshold_letters, "use_angle_cls": s.use_angle_cls,
+        "det_batch_size": s.det_batch_size or (s.batch_max_pages if cuda else 1),
+        "rec_batch_size": s.rec_batch_size or (6 if cuda else 1),
+        "page_orientation": s.page_orientation, "orientation_min_confidence": s.orientation_min_confidence,
+        "text_layer": s.text_layer, "max_page_pixels": s.max_page_pixels,
+    }
+    if "torch" in runtimes:
+        shaping["engine_precision"] = s.engine_precision
     return {
         "format": CACHE_FORMAT,
         "profile": profile,
@@ -151,16 +168,7 @@ def output_fingerprint(s: Settings, profile: str = DEFAULT_PROFILE) -> dict[str,
         "packages": _versions(tuple(sorted(set(packages)))),
         "models": {"dir": _tree_digest(s.model_dir) if s.model_dir else None, "det_int8": s.det_int8},
         "code": _code_digest(),
-        "settings": {
-            "det_limit_side_len": s.det_limit_side_len, "det_min_side_len": s.det_min_side_len,
-            "det_box_thresh": s.det_box_thresh, "det_unclip_ratio": s.det_unclip_ratio,
-            "text_score": s.text_score, "rec_space_threshold": s.rec_space_threshold,
-            "rec_space_threshold_letters": s.rec_space_threshold_letters, "use_angle_cls": s.use_angle_cls,
-            "det_batch_size": s.det_batch_size or (s.batch_max_pages if cuda else 1),
-            "rec_batch_size": s.rec_batch_size or (6 if cuda else 1),
-            "page_orientation": s.page_orientation, "orientation_min_confidence": s.orientation_min_confidence,
-            "text_layer": s.text_layer, "max_page_pixels": s.max_page_pixels,
-        },
+        "settings": shaping,
     }
 
 

@@ -24,7 +24,7 @@ OUTBOX_FORMATS = ("json", "txt", "hocr", "alto", "pdf")
 
 
 PROFILE_FIELDS = (
-    "engine", "engine_device", "engine_threads", "engine_plugin", "model_dir", "det_int8", "model_cache_dir",
+    "engine", "engine_device", "engine_precision", "engine_threads", "engine_plugin", "model_dir", "det_int8", "model_cache_dir",
     "paddle_cache_dir", "render_dpi", "det_limit_side_len", "det_min_side_len", "det_box_thresh", "det_unclip_ratio",
     "text_score", "use_angle_cls", "rec_space_threshold", "rec_space_threshold_letters", "det_batch_size",
     "rec_batch_size", "batch_max_pages", "text_layer", "page_orientation", "orientation_min_confidence",
@@ -288,12 +288,16 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(1_000_000, description="largest message accepted on ingest (bytes)")
 
     # --- OCR worker ------------------------------------------------------------
-    engine: Literal["auto", "openvino", "onnxruntime", "paddle", "none"] = Field(
+    engine: Literal["auto", "openvino", "onnxruntime", "torch", "paddle", "none"] = Field(
         "auto", description="inference runtime of the PP-OCR models: `auto` = detection on openvino and recognition on "
-        "onnxruntime on an x86-64 CPU (the fastest mix measured), onnxruntime on CUDA and elsewhere; `none` = "
-        "measurement mode: renders, returns no detections"
+        "onnxruntime on an x86-64 CPU (the fastest mix measured), onnxruntime on CUDA and elsewhere; `torch` = the same "
+        "ONNX graphs converted to PyTorch modules at load time (CPU or CUDA; the `torch` extra, "
+        "ocrstream/engine/torch_session.py); `none` = measurement mode: renders, returns no detections"
     )
-    engine_device: str = Field("cpu", description="cpu, cuda:N (onnxruntime) or gpu:N (paddle)")
+    engine_device: str = Field("cpu", description="cpu, cuda:N (onnxruntime, torch) or gpu:N (paddle)")
+    engine_precision: Literal["fp32", "fp16", "bf16"] = Field(
+        "fp32", description="torch engine: `fp16` / `bf16` run the networks under torch.autocast (matrix products "
+        "and convolutions in that type, reductions in fp32); `fp32` as the ONNX files are. Other runtimes: fp32")
     engine_threads: int = Field(0, description="inference threads per worker (ONNX Runtime intra-op, OpenVINO "
                                                "INFERENCE_NUM_THREADS), 0 = runtime default")
     det_limit_side_len: int = Field(

@@ -8,15 +8,17 @@ from .runtime import resolve_runtime
 
 
 def create_engine(s: Settings) -> Engine:
-    """Build the configured engine (``auto`` | ``openvino`` | ``onnxruntime`` | ``paddle`` |
-    ``none``, see :func:`resolve_runtime`), or the one ``OCRSTREAM_ENGINE_PLUGIN``
+    """Build the configured engine (``auto`` | ``openvino`` | ``onnxruntime`` | ``torch`` |
+    ``paddle`` | ``none``, see :func:`resolve_runtime`), or the one ``OCRSTREAM_ENGINE_PLUGIN``
     (``module:factory``, called with the settings) names. The PP-OCR runtimes read turned pages
     upright (:class:`.orientation.OrientingEngine`) unless ``OCRSTREAM_PAGE_ORIENTATION=off``;
     a plugin is used as it is.
 
     Raises:
         ValueError: unknown engine name, or a plugin spec without ``:``.
-        ImportError: the runtime's package (or the plugin's module) is not installed.
+        ImportError: the runtime's package (or the plugin's module) is not installed (``torch``:
+            the ``torch`` extra).
+        RuntimeError: a CUDA device was asked for and the runtime cannot use it.
     """
     if s.engine_plugin:
         import importlib
@@ -26,7 +28,7 @@ def create_engine(s: Settings) -> Engine:
             raise ValueError(f"OCRSTREAM_ENGINE_PLUGIN must be module:factory, got {s.engine_plugin!r}")
         return getattr(importlib.import_module(module), attr)(s)
     runtime, rec_runtime = resolve_runtime(s)
-    if runtime in ("onnxruntime", "openvino", "paddle"):
+    if runtime in ("onnxruntime", "openvino", "torch", "paddle"):
         if runtime == "paddle":
             from .paddle import PaddleEngine
 

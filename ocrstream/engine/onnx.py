@@ -1,5 +1,5 @@
-"""PP-OCR from ONNX files on ONNX Runtime or OpenVINO, with recognition batched across the pages
-of a micro-batch.
+"""PP-OCR from ONNX files on ONNX Runtime, OpenVINO or PyTorch, with recognition batched across the
+pages of a micro-batch.
 
 Models: PP-OCRv6 small detection and recognition as shipped inside the
 ``rapidocr`` 3.10 wheel (offline; no download), or ``OCRSTREAM_MODEL_DIR``
@@ -19,6 +19,11 @@ runtime sees a handful of input shapes (no re-tuning per width on GPUs).
 GPU: with ``OCRSTREAM_ENGINE_DEVICE=cuda:N`` the CUDA execution provider is used
 with ``cudnn_conv_algo_search=HEURISTIC``: cuDNN's EXHAUSTIVE search re-tunes on
 every new recognition width and can make the GPU slower than the CPU.
+
+PyTorch (``OCRSTREAM_ENGINE=torch``, CPU or ``cuda:N``): RapidOCR loads the models on ONNX Runtime
+(CPU) as for the other runtimes, then each network call (det, cls, rec) is swapped for a
+:class:`.torch_session.TorchSession` of the same ONNX file: everything around the network calls
+stays the same code.
 """
 
 from __future__ import annotations
@@ -92,23 +97,32 @@ class OnnxEngine:
     """PP-OCR det+cls+rec from ONNX files, on ONNX Runtime or OpenVINO (see module docstring).
 
     Args:
-        s: settings (thresholds, threads, device, model directory).
-        runtime: ``onnxruntime`` (CPU or CUDA) or ``openvino`` (CPU) for detection (and the angle
-            classifier); only the network calls differ: image pre-processing, DB post-processing,
+        s: settings (thresholds, threads, device, precision, model directory).
+        runtime: ``onnxruntime`` (CPU or CUDA), ``openvino`` (CPU) or ``torch`` (CPU or CUDA) for
+            detection (and the angle classifier); only the network calls differ: image pre-processing, DB post-processing,
             crops and CTC decoding are the same RapidOCR code for both, so both read the same text.
         rec_runtime: the runtime of recognition (default: ``runtime``). ``auto`` on an x86-64 CPU
             mixes them (see :mod:`.runtime`).
 
     Raises:
         FileNotFoundError: ``OCRSTREAM_MODEL_DIR`` lacks ``*det*.onnx`` / ``*rec*.onnx``.
-        ValueError: ``openvino`` with a device other than ``cpu``.
-        RuntimeError: a CUDA device was asked for but ONNX Runtime cannot use it.
+        ValueError: ``openvino`` with a device other than ``cpu``; ``torch`` with a device other
+            than ``cpu`` / ``cuda:N``, or mixed with another runtime.
+        RuntimeError: a CUDA device was asked for but ONNX Runtime (torch) cannot use it.
+        ImportError: ``torch`` without torch, onnx, onnx2torch (``pip install 'ocrstream[torch]'``).
     """
 
     def __init__(self, s: Settings, runtime: str = "onnxruntime", rec_runtime: str | None = None):
         from rapidocr import EngineType, RapidOCR
 
         rec_runtime = rec_runtime or runtime
+        use_torch = "torch" in (runtime, rec_runtime)
+        if use_torch and runtime != rec_runtime:
+            raise ValueError(f"the torch runtime runs all networks, not mixed with {runtime}+{rec_runtime}")
+        if use_torch:
+            from .torch_session import check_device
+
+            check_device(s.engine_device)  # before any model is loaded: a clear error, no CPU fallback
         # CPU: one crop per call, padded only to its own width (a multiple of 8 pixels), measured
         # faster than batches of same-bucket crops; GPU: batches keep it busy.
         rec_batch = s.rec_batch_size or (6 if s.engine_device.startswith("cuda") else 1)
@@ -143,7 +157,9 @@ class OnnxEngine:
         if s.engine_threads > 0:
             params["EngineConfig.openvino.inference_num_threads"] = s.engine_threads
             params["EngineConfig.onnxruntime.intra_op_num_threads"] = s.engine_threads
-        if device.startswith("cuda"):
+        # torch: ONNX Runtime only loads the models (on the CPU); the networks run on torch below.
+        ort_cuda = device.startswith("cuda") and not use_torch
+        if ort_cuda:
             import onnxruntime as ort
 
             # CUDA/cuDNN installed as pip wheels (nvidia-*-cu12/13) are not on the loader's
@@ -180,7 +196,20 @@ class OnnxEngine:
             self._det = self._ocr._load_det_model()
         self._cls = self._ocr._load_cls_model() if s.use_angle_cls else None
         self._rec = self._ocr._load_rec_model()
-        if device.startswith("cuda"):
+        version_extra = ""
+        if use_torch:
+            from .torch_session import TorchSession, describe
+
+            if s.engine_threads > 0:
+                import torch
+
+                torch.set_num_threads(s.engine_threads)
+            for part, stage in (("Det", self._det), ("Cls", self._cls), ("Rec", self._rec)):
+                if stage is not None:
+                    path = params.get(f"{part}.model_path") or wheel_model(models[part])
+                    stage.session = TorchSession(path, device, s.engine_precision)
+            version_extra = " " + describe(s.engine_precision)
+        if ort_cuda:
             # RapidOCR falls back to the CPU with only a log line when the CUDA provider cannot
             # load; a GPU worker silently running on the CPU is worse than one that refuses to start.
             used = self._det.session.session.get_providers()
@@ -198,7 +227,7 @@ class OnnxEngine:
         self.det_batch_size = s.det_batch_size or (s.batch_max_pages if device.startswith("cuda") else 1)
         det_name = Path(params.get("Det.model_path", "PP-OCRv6_det_small.onnx")).stem.replace(".int8-", "-int8-")
         rec_name = Path(params.get("Rec.model_path", "PP-OCRv6_rec_small.onnx")).stem
-        version = f"rapidocr-{metadata.version('rapidocr')}"
+        version = f"rapidocr-{metadata.version('rapidocr')}{version_extra}"
         if "openvino" in parts.values():
             version += f" openvino-{metadata.version('openvino')}"
         name = runtime if rec_runtime == runtime else f"{runtime}+{rec_runtime}"  # detection+recognition

@@ -21,7 +21,7 @@ _X86_64 = {"x86_64", "amd64", "x64"}
 
 def resolve_runtime(s: Settings) -> tuple[str, str]:
     """The runtimes ``OCRSTREAM_ENGINE`` stands for, ``(detection, recognition)``: each one of
-    ``openvino``, ``onnxruntime``, ``paddle``, ``none``. ``auto``: ``(openvino, onnxruntime)`` when
+    ``openvino``, ``onnxruntime``, ``torch``, ``paddle``, ``none``. ``auto``: ``(openvino, onnxruntime)`` when
     the device is the CPU, the host is x86-64 and the ``openvino`` package is installed; else
     ``(onnxruntime, onnxruntime)``. Any other value: that runtime for both."""
     if s.engine != "auto":
