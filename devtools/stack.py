@@ -382,6 +382,15 @@ class KafkaCluster:
         return max(led, key=lambda q: q.get("leaderEpoch", -1))["leaderId"] if led else None
 
 
+SEAWEED_MAX_VOLUMES = 1000
+"""``weed mini -volume.max``. Its default (0) sets the limit to free disk space / volume size
+(1 GB volumes: 54 on a disk with 55 GB free), and every bucket written to takes a volume of its
+own, so with that default the 55th bucket's writes failed with HTTP 500 (measured with weed 4.x:
+``MaxRetryError: too many 500 error responses``) and whether the test suite passed depended on the
+machine's free disk. Volumes are not preallocated (60 buckets with an object each: 1.2 MB), so
+1000 costs nothing until written."""
+
+
 class SeaweedService:
     """SeaweedFS ``weed mini`` (master, volume, filer and S3 in one process)."""
 
@@ -421,7 +430,8 @@ class SeaweedService:
         cmd = [self._weed(), "mini", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                f"-s3.port={self.s.s3_port}", f"-master.port={b + 333}", f"-volume.port={b + 80}",
                f"-filer.port={b + 888}", f"-admin.port={b + 646}", f"-s3.port.iceberg={b + 181}",
-               f"-s3.port.lance={b + 101}", "-webdav=false", "-admin.ui=false"]
+               f"-s3.port.lance={b + 101}", "-webdav=false", "-admin.ui=false",
+               f"-volume.max={SEAWEED_MAX_VOLUMES}"]
         env = {**os.environ,
                "AWS_ACCESS_KEY_ID": self.s.s3_access_key.get_secret_value(),
                "AWS_SECRET_ACCESS_KEY": self.s.s3_secret_key.get_secret_value()}
