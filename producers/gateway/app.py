@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import threading
 from typing import Annotated, Literal
@@ -404,10 +403,10 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
                         data = await file.read(s.gateway_max_upload_bytes + 1)
                         if len(data) > s.gateway_max_upload_bytes:
                             raise _upload_too_large(tenant)
-                        return await run_in_threadpool(functools.partial(
+                        return await run_in_threadpool(
                             gw.intake.upload, tenant, file.filename, data, dpi_value, pages=pages,
                             no_cache=no_cache_value, webhook_url=webhook_url, priority=priority,
-                            profile=profile)), "upload"
+                            profile=profile), "upload"
             if ctype == "application/json":
                 try:
                     body = SourceBody.model_validate_json(await request.body())
@@ -417,10 +416,10 @@ def create_app(s: Settings, gateway: Gateway | None = None) -> FastAPI:
                 lane = gw.lane(tenant, body.priority)
                 profile = gw.profile(tenant, body.profile)
                 await run_in_threadpool(gw.check_backlog, tenant, lane, profile)
-                return await run_in_threadpool(functools.partial(
+                return await run_in_threadpool(
                     gw.intake.reference, tenant, body.bucket, body.key, body.dpi, pages=body.pages,
                     no_cache=body.no_cache, webhook_url=body.webhook_url, priority=body.priority,
-                    profile=profile)), "reference"
+                    profile=profile), "reference"
         except OcrstreamError as exc:
             if exc.code in (ReasonCode.FORBIDDEN_SOURCE, ReasonCode.WEBHOOK_NOT_ALLOWED):
                 GATEWAY_REFUSED.labels(tenant or "default", exc.code.value).inc()
